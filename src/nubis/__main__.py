@@ -1,0 +1,3 @@
+from nubis.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""One exception hierarchy for Nubis.
+
+Every error carries a message written for the user who has to act on it: what was wrong,
+where (file, line, field), what was expected and what was found. Errors are grouped by what
+the caller does next: fix the input (`SpecError`), fix the environment (`BuildError`), or
+retry/restart (`WorkerError`).
+"""
+
+from __future__ import annotations
+
+
+class NubisError(Exception):
+    """Root of every error Nubis raises on purpose; `str(err)` is the user-facing message."""
+
+    #: the process exit code a CLI command uses when this error ends it
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SpecError(NubisError):
+    """A function configuration is invalid; the message names file, line, field, expected and found."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        expected: str | None = None,
+        found: object = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        self.expected = expected
+        self.found = found
+        super().__init__(self._compose(message))
+
+    def _compose(self, message: str) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "")
+        parts = [f"{where}: " if where else ""]
+        if self.field:
+            parts.append(f"{self.field}: ")
+        parts.append(message)
+        if self.expected is not None:
+            parts.append(f" (expected {self.expected}")
+            parts.append(f", found {self.found!r})" if self.found is not None else ")")
+        return "".join(parts)
+
+
+class BuildError(NubisError):
+    """Building a function's environment failed (installer error, missing interpreter, timeout)."""
+
+    exit_code = 3
+
+
+class WorkerError(NubisError):
+    """A worker process could not be started or died in a way the pool cannot hide."""
+
+    exit_code = 4
+
+
+class ProcessorError(NubisError):
+    """A processor (one replica) could not start: port taken, trigger misconfigured."""
+
+    exit_code = 5

@@ -1,0 +1,1 @@
+"""Language runtimes: how to build a function's environment and how to start its workers."""
