@@ -1,0 +1,117 @@
+"""`nubis run PATH`: build a function's environment if needed and serve it, here, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvloop
+
+from nubis import logs
+from nubis.build import build_environment, find_python
+from nubis.errors import NubisError
+from nubis.processor.processor import Processor, ProcessorOptions
+from nubis.settings import Settings
+from nubis.spec import LoadedFunction, Overrides, load_function, parse_env_items, parse_runtime
+
+log = logging.getLogger("nubis.cli")
+
+
+def run_command(
+    path: Annotated[Path, typer.Argument(help="Function directory (with function.yaml) or a source file.")],
+    port: Annotated[int | None, typer.Option(help="Port of the HTTP trigger (default 8080).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    workers: Annotated[int | None, typer.Option(help="numWorkers of the HTTP trigger.", min=1)] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Environment variable K=V.")] = None,
+    handler: Annotated[str | None, typer.Option(help="Handler as module:function.")] = None,
+    runtime: Annotated[str | None, typer.Option(help="Runtime, e.g. python or python:3.12.")] = None,
+    triggers: Annotated[str | None, typer.Option(help="Triggers as JSON (as nuctl's --triggers).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warn or error.")] = "info",
+    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+) -> None:
+    """Serve one function locally: builds its environment (cached) and runs all its triggers."""
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("expected 'text' or 'json'", param_hint="--log-format")
+    try:
+        level = logs.parse_level(log_level)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-level") from None
+    logs.configure(level, "json" if log_format == "json" else "text")
+    try:
+        overrides = Overrides(
+            handler=handler, runtime=runtime, env=parse_env_items(env or []), triggers=triggers
+        )
+        loaded = load_function(path, overrides)
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        python_path = _build(loaded)
+        options = ProcessorOptions(port=port, host=host, workers=workers, log_level=level)
+        code = uvloop.run(_serve(loaded, python_path, options))
+    except NubisError as exc:
+        log.error("%s", exc.message)
+        raise typer.Exit(exc.exit_code) from None
+    raise typer.Exit(code)
+
+
+def _build(loaded: LoadedFunction) -> Path:
+    """Find the interpreter and build (or reuse) the function's environment, showing progress."""
+    _, version = parse_runtime(loaded.config.spec.runtime)
+    python = find_python(version)
+    build = loaded.config.spec.build
+    timeout = float(build.build_timeout_seconds) if build.build_timeout_seconds else None
+    settings = Settings()
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status(f"building environment for {loaded.config.metadata.name}") as status:
+            environment = build_environment(
+                loaded.directory,
+                python=python,
+                build_commands=list(build.commands or []),
+                cache_root=settings.environments_dir,
+                timeout_seconds=timeout,
+                progress=lambda line: status.update(f"[dim]{line[:120]}[/dim]"),
+            )
+    else:
+        environment = build_environment(
+            loaded.directory,
+            python=python,
+            build_commands=list(build.commands or []),
+            cache_root=settings.environments_dir,
+            timeout_seconds=timeout,
+            progress=lambda line: log.info("build: %s", line),
+        )
+    for warning in environment.warnings:
+        log.warning("%s", warning)
+    return environment.python
+
+
+async def _serve(loaded: LoadedFunction, python: Path, options: ProcessorOptions) -> int:
+    processor = Processor(loaded.config, loaded.directory, python, options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await processor.start()
+    except NubisError:
+        raise
+    workers = sum(pool.size for pool in processor.pools)
+    for trigger in processor.triggers:
+        log.info("%s", trigger.describe())
+    urls = [getattr(t, "url", None) for t in processor.triggers if getattr(t, "url", None)]
+    log.info("function %s ready (%d worker%s)", processor.name, workers, "" if workers == 1 else "s")
+    if urls:
+        # The one line scripts wait for: stdout, flushed, the URL of the HTTP trigger.
+        print(f"{processor.name} ready at {urls[0]}", flush=True)
+    await stop.wait()
+    log.info("stopping %s: draining in-flight events", processor.name)
+    await processor.stop()
+    log.info("stopped")
+    return 0

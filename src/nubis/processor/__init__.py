@@ -1,0 +1,1 @@
+"""One replica of one function: triggers feeding pools of worker processes."""

@@ -1,0 +1,344 @@
+"""A pool of worker processes for one trigger: hands out events, enforces timeouts, replaces the dead.
+
+Allocation follows Nuclio's semantics (one event at a time per worker; 503 when no worker frees up
+within `workerAvailabilityTimeoutMilliseconds`; 408 and a worker restart on `eventTimeout`) with two
+additions:
+
+* a bounded wait queue: when it is full the pool answers 503 with `Retry-After` at once instead of
+  buffering without limit;
+* pipelining for fast functions: once the pool has seen that handlers finish in well under a
+  millisecond, events may be queued on a busy worker (up to `PREFETCH` each), so a burst crosses the
+  socket in one write each way. Such an event carries its availability deadline, and the worker
+  refuses it (`x` frame -> 503) if it could not start it in time; events queued on a worker that
+  dies are handed to another worker, since they never started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from nubis.errors import WorkerError
+from nubis.processor.events import Response, Submission, error_response
+from nubis.processor.link import WorkerLink
+from nubis.processor.starters import StartedWorker
+
+log = logging.getLogger("nubis.processor")
+function_log = logging.getLogger("nubis.function")
+
+#: Events queued on one busy worker at most (pipelining).
+PREFETCH = 32
+#: Pipelining is used only while the mean handler duration stays below this (seconds).
+PIPELINE_MAX_DURATION = 0.001
+#: A worker must answer `ready` (init_context done) within this many seconds.
+WORKER_READY_TIMEOUT_SECONDS = 120.0
+#: Back-off between attempts to replace a worker that keeps failing to start (seconds).
+RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+
+class Starter(Protocol):
+    mode: str
+    exit_codes: dict[int, int]
+
+    async def start_worker(self, wid: int, trigger_kind: str, trigger_name: str) -> StartedWorker: ...
+
+
+class WorkerPool:
+    """`size` workers serving one trigger."""
+
+    def __init__(
+        self,
+        *,
+        function_name: str,
+        trigger_kind: str,
+        trigger_name: str,
+        size: int,
+        starter: Starter,
+        availability_timeout: float = 10.0,
+        event_timeout: float | None = None,
+        max_queued: int = 1024,
+        first_wid: int = 0,
+    ) -> None:
+        self.function_name = function_name
+        self.trigger_kind = trigger_kind
+        self.trigger_name = trigger_name
+        self.size = size
+        self.starter = starter
+        self.availability_timeout = availability_timeout
+        self.event_timeout = event_timeout
+        self.max_queued = max_queued
+        self.first_wid = first_wid
+        self.workers: list[WorkerLink] = []
+        self._idle: list[WorkerLink] = []
+        self._waiting: deque[Submission] = deque()
+        self._seq = 0
+        self._avg_duration = 1.0
+        self._samples = 0
+        self._closing = False
+        self._idle_event = asyncio.Event()
+        self._failures: dict[int, int] = {}
+        self._init_errors: dict[int, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        #: fork -> first response, per worker (seconds), for the cold-start benchmark
+        self.first_event_latencies: list[float] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every worker and wait until each has run init_context."""
+        results = await asyncio.gather(
+            *(self._start_worker(self.first_wid + i) for i in range(self.size)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.stop(0)
+            raise WorkerError(str(errors[0]))
+
+    async def _start_worker(self, wid: int) -> WorkerLink:
+        started = await self.starter.start_worker(wid, self.trigger_kind, self.trigger_name)
+        _, link = await self._loop.create_unix_connection(
+            lambda: WorkerLink(self, wid, started), sock=started.sock
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(link.ready), WORKER_READY_TIMEOUT_SECONDS)
+        except Exception as exc:
+            link.kill("not ready in time")
+            message = self._init_errors.pop(wid, None) or str(exc)
+            raise WorkerError(
+                f"worker {wid} of trigger {self.trigger_name!r} failed to start: {message}"
+            ) from None
+        self.workers.append(link)
+        self._failures.pop(wid, None)
+        self._worker_free(link)
+        return link
+
+    async def stop(self, drain_timeout: float) -> None:
+        """Finish accepted events (up to `drain_timeout` s), run drain/termination callbacks, stop."""
+        self._closing = True
+        if drain_timeout > 0 and not self._is_idle():
+            self._idle_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle_event.wait(), drain_timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        while self._waiting:
+            sub = self._waiting.popleft()
+            self._cancel_timer(sub)
+            sub.reply.respond(error_response(503, "the function is shutting down"))
+        links = list(self.workers)
+        for link in links:
+            link.drained = self._loop.create_future()
+            link.send({"t": "drain"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(lk.drained for lk in links if lk.drained)), 5)
+        for link in links:
+            link.send({"t": "term"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(lk.closed for lk in links)), 5)
+        for link in links:
+            if link.alive:
+                link.kill("did not stop in time")
+
+    def _is_idle(self) -> bool:
+        return not self._waiting and all(not w.outstanding for w in self.workers)
+
+    # -- allocation ----------------------------------------------------------------------------------
+    def submit(self, sub: Submission) -> None:
+        """Hand an event to a worker now, queue it, or answer 503 at once."""
+        if self._closing:
+            sub.reply.respond(error_response(503, "the function is shutting down", {"Retry-After": "1"}))
+            return
+        self._seq += 1
+        sub.seq = self._seq
+        sub.frame["n"] = self._seq
+        if self._idle:
+            self._assign(self._idle.pop(), sub)
+            return
+        if (
+            not self._waiting
+            and self._samples >= 4
+            and self._avg_duration < PIPELINE_MAX_DURATION
+            and self.availability_timeout > 0
+        ):
+            target = None
+            for worker in self.workers:
+                if len(worker.outstanding) < PREFETCH and (
+                    target is None or len(worker.outstanding) < len(target.outstanding)
+                ):
+                    target = worker
+            if target is not None:
+                sub.frame["dl"] = time.monotonic() + self.availability_timeout
+                self._assign(target, sub)
+                return
+        if self.availability_timeout <= 0:
+            sub.reply.respond(error_response(503, "no worker available", {"Retry-After": "1"}))
+            return
+        if len(self._waiting) >= self.max_queued:
+            sub.reply.respond(
+                error_response(503, "too many events waiting for a worker", {"Retry-After": "1"})
+            )
+            return
+        self._enqueue(sub, self.availability_timeout)
+
+    def _enqueue(self, sub: Submission, wait: float, front: bool = False) -> None:
+        sub.deadline = time.monotonic() + wait
+        sub.timer = self._loop.call_later(wait, self._expire, sub)
+        if front:
+            self._waiting.appendleft(sub)
+        else:
+            self._waiting.append(sub)
+
+    def _assign(self, worker: WorkerLink, sub: Submission) -> None:
+        worker.outstanding.append(sub)
+        if len(worker.outstanding) == 1:
+            self._became_head(worker, sub)
+        worker.send(sub.frame)
+
+    def _became_head(self, worker: WorkerLink, sub: Submission) -> None:
+        if self.event_timeout:
+            sub.timer = self._loop.call_later(self.event_timeout, self._timed_out, worker, sub)
+
+    def _expire(self, sub: Submission) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(sub)
+            sub.reply.respond(error_response(503, "no worker became available in time", {"Retry-After": "1"}))
+            self._check_idle()
+
+    def _timed_out(self, worker: WorkerLink, sub: Submission) -> None:
+        if not worker.outstanding or worker.outstanding[0] is not sub or sub.streaming:
+            return
+        worker.outstanding.popleft()
+        sub.timer = None
+        sub.reply.respond(error_response(408, "handler timed out"))
+        worker.kill(f"event {sub.frame.get('id')} exceeded eventTimeout ({self.event_timeout:g} s)")
+
+    @staticmethod
+    def _cancel_timer(sub: Submission) -> None:
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+
+    def finish(self, worker: WorkerLink, sub: Submission, response: Response | None, duration: float) -> None:
+        """A worker is done with its head event: answer it and give the worker more work."""
+        self._cancel_timer(sub)
+        if response is not None:
+            response.logs = sub.capture
+            sub.reply.respond(response)
+        if duration > 0:
+            self._samples += 1
+            self._avg_duration = duration if self._samples == 1 else self._avg_duration * 0.9 + duration * 0.1
+        if worker.outstanding:
+            self._became_head(worker, worker.outstanding[0])
+        else:
+            self._worker_free(worker)
+        self._check_idle()
+
+    def stream_started(self, worker: WorkerLink, sub: Submission) -> None:
+        # A streamed body may legitimately take long; eventTimeout covers the wait for its head.
+        self._cancel_timer(sub)
+
+    def _worker_free(self, worker: WorkerLink) -> None:
+        while self._waiting:
+            sub = self._waiting.popleft()
+            self._cancel_timer(sub)
+            if time.monotonic() <= sub.deadline:
+                sub.frame.pop("dl", None)
+                self._assign(worker, sub)
+                return
+            sub.reply.respond(error_response(503, "no worker became available in time", {"Retry-After": "1"}))
+        self._idle.append(worker)
+
+    def _check_idle(self) -> None:
+        if self._closing and self._is_idle():
+            self._idle_event.set()
+
+    # -- failures ------------------------------------------------------------------------------------
+    def on_worker_lost(self, worker: WorkerLink) -> None:
+        """A worker's socket closed: answer its running event, re-queue the rest, start a replacement."""
+        was_serving = worker in self.workers
+        if was_serving:
+            self.workers.remove(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        code = self.starter.exit_codes.get(worker.pid)
+        reason = worker.killed_reason or (f"exited with code {code}" if code is not None else "exited")
+        pending = list(worker.outstanding)
+        worker.outstanding.clear()
+        if pending:
+            head = pending.pop(0)
+            self._cancel_timer(head)
+            if head.streaming:
+                head.reply.end(f"worker process {reason}")
+            else:
+                head.reply.respond(
+                    error_response(500, f"the worker process {reason} while handling the event")
+                )
+            for sub in reversed(pending):
+                remaining = (
+                    max(sub.frame.pop("dl", 0.0) - time.monotonic(), 0.001)
+                    if "dl" in sub.frame
+                    else self.availability_timeout
+                )
+                self._enqueue(sub, remaining, front=True)
+        if self._closing:
+            self._check_idle()
+            return
+        if not was_serving:
+            return  # a worker that never became ready is retried by _replace
+        log.warning(
+            "worker %d (pid %d) of %s %s; starting a replacement",
+            worker.wid,
+            worker.pid,
+            self.function_name,
+            reason,
+        )
+        task = self._loop.create_task(self._replace(worker.wid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, wid: int) -> None:
+        attempt = self._failures.get(wid, 0)
+        self._failures[wid] = attempt + 1
+        await asyncio.sleep(RESTART_BACKOFF[min(attempt, len(RESTART_BACKOFF) - 1)])
+        try:
+            await self._start_worker(wid)
+        except (WorkerError, OSError) as exc:
+            log.error("%s", exc)
+            if not self._closing:
+                task = self._loop.create_task(self._replace(wid))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def log_init_failure(self, worker: WorkerLink, message: dict[str, Any]) -> None:
+        self._init_errors[worker.wid] = f"{message['msg']}\n{message.get('tb', '')}".rstrip()
+
+    # -- logs and acks -------------------------------------------------------------------------------
+    def emit_log(self, worker: WorkerLink, sub: Submission | None, message: dict[str, Any]) -> None:
+        level = _LOG_LEVELS.get(message.get("lvl", "info"), logging.DEBUG)
+        if not function_log.isEnabledFor(level):
+            return
+        function_log.log(
+            level,
+            "%s",
+            message.get("msg", ""),
+            extra={
+                "function": self.function_name,
+                "worker": worker.wid,
+                "event_id": sub.frame.get("id") if sub is not None else None,
+                "vars": message.get("with") or {},
+            },
+        )
+
+    def on_ack(self, worker: WorkerLink, message: dict[str, Any]) -> None:
+        for sub in worker.outstanding:
+            if sub.seq == message.get("n"):
+                ack = getattr(sub.reply, "ack", None)
+                if ack is not None:
+                    ack(message.get("msg"))
+                return

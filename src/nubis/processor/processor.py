@@ -1,0 +1,164 @@
+"""One replica of one function: builds the triggers and worker pools its configuration asks for.
+
+Everything that can be wrong with the configuration (unknown trigger kind, bad attributes) is
+found before any process starts, so a bad spec fails fast with a precise message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nubis.errors import SpecError
+from nubis.processor.pool import WorkerPool
+from nubis.processor.starters import SpawnStarter, WorkerCommand, ZygoteStarter, worker_environment
+from nubis.processor.triggers.base import Trigger
+from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
+from nubis.runtimes.python import WORKER_PATH
+from nubis.spec import FunctionConfig
+
+log = logging.getLogger("nubis.processor")
+
+#: Annotation choosing how workers start: `fork` (default, from the zygote) or `spawn`.
+WORKER_START_ANNOTATION = "nubis.io/worker-start"
+
+
+@dataclass
+class ProcessorOptions:
+    """What `nubis run` (or the platform) may override on top of the function configuration."""
+
+    port: int | None = None
+    host: str | None = None
+    workers: int | None = None
+    log_level: int = logging.INFO
+    drain_timeout: float = 30.0
+    namespace: str = "nubis"
+
+
+class Processor:
+    """Starts, serves and stops one function replica."""
+
+    def __init__(
+        self,
+        config: FunctionConfig,
+        function_dir: Path,
+        python: Path,
+        options: ProcessorOptions | None = None,
+        registry: TriggerRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.function_dir = function_dir
+        self.python = python
+        self.options = options or ProcessorOptions()
+        self.registry = registry or get_default_registry()
+        self.pools: list[WorkerPool] = []
+        self.triggers: list[Trigger] = []
+        self.started = False
+        self._starter: ZygoteStarter | SpawnStarter | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.metadata.name
+
+    def _environment(self) -> dict[str, str]:
+        spec = self.config.spec
+        function_env: dict[str, str] = {}
+        for var in spec.env:
+            if var.value_from is not None:
+                log.warning(
+                    "env %s uses valueFrom, which `nubis run` cannot resolve; it is left unset", var.name
+                )
+                continue
+            function_env[var.name] = "" if var.value is None else str(var.value)
+        metadata = {
+            "NUCLIO_FUNCTION_NAME": self.name,
+            "NUCLIO_FUNCTION_DESCRIPTION": spec.description or "",
+            "NUCLIO_FUNCTION_VERSION": str(spec.version if spec.version is not None else -1),
+            "NUCLIO_FUNCTION_HANDLER": spec.handler,
+        }
+        return worker_environment(dict(os.environ), function_env, WORKER_PATH, self.function_dir, metadata)
+
+    def _make_starter(self) -> ZygoteStarter | SpawnStarter:
+        mode = (self.config.metadata.annotations or {}).get(WORKER_START_ANNOTATION, "fork")
+        command = WorkerCommand(
+            python=self.python,
+            handler=self.config.spec.handler,
+            function_dir=self.function_dir,
+            function_name=self.name,
+            env=self._environment(),
+            namespace=self.options.namespace,
+        )
+        if mode == "spawn":
+            return SpawnStarter(command)
+        if mode != "fork":
+            raise SpecError(
+                "unknown worker start mode",
+                field=f"metadata.annotations.{WORKER_START_ANNOTATION}",
+                expected="'fork' or 'spawn'",
+                found=mode,
+            )
+        return ZygoteStarter(command)
+
+    def _build(self) -> None:
+        """Create every trigger and pool object (no processes yet): all config errors surface here."""
+        self._starter = self._make_starter()
+        event_timeout = self.config.spec.event_timeout_seconds()
+        next_wid = 0
+        for key, trigger in self.config.effective_triggers().items():
+            if trigger.disabled:
+                continue
+            field = f"spec.triggers.{key}"
+            instance = self.registry.create(
+                trigger.kind, field=field, name=key, trigger=trigger, options=self.options
+            )
+            size = trigger.num_workers or 1
+            if trigger.kind == "http" and self.options.workers:
+                size = self.options.workers
+            pool = WorkerPool(
+                function_name=self.name,
+                trigger_kind=trigger.kind,
+                trigger_name=key,
+                size=size,
+                starter=self._starter,
+                availability_timeout=trigger.availability_timeout_seconds(),
+                event_timeout=event_timeout,
+                max_queued=getattr(getattr(instance, "config", None), "max_queued_events", 1024),
+                first_wid=next_wid,
+            )
+            next_wid += size
+            self.triggers.append(instance)
+            self.pools.append(pool)
+        if not self.triggers:
+            raise SpecError(
+                "the function has no enabled trigger",
+                field="spec.triggers",
+                expected="at least one trigger (or the default HTTP trigger)",
+            )
+
+    async def start(self) -> None:
+        """Import the handler, start every worker (init_context), then open the triggers."""
+        self._build()
+        assert self._starter is not None
+        await self._starter.start()
+        try:
+            await asyncio.gather(*(pool.start() for pool in self.pools))
+            for trigger, pool in zip(self.triggers, self.pools, strict=True):
+                await trigger.start(pool)
+        except BaseException:
+            await self.stop(drain=False)
+            raise
+        self.started = True
+
+    async def stop(self, drain: bool = True) -> None:
+        """Refuse new events, let accepted ones finish (drain callbacks run), then stop every process."""
+        for trigger in self.triggers:
+            await trigger.stop_accepting()
+        timeout = self.options.drain_timeout if drain else 0.0
+        await asyncio.gather(*(pool.stop(timeout) for pool in self.pools), return_exceptions=True)
+        for trigger in self.triggers:
+            await trigger.close()
+        if self._starter is not None:
+            self._starter.stop()

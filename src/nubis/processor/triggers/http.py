@@ -1,0 +1,127 @@
+"""The HTTP trigger (Nuclio kind `http`): a uvloop + httptools server in front of a worker pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any
+
+from nubis.errors import ProcessorError
+from nubis.processor.events import Response
+from nubis.processor.triggers.base import Submitter
+from nubis.processor.triggers.http_config import HttpTriggerConfig
+from nubis.processor.triggers.http_protocol import HttpConnection
+
+log = logging.getLogger("nubis.processor")
+
+
+class HttpTrigger:
+    kind = "http"
+
+    def __init__(self, name: str, config: HttpTriggerConfig, log_level: int = logging.INFO) -> None:
+        self.name = name
+        self.config = config
+        self.log_level = log_level
+        self.pool: Submitter
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        self.port = config.port
+        self._server: asyncio.AbstractServer | None = None
+        cors = config.cors
+        self._cors_methods = ", ".join(cors.allow_methods)
+        self._cors_headers = ", ".join(cors.allow_headers)
+
+    async def start(self, pool: Submitter) -> None:
+        self.pool = pool
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: HttpConnection(self),
+                self.config.host,
+                self.config.port,
+                backlog=4096,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise ProcessorError(
+                f"HTTP trigger {self.name!r} cannot listen on {self.config.host}:{self.config.port}: "
+                f"{exc.strerror or exc}. Pick another port (--port, or attributes.port)"
+            ) from exc
+        sock: socket.socket = self._server.sockets[0]
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.port = sock.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+    def describe(self) -> str:
+        return f"http trigger {self.name!r} listening on {self.url}"
+
+    async def stop_accepting(self) -> None:
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+
+    async def close(self) -> None:
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    # -- CORS (Nuclio: the processor answers preflight requests itself) ----------------------------
+    def preflight(self, headers: dict[str, str]) -> Response:
+        cors = self.config.cors
+        origin = headers.get("Origin", "")
+        method = headers.get("Access-Control-Request-Method", "")
+        if not cors.origin_allowed(origin) or method.upper() not in cors.allow_methods:
+            return Response(403, "text/plain", {}, b"CORS preflight rejected")
+        out: dict[str, Any] = {
+            "Access-Control-Allow-Origin": origin if origin and "*" not in cors.allow_origins else "*",
+            "Access-Control-Allow-Methods": self._cors_methods,
+            "Access-Control-Allow-Headers": self._cors_headers,
+        }
+        if cors.allow_credentials:
+            out["Access-Control-Allow-Credentials"] = "true"
+            out["Access-Control-Allow-Origin"] = origin
+        if cors.preflight_max_age_seconds >= 0:
+            out["Access-Control-Max-Age"] = str(cors.preflight_max_age_seconds)
+        return Response(200, "", out, b"")
+
+    def cors_response_headers(self, origin: str) -> bytes:
+        cors = self.config.cors
+        if not cors.origin_allowed(origin):
+            return b""
+        allowed = origin if cors.allow_credentials or "*" not in cors.allow_origins else "*"
+        lines = [f"Access-Control-Allow-Origin: {allowed}\r\n"]
+        if cors.allow_credentials:
+            lines.append("Access-Control-Allow-Credentials: true\r\n")
+        if cors.expose_headers:
+            lines.append(f"Access-Control-Expose-Headers: {', '.join(cors.expose_headers)}\r\n")
+        return "".join(lines).encode("latin-1", "replace")
+
+
+def create(*, name: str, trigger: Any, field: str, options: Any) -> HttpTrigger:
+    """Factory used by the trigger registry: `trigger` is the spec's Trigger, `options` the
+    processor's overrides (port, host, log level)."""
+    attrs = dict(trigger.attributes or {})
+    if trigger.mode and "mode" not in {k.lower() for k in attrs}:
+        attrs["mode"] = trigger.mode
+    config = HttpTriggerConfig.from_attributes(attrs, f"{field}.attributes")
+    if options.port is not None:
+        config.port = options.port
+    if options.host is not None:
+        config.host = options.host
+    return HttpTrigger(name, config, options.log_level)

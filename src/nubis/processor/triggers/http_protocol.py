@@ -1,0 +1,286 @@
+"""One HTTP/1.1 connection on uvloop + httptools: parse requests, submit events, write answers.
+
+Responses are written in request order (pipelining): each request gets a slot in `slots`, and a
+slot's bytes go out only once every slot before it is complete. Streamed bodies (chunked) flow out
+as they arrive when their slot is at the front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import deque
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import httptools
+
+from nubis.processor.events import Response, Submission, error_response
+
+if TYPE_CHECKING:
+    from nubis.processor.triggers.http import HttpTrigger
+
+HEALTH_PATH = "/__internal/health"
+#: Nuclio drops the captured-logs header when it would be this large or larger.
+MAX_LOGS_HEADER = 4096
+_LOG_LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
+_CANONICAL: dict[bytes, str] = {}
+_METHODS: dict[bytes, str] = {}
+_STATUS_LINES: dict[int, bytes] = {}
+_date = [0, b""]
+
+
+def canonical_header(raw: bytes) -> str:
+    """Go's canonical MIME header key: `x-my-header` -> `X-My-Header` (cached)."""
+    name = _CANONICAL.get(raw)
+    if name is None:
+        text = raw.decode("latin-1")
+        name = "-".join(part[:1].upper() + part[1:].lower() for part in text.split("-"))
+        if len(_CANONICAL) < 4096:
+            _CANONICAL[raw] = name
+    return name
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        line = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+        _STATUS_LINES[status] = line
+    return line
+
+
+def date_header() -> bytes:
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0] = now
+        _date[1] = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+    return _date[1]  # type: ignore[return-value]
+
+
+class Slot:
+    """The answer to one request, in its place in the connection's response order."""
+
+    __slots__ = ("chunks", "conn", "done", "fatal", "head", "keep_alive", "origin")
+
+    def __init__(self, conn: HttpConnection, keep_alive: bool, head: bool, origin: str | None) -> None:
+        self.conn = conn
+        self.keep_alive = keep_alive
+        self.head = head
+        self.origin = origin
+        self.chunks: list[bytes] = []
+        self.done = False
+        self.fatal = False
+
+    def respond(self, response: Response) -> None:
+        self.chunks.append(self.conn.encode_head(response, self))
+        if response.stream:
+            if response.body and not self.head:
+                self.chunks.append(b"%x\r\n%s\r\n" % (len(response.body), response.body))
+        else:
+            if not self.head:
+                self.chunks.append(response.body)
+            self.done = True
+        self.conn.flush_slots()
+
+    def chunk(self, data: bytes) -> None:
+        if data and not self.head:
+            self.chunks.append(b"%x\r\n%s\r\n" % (len(data), data))
+            self.conn.flush_slots()
+
+    def end(self, error: str | None) -> None:
+        if error is None:
+            self.chunks.append(b"0\r\n\r\n")
+        else:
+            # No terminating chunk: the client sees a truncated body, not a complete wrong one.
+            self.fatal = True
+        self.done = True
+        self.conn.flush_slots()
+
+
+class HttpConnection(asyncio.Protocol):
+    """A client connection to the HTTP trigger."""
+
+    def __init__(self, trigger: HttpTrigger) -> None:
+        self.trigger = trigger
+        self.config = trigger.config
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.slots: deque[Slot] = deque()
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.too_large = False
+        self.closed = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        self.trigger.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.trigger.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+
+    def _fail(self, status: int, message: str) -> None:
+        slot = Slot(self, False, False, None)
+        self.slots.append(slot)
+        slot.respond(error_response(status, message))
+
+    # -- httptools callbacks -------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.body = []
+        self.body_size = 0
+        self.too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.config.max_request_body_size:
+            self.too_large = True
+            self.body = []
+        elif not self.too_large:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:
+            method = _METHODS.setdefault(raw_method, raw_method.decode("latin-1"))
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in self.headers:
+            headers[canonical_header(raw_name)] = raw_value.decode("latin-1")
+        origin = headers.get("Origin")
+        slot = Slot(self, parser.should_keep_alive() and not self.trigger.draining, method == "HEAD", origin)
+        self.slots.append(slot)
+        if self.too_large:
+            slot.keep_alive = False
+            slot.respond(
+                error_response(
+                    413,
+                    f"request body larger than maxRequestBodySize "
+                    f"({self.config.max_request_body_size} bytes)",
+                )
+            )
+            return
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("latin-1") if url.path else "/"
+        if path == HEALTH_PATH:
+            slot.respond(Response(200, "application/json", {}, b'{"status": "ok"}'))
+            return
+        if self.trigger.draining:
+            slot.respond(error_response(503, "the function is shutting down", {"Retry-After": "1"}))
+            return
+        cors = self.config.cors
+        if cors.enabled and method == "OPTIONS" and "Access-Control-Request-Method" in headers:
+            slot.respond(self.trigger.preflight(headers))
+            return
+        body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        fields = dict(parse_qsl(url.query.decode("latin-1"), keep_blank_values=True)) if url.query else {}
+        level_name = headers.get("X-Nuclio-Log-Level")
+        level = _LOG_LEVELS.get(level_name.lower(), 20) if level_name else self.trigger.log_level
+        frame: dict[str, Any] = {
+            "t": "e",
+            "id": str(uuid.uuid4()),
+            "method": method,
+            "path": path,
+            "headers": headers,
+            "fields": fields,
+            "content_type": headers.get("Content-Type", ""),
+            "body": body,
+            "size": len(body),
+            "timestamp": int(time.time()),
+            "lvl": min(level, self.trigger.log_level),
+        }
+        self.trigger.pool.submit(Submission(frame, slot, capture=level_name is not None))
+
+    # -- writing -------------------------------------------------------------------------------------
+    def encode_head(self, response: Response, slot: Slot) -> bytes:
+        parts = [status_line(response.status or 200), b"Server: nuclio\r\n", date_header()]
+        if response.content_type:
+            parts.append(b"Content-Type: " + response.content_type.encode("latin-1") + b"\r\n")
+        if response.stream:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            parts.append(b"Content-Length: %d\r\n" % len(response.body))
+        for name, value in response.headers.items():
+            # Nuclio copies only string values; framing headers are ours to set.
+            if isinstance(value, str) and name.lower() not in (
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "content-type",
+            ):
+                parts.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+        if self.config.cors.enabled and slot.origin is not None:
+            parts.append(self.trigger.cors_response_headers(slot.origin))
+        if response.logs is not None:
+            logs = json.dumps(
+                [
+                    {
+                        "level": r.get("lvl"),
+                        "message": r.get("msg"),
+                        "with": r.get("with"),
+                        "time": r.get("time"),
+                    }
+                    for r in response.logs
+                ],
+                default=str,
+            )
+            if len(logs) < MAX_LOGS_HEADER:
+                parts.append(b"X-Nuclio-Logs: " + logs.encode("utf-8", "replace") + b"\r\n")
+        if not slot.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def flush_slots(self) -> None:
+        slots = self.slots
+        transport = self.transport
+        if self.closed or transport is None:
+            slots.clear()
+            return
+        while slots:
+            slot = slots[0]
+            if slot.chunks:
+                transport.write(b"".join(slot.chunks) if len(slot.chunks) > 1 else slot.chunks[0])
+                slot.chunks.clear()
+            if not slot.done:
+                return
+            slots.popleft()
+            if slot.fatal:
+                transport.abort()
+                self.closed = True
+                return
+            if not slot.keep_alive:
+                transport.close()
+                self.closed = True
+                return
+
+    def close_if_idle(self) -> None:
+        if not self.slots and self.transport is not None:
+            self.transport.close()

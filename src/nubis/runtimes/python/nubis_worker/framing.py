@@ -1,0 +1,49 @@
+"""The processor <-> worker wire format: a 4-byte big-endian length, then one msgpack map.
+
+Bodies travel as msgpack `bin`, never base64. Several frames written in one go are simply
+concatenated, which is how the processor batches a whole event-loop turn into one write.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+
+_HEADER = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size
+MAX_FRAME = 1 << 30
+
+
+def _fallback(value):  # type: ignore[no-untyped-def]
+    # Log variables and headers may hold anything; never fail a frame because of one value.
+    return repr(value)
+
+
+_packer = msgpack.Packer(use_bin_type=True, default=_fallback)
+
+
+def pack(message):  # type: ignore[no-untyped-def]
+    """Encode one message (a dict) as a length-prefixed frame."""
+    payload = _packer.pack(message)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def unpack_frames(buffer):  # type: ignore[no-untyped-def]
+    """Split complete frames off the front of `buffer` (a bytearray, consumed in place)."""
+    messages = []
+    offset = 0
+    size = len(buffer)
+    unpackb = msgpack.unpackb
+    while size - offset >= HEADER_SIZE:
+        (length,) = _HEADER.unpack_from(buffer, offset)
+        if length <= 0 or length > MAX_FRAME:
+            raise ValueError("invalid frame length %d" % length)
+        end = offset + HEADER_SIZE + length
+        if end > size:
+            break
+        messages.append(unpackb(memoryview(buffer)[offset + HEADER_SIZE : end], raw=False))
+        offset = end
+    if offset:
+        del buffer[:offset]
+    return messages

@@ -1,0 +1,62 @@
+"""Routes `context.logger` records into `log` frames.
+
+Records below the level asked for (info by default, debug when the request or the function asks)
+are dropped here, in the worker, by the logging level check, so they cost no frame and no syscall.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nuclio_sdk
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warn",
+    logging.ERROR: "error",
+    logging.CRITICAL: "error",
+}
+
+
+class FrameLogHandler(logging.Handler):
+    """Appends each record as a `log` frame to the worker's outgoing buffer."""
+
+    def __init__(self, emit_frame, state):  # type: ignore[no-untyped-def]
+        super().__init__(logging.DEBUG)
+        self._emit_frame = emit_frame
+        self._state = state
+
+    def emit(self, record):  # type: ignore[no-untyped-def]
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # a bad printf-style format must not kill the event
+            message = "%s (log formatting failed: %s)" % (record.msg, exc)
+        self._emit_frame(
+            {
+                "t": "l",
+                "n": self._state.current,
+                "lvl": _NAMES.get(record.levelno, "debug"),
+                "msg": message,
+                "with": getattr(record, "with", None) or {},
+                "time": record.created,
+            }
+        )
+
+
+def make_logger(name, emit_frame, state):  # type: ignore[no-untyped-def]
+    """A nuclio_sdk.Logger whose records become frames; propagation off so nothing prints twice."""
+    logger = nuclio_sdk.Logger(logging.INFO, name=name)
+    inner = logger._logger
+    inner.propagate = False
+    for handler in list(inner.handlers):
+        inner.removeHandler(handler)
+    inner.addHandler(FrameLogHandler(emit_frame, state))
+    return logger
