@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,7 @@ class WorkerLink(asyncio.Protocol):
             duration=message.get("d", 0.0),
         )
         if not self.first_response_at:
-            self.first_response_at = self._loop.time()
+            self.first_response_at = time.monotonic()
             self.pool.first_event_latencies.append(self.first_response_at - self.started.fork_time)
         if response.stream:
             sub.streaming = True

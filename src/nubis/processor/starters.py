@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import subprocess
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,7 @@ class ZygoteStarter:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         command = {"t": "fork", "wid": wid, "trigger_kind": trigger_kind, "trigger_name": trigger_name}
-        fork_time = asyncio.get_running_loop().time()
+        fork_time = time.monotonic()
         try:
             socket.send_fds(self._ctl, [msgpack.packb(command)], [theirs.fileno()])
         except OSError as exc:
@@ -218,7 +219,7 @@ class SpawnStarter:
             "--trigger-name",
             trigger_name,
         ]
-        fork_time = asyncio.get_running_loop().time()
+        fork_time = time.monotonic()
         process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env=cmd.env, cwd=cmd.function_dir)
         theirs.close()
         self.reap()
