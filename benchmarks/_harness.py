@@ -32,8 +32,9 @@ def pinned(core: int, argv: list[str]) -> list[str]:
 
 def start_server(argv: list[str], ready_text: str, timeout: float = 120.0) -> subprocess.Popen[str]:
     """Start a server process and wait for the line that says it is ready (stdout)."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               cwd=ROOT, start_new_session=True)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, start_new_session=True
+    )
     deadline = time.monotonic() + timeout
     assert process.stdout is not None
     while time.monotonic() < deadline:
@@ -78,7 +79,9 @@ def wrk(url: str, connections: int, seconds: int, core: int = 0) -> WrkResult:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     out = subprocess.run(
         pinned(core, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]),
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not match:

@@ -36,8 +36,12 @@ class _FutureReply:
 async def _measure(count: int) -> list[float]:
     loaded = load_function(ROOT / "examples" / "hello")
     _, version = parse_runtime(loaded.config.spec.runtime)
-    env = build_environment(loaded.directory, python=find_python(version), build_commands=[],
-                            cache_root=Settings().environments_dir)
+    env = build_environment(
+        loaded.directory,
+        python=find_python(version),
+        build_commands=[],
+        cache_root=Settings().environments_dir,
+    )
     processor = Processor(loaded.config, loaded.directory, env.python)
     starter = processor._make_starter()
     assert isinstance(starter, ZygoteStarter)
@@ -45,13 +49,21 @@ async def _measure(count: int) -> list[float]:
     latencies = []
     try:
         for _ in range(count):
-            pool = WorkerPool(function_name="hello", trigger_kind="http", trigger_name="http", size=1,
-                              starter=starter)
+            pool = WorkerPool(
+                function_name="hello", trigger_kind="http", trigger_name="http", size=1, starter=starter
+            )
             reply = _FutureReply()
             start_task = asyncio.ensure_future(pool.start())
             await asyncio.sleep(0)
-            frame = {"t": "e", "id": "cold", "method": "GET", "path": "/", "headers": {}, "body": b"",
-                     "timestamp": int(time.time())}
+            frame = {
+                "t": "e",
+                "id": "cold",
+                "method": "GET",
+                "path": "/",
+                "headers": {},
+                "body": b"",
+                "timestamp": int(time.time()),
+            }
             await start_task
             pool.submit(Submission(frame, reply))
             await reply.future
@@ -68,5 +80,7 @@ def measure_cold_starts(count: int) -> list[float]:
 
 if __name__ == "__main__":
     values = measure_cold_starts(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
-    print(f"fork -> first event: median {statistics.median(values) * 1000:.2f} ms, "
-          f"max {max(values) * 1000:.2f} ms")
+    print(
+        f"fork -> first event: median {statistics.median(values) * 1000:.2f} ms, "
+        f"max {max(values) * 1000:.2f} ms"
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
@@ -20,6 +19,7 @@ from urllib.parse import parse_qsl
 import httptools
 
 from nubis.processor.events import Response, Submission, error_response
+from nubis.processor.ids import new_event_id
 
 if TYPE_CHECKING:
     from nubis.processor.triggers.http import HttpTrigger
@@ -63,6 +63,42 @@ def date_header() -> bytes:
         _date[0] = now
         _date[1] = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
     return _date[1]  # type: ignore[return-value]
+
+
+_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "content-type"))
+_prefixes: dict[tuple[int, str], bytes] = {}
+_prefix_second = [0]
+
+
+def _head_prefix(status: int, content_type: str) -> bytes:
+    """Status line, Server, Date and Content-Type, cached per (status, content type) per second."""
+    now = int(time.time())
+    if now != _prefix_second[0]:
+        _prefix_second[0] = now
+        _prefixes.clear()
+    key = (status, content_type)
+    prefix = _prefixes.get(key)
+    if prefix is None:
+        prefix = status_line(status) + b"Server: nuclio\r\n" + date_header()
+        if content_type:
+            prefix += b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n"
+        if len(_prefixes) < 64:
+            _prefixes[key] = prefix
+    return prefix
+
+
+def _logs_header(records: list[dict[str, Any]]) -> bytes:
+    """Captured logs as Nuclio's `X-Nuclio-Logs` header, or nothing when too large for a header."""
+    logs = json.dumps(
+        [
+            {"level": r.get("lvl"), "message": r.get("msg"), "with": r.get("with"), "time": r.get("time")}
+            for r in records
+        ],
+        default=str,
+    )
+    if len(logs) >= MAX_LOGS_HEADER:
+        return b""
+    return b"X-Nuclio-Logs: " + logs.encode("utf-8", "replace") + b"\r\n"
 
 
 class Slot:
@@ -187,72 +223,65 @@ class HttpConnection(asyncio.Protocol):
                 )
             )
             return
-        url = httptools.parse_url(self.url)
-        path = url.path.decode("latin-1") if url.path else "/"
+        raw_url = self.url
+        if b"?" in raw_url or not raw_url.startswith(b"/"):
+            url = httptools.parse_url(raw_url)
+            path = url.path.decode("latin-1") if url.path else "/"
+            query = url.query
+        else:
+            path = raw_url.decode("latin-1")
+            query = None
         if path == HEALTH_PATH:
             slot.respond(Response(200, "application/json", {}, b'{"status": "ok"}'))
             return
-        if self.trigger.draining:
+        trigger = self.trigger
+        if trigger.draining:
             slot.respond(error_response(503, "the function is shutting down", {"Retry-After": "1"}))
             return
-        cors = self.config.cors
-        if cors.enabled and method == "OPTIONS" and "Access-Control-Request-Method" in headers:
-            slot.respond(self.trigger.preflight(headers))
+        if self.config.cors.enabled and method == "OPTIONS" and "Access-Control-Request-Method" in headers:
+            slot.respond(trigger.preflight(headers))
             return
-        body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
-        fields = dict(parse_qsl(url.query.decode("latin-1"), keep_blank_values=True)) if url.query else {}
-        level_name = headers.get("X-Nuclio-Log-Level")
-        level = _LOG_LEVELS.get(level_name.lower(), 20) if level_name else self.trigger.log_level
+        chunks = self.body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        # Fields at their default (empty query, no content type, info level) are left out of the
+        # frame; the worker fills them back in. Smaller frames pack and unpack faster.
         frame: dict[str, Any] = {
             "t": "e",
-            "id": str(uuid.uuid4()),
+            "id": new_event_id(),
             "method": method,
             "path": path,
             "headers": headers,
-            "fields": fields,
-            "content_type": headers.get("Content-Type", ""),
             "body": body,
-            "size": len(body),
             "timestamp": int(time.time()),
-            "lvl": min(level, self.trigger.log_level),
         }
+        if query:
+            frame["fields"] = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+        content_type = headers.get("Content-Type")
+        if content_type is not None:
+            frame["content_type"] = content_type
+        level = trigger.log_level
+        level_name = headers.get("X-Nuclio-Log-Level")
+        if level_name is not None:
+            level = min(level, _LOG_LEVELS.get(level_name.lower(), 20))
+        if level != 20:
+            frame["lvl"] = level
         self.trigger.pool.submit(Submission(frame, slot, capture=level_name is not None))
 
     # -- writing -------------------------------------------------------------------------------------
     def encode_head(self, response: Response, slot: Slot) -> bytes:
-        parts = [status_line(response.status or 200), b"Server: nuclio\r\n", date_header()]
-        if response.content_type:
-            parts.append(b"Content-Type: " + response.content_type.encode("latin-1") + b"\r\n")
+        parts = [_head_prefix(response.status or 200, response.content_type)]
         if response.stream:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         else:
             parts.append(b"Content-Length: %d\r\n" % len(response.body))
         for name, value in response.headers.items():
             # Nuclio copies only string values; framing headers are ours to set.
-            if isinstance(value, str) and name.lower() not in (
-                "content-length",
-                "transfer-encoding",
-                "connection",
-                "content-type",
-            ):
+            if isinstance(value, str) and name.lower() not in _FRAMING_HEADERS:
                 parts.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
-        if self.config.cors.enabled and slot.origin is not None:
+        if slot.origin is not None and self.config.cors.enabled:
             parts.append(self.trigger.cors_response_headers(slot.origin))
         if response.logs is not None:
-            logs = json.dumps(
-                [
-                    {
-                        "level": r.get("lvl"),
-                        "message": r.get("msg"),
-                        "with": r.get("with"),
-                        "time": r.get("time"),
-                    }
-                    for r in response.logs
-                ],
-                default=str,
-            )
-            if len(logs) < MAX_LOGS_HEADER:
-                parts.append(b"X-Nuclio-Logs: " + logs.encode("utf-8", "replace") + b"\r\n")
+            parts.append(_logs_header(response.logs))
         if not slot.keep_alive:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")

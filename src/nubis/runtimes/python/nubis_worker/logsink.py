@@ -51,9 +51,21 @@ class FrameLogHandler(logging.Handler):
         )
 
 
+class FrameLogger(nuclio_sdk.Logger):
+    """nuclio_sdk.Logger that checks the level before building a record.
+
+    The SDK's logger calls `logging.Logger._log` directly, which skips the level check, so every
+    debug call would build and format a record only for it to be thrown away.
+    """
+
+    def _update_bound_vars_and_log(self, level, message, *args, **kw_args):  # type: ignore[no-untyped-def]
+        if self._logger.isEnabledFor(level):
+            super()._update_bound_vars_and_log(level, message, *args, **kw_args)
+
+
 def make_logger(name, emit_frame, state):  # type: ignore[no-untyped-def]
     """A nuclio_sdk.Logger whose records become frames; propagation off so nothing prints twice."""
-    logger = nuclio_sdk.Logger(logging.INFO, name=name)
+    logger = FrameLogger(logging.INFO, name=name)
     inner = logger._logger
     inner.propagate = False
     for handler in list(inner.handlers):
