@@ -8,7 +8,6 @@ import sys
 import time
 
 import uvloop
-from _harness import ROOT
 
 from nubis.build import build_environment, find_python
 from nubis.processor.events import Response, Submission
@@ -17,6 +16,8 @@ from nubis.processor.processor import Processor
 from nubis.processor.starters import ZygoteStarter
 from nubis.settings import Settings
 from nubis.spec import load_function, parse_runtime
+
+from _harness import ROOT
 
 
 class _FutureReply:
