@@ -98,10 +98,7 @@ async def _serve(loaded: LoadedFunction, python: Path, options: ProcessorOptions
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    try:
-        await processor.start()
-    except NubisError:
-        raise
+    await processor.start()
     workers = sum(pool.size for pool in processor.pools)
     for trigger in processor.triggers:
         log.info("%s", trigger.describe())
@@ -110,8 +107,12 @@ async def _serve(loaded: LoadedFunction, python: Path, options: ProcessorOptions
     if urls:
         # The one line scripts wait for: stdout, flushed, the URL of the HTTP trigger.
         print(f"{processor.name} ready at {urls[0]}", flush=True)
-    await stop.wait()
+    stop_wait = asyncio.ensure_future(stop.wait())
+    fail_wait = asyncio.ensure_future(processor.failed.wait())
+    await asyncio.wait([stop_wait, fail_wait], return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    fail_wait.cancel()
     log.info("stopping %s: draining in-flight events", processor.name)
     await processor.stop()
     log.info("stopped")
-    return 0
+    return 1 if processor.failure else 0

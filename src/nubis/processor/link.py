@@ -93,6 +93,8 @@ class WorkerLink(asyncio.Protocol):
             self.ready.set_exception(RuntimeError("the worker exited before it was ready"))
         if not self.closed.done():
             self.closed.set_result(None)
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
         self.pool.on_worker_lost(self)
 
     # -- frames in ---------------------------------------------------------------------------------

@@ -266,6 +266,9 @@ class WorkerPool:
             self.workers.remove(worker)
         if worker in self._idle:
             self._idle.remove(worker)
+        reap = getattr(self.starter, "reap", None)
+        if reap is not None:
+            reap()
         code = self.starter.exit_codes.get(worker.pid)
         reason = worker.killed_reason or (f"exited with code {code}" if code is not None else "exited")
         pending = list(worker.outstanding)

@@ -57,6 +57,9 @@ class Processor:
         self.pools: list[WorkerPool] = []
         self.triggers: list[Trigger] = []
         self.started = False
+        #: set when the replica can no longer serve (its zygote died); `failure` says why
+        self.failed = asyncio.Event()
+        self.failure: str | None = None
         self._starter: ZygoteStarter | SpawnStarter | None = None
 
     @property
@@ -142,6 +145,8 @@ class Processor:
         """Import the handler, start every worker (init_context), then open the triggers."""
         self._build()
         assert self._starter is not None
+        if isinstance(self._starter, ZygoteStarter):
+            self._starter.on_unexpected_exit = self._fail
         await self._starter.start()
         try:
             await asyncio.gather(*(pool.start() for pool in self.pools))
@@ -151,6 +156,11 @@ class Processor:
             await self.stop(drain=False)
             raise
         self.started = True
+
+    def _fail(self, reason: str) -> None:
+        log.error("%s: %s; stopping this replica", self.name, reason)
+        self.failure = reason
+        self.failed.set()
 
     async def stop(self, drain: bool = True) -> None:
         """Refuse new events, let accepted ones finish (drain callbacks run), then stop every process."""

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,10 @@ class ZygoteStarter:
         self._waiters: deque[asyncio.Future[dict[str, Any]]] = deque()
         self._loaded: asyncio.Future[dict[str, Any]] | None = None
         self._warned_threads = False
+        self._stopping = False
         self.exit_codes: dict[int, int] = {}
+        #: called when the zygote dies while the processor still needs it (no new workers possible)
+        self.on_unexpected_exit: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -146,6 +150,14 @@ class ZygoteStarter:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
+        if (
+            not self._stopping
+            and self._loaded is not None
+            and self._loaded.done()
+            and self.on_unexpected_exit is not None
+        ):
+            code = self.process.poll() if self.process else None
+            self.on_unexpected_exit(f"the zygote process exited unexpectedly (code {code})")
 
     async def start_worker(self, wid: int, trigger_kind: str, trigger_name: str) -> StartedWorker:
         if self._ctl is None:
@@ -167,6 +179,7 @@ class ZygoteStarter:
         return StartedWorker(ours, reply["pid"], fork_time)
 
     def stop(self) -> None:
+        self._stopping = True
         if self._ctl is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._ctl.fileno())
