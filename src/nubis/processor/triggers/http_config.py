@@ -48,17 +48,20 @@ class CorsConfig:
     def from_attributes(cls, raw: Any, where: str) -> CorsConfig:
         attrs = _lower_keys(raw, where)
         config = cls(enabled=bool(attrs.get("enabled", False)))
-        for key, name in (
-            ("alloworigins", "allow_origins"),
-            ("allowmethods", "allow_methods"),
-            ("allowheaders", "allow_headers"),
-            ("exposeheaders", "expose_headers"),
+        for spelling, name in (
+            ("allowOrigins", "allow_origins"),
+            ("allowMethods", "allow_methods"),
+            ("allowHeaders", "allow_headers"),
+            ("exposeHeaders", "expose_headers"),
         ):
-            if key in attrs and attrs[key] is not None:
-                value = attrs[key]
+            value = attrs.get(spelling.lower())
+            if value is not None:
                 if not isinstance(value, list):
                     raise SpecError(
-                        "must be a list of strings", field=f"{where}.{name}", expected="a list", found=value
+                        "must be a list of strings",
+                        field=f"{where}.{spelling}",
+                        expected="a list",
+                        found=value,
                     )
                 setattr(config, name, [str(v) for v in value])
         config.allow_credentials = bool(attrs.get("allowcredentials", False))
