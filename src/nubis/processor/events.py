@@ -42,7 +42,17 @@ class Reply(Protocol):
 class Submission:
     """One event on its way through a pool: the event frame plus where its answer goes."""
 
-    __slots__ = ("capture", "deadline", "frame", "reply", "seq", "streaming", "timer")
+    __slots__ = (
+        "answered",
+        "capture",
+        "deadline",
+        "frame",
+        "prefetched",
+        "reply",
+        "seq",
+        "streaming",
+        "timer",
+    )
 
     def __init__(self, frame: dict[str, Any], reply: Reply, capture: bool = False) -> None:
         self.frame = frame
@@ -54,6 +64,10 @@ class Submission:
         self.capture: list[dict[str, Any]] | None = [] if capture else None
         self.timer: Any = None
         self.streaming = False
+        #: the caller has its answer; anything the worker still says about this event is dropped
+        self.answered = False
+        #: queued on a busy worker behind its running event (pipelining), not yet started
+        self.prefetched = False
 
 
 def error_response(status: int, message: str, headers: dict[str, Any] | None = None) -> Response:

@@ -40,6 +40,8 @@ class WorkerLink(asyncio.Protocol):
         self.alive = True
         self.killed_reason: str | None = None
         self.first_response_at = 0.0
+        #: when the event now at the head of `outstanding` became the one the worker runs
+        self.head_started = 0.0
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -68,12 +70,8 @@ class WorkerLink(asyncio.Protocol):
                 self._on_chunk(message)
             elif kind == "x":
                 sub = self.outstanding.popleft()
-                self.pool.finish(
-                    self,
-                    sub,
-                    error_response(503, "no worker became available in time", {"Retry-After": "1"}),
-                    0.0,
-                )
+                response = error_response(503, "no worker became available in time", {"Retry-After": "1"})
+                self.pool.finish(self, sub, response, 0.0)
             elif kind == "ready":
                 if not self.ready.done():
                     self.ready.set_result(None)
@@ -112,10 +110,9 @@ class WorkerLink(asyncio.Protocol):
             self.first_response_at = time.monotonic()
             self.pool.first_event_latencies.append(self.first_response_at - self.started.fork_time)
         if response.stream:
-            sub.streaming = True
-            self.pool.stream_started(self, sub)
-            response.logs = sub.capture
-            sub.reply.respond(response)
+            if self.pool.stream_started(self, sub):
+                response.logs = sub.capture
+                sub.reply.respond(response)
             return
         self.outstanding.popleft()
         self.pool.finish(self, sub, response, response.duration)
@@ -124,9 +121,10 @@ class WorkerLink(asyncio.Protocol):
         sub = self.outstanding[0]
         if message.get("end"):
             self.outstanding.popleft()
-            sub.reply.end(message.get("err"))
+            if sub.streaming:
+                sub.reply.end(message.get("err"))
             self.pool.finish(self, sub, None, message.get("d", 0.0))
-        else:
+        elif sub.streaming:
             sub.reply.chunk(message["b"])
 
     def _on_log(self, message: dict[str, Any]) -> None:

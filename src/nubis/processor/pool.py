@@ -4,13 +4,14 @@ Allocation follows Nuclio's semantics (one event at a time per worker; 503 when 
 within `workerAvailabilityTimeoutMilliseconds`; 408 and a worker restart on `eventTimeout`) with two
 additions:
 
-* a bounded wait queue: when it is full the pool answers 503 with `Retry-After` at once instead of
-  buffering without limit;
-* pipelining for fast functions: once the pool has seen that handlers finish in well under a
-  millisecond, events may be queued on a busy worker (up to `PREFETCH` each), so a burst crosses the
-  socket in one write each way. Such an event carries its availability deadline, and the worker
-  refuses it (`x` frame -> 503) if it could not start it in time; events queued on a worker that
-  dies are handed to another worker, since they never started.
+* a bounded wait: when `max_queued` events already wait, the pool answers 503 with `Retry-After` at
+  once instead of buffering without limit;
+* pipelining for fast functions: once handlers are seen to finish in well under a millisecond, an
+  event may be queued on a busy worker whose running event started a moment ago (up to `PREFETCH`
+  each), so a burst crosses the socket in one write each way. Such an event counts against
+  `max_queued`, carries its availability deadline (the worker refuses it with an `x` frame if it
+  could not start it in time), and the pool answers 503 on time if it is still queued then.
+  Events queued on a worker that dies are handed to another worker, since they never started.
 """
 
 from __future__ import annotations
@@ -34,12 +35,19 @@ function_log = logging.getLogger("nubis.function")
 PREFETCH = 32
 #: Pipelining is used only while the mean handler duration stays below this (seconds).
 PIPELINE_MAX_DURATION = 0.001
+#: ... and only onto a worker whose running event started less than this long ago (seconds), at
+#: least; four mean durations when that is longer. A slow event is never joined once it shows.
+PIPELINE_MIN_WINDOW = 0.0002
+#: A queued event past its availability deadline is answered 503 after this much more (seconds): the
+#: worker checks the deadline itself before starting, so by then it can no longer have started it.
+DEADLINE_GRACE = 0.05
 #: A worker must answer `ready` (init_context done) within this many seconds.
 WORKER_READY_TIMEOUT_SECONDS = 120.0
 #: Back-off between attempts to replace a worker that keeps failing to start (seconds).
 RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+_BUSY = {"Retry-After": "1"}
 
 
 class Starter(Protocol):
@@ -77,6 +85,7 @@ class WorkerPool:
         self.workers: list[WorkerLink] = []
         self._idle: list[WorkerLink] = []
         self._waiting: deque[Submission] = deque()
+        self._prefetched = 0
         self._seq = 0
         self._avg_duration = 1.0
         self._samples = 0
@@ -128,9 +137,7 @@ class WorkerPool:
         for task in list(self._tasks):
             task.cancel()
         while self._waiting:
-            sub = self._waiting.popleft()
-            self._cancel_timer(sub)
-            sub.reply.respond(error_response(503, "the function is shutting down"))
+            self.answer(self._waiting.popleft(), error_response(503, "the function is shutting down"))
         links = list(self.workers)
         for link in links:
             link.drained = self._loop.create_future()
@@ -148,11 +155,26 @@ class WorkerPool:
     def _is_idle(self) -> bool:
         return not self._waiting and all(not w.outstanding for w in self.workers)
 
+    def _check_idle(self) -> None:
+        if self._closing and self._is_idle():
+            self._idle_event.set()
+
     # -- allocation ----------------------------------------------------------------------------------
+    def answer(self, sub: Submission, response: Response) -> None:
+        """Give the caller its answer, once; a later word from the worker about it is dropped."""
+        if sub.answered:
+            return
+        sub.answered = True
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+        response.logs = sub.capture
+        sub.reply.respond(response)
+
     def submit(self, sub: Submission) -> None:
         """Hand an event to a worker now, queue it, or answer 503 at once."""
         if self._closing:
-            sub.reply.respond(error_response(503, "the function is shutting down", {"Retry-After": "1"}))
+            self.answer(sub, error_response(503, "the function is shutting down", _BUSY))
             return
         self._seq += 1
         sub.seq = self._seq
@@ -160,76 +182,91 @@ class WorkerPool:
         if self._idle:
             self._assign(self._idle.pop(), sub)
             return
+        if self.availability_timeout <= 0:
+            self.answer(sub, error_response(503, "no worker available", _BUSY))
+            return
+        if len(self._waiting) + self._prefetched >= self.max_queued:
+            self.answer(sub, error_response(503, "too many events waiting for a worker", _BUSY))
+            return
         if (
             not self._waiting
             and self._samples >= 4
             and self._avg_duration < PIPELINE_MAX_DURATION
-            and self.availability_timeout > 0
+            and self._prefetch(sub)
         ):
-            target = None
-            for worker in self.workers:
-                if len(worker.outstanding) < PREFETCH and (
-                    target is None or len(worker.outstanding) < len(target.outstanding)
-                ):
-                    target = worker
-            if target is not None:
-                sub.frame["dl"] = time.monotonic() + self.availability_timeout
-                self._assign(target, sub)
-                return
-        if self.availability_timeout <= 0:
-            sub.reply.respond(error_response(503, "no worker available", {"Retry-After": "1"}))
             return
-        if len(self._waiting) >= self.max_queued:
-            sub.reply.respond(
-                error_response(503, "too many events waiting for a worker", {"Retry-After": "1"})
-            )
-            return
-        self._enqueue(sub, self.availability_timeout)
+        sub.deadline = time.monotonic() + self.availability_timeout
+        sub.timer = self._loop.call_later(self.availability_timeout, self._expire, sub)
+        self._waiting.append(sub)
 
-    def _enqueue(self, sub: Submission, wait: float, front: bool = False) -> None:
-        sub.deadline = time.monotonic() + wait
-        sub.timer = self._loop.call_later(wait, self._expire, sub)
-        if front:
-            self._waiting.appendleft(sub)
-        else:
-            self._waiting.append(sub)
+    def _prefetch(self, sub: Submission) -> bool:
+        now = time.monotonic()
+        window = max(PIPELINE_MIN_WINDOW, 4 * self._avg_duration)
+        target = None
+        for worker in self.workers:
+            depth = len(worker.outstanding)
+            if (
+                depth < PREFETCH
+                and now - worker.head_started < window
+                and (target is None or depth < len(target.outstanding))
+            ):
+                target = worker
+        if target is None:
+            return False
+        sub.deadline = now + self.availability_timeout
+        sub.frame["dl"] = sub.deadline
+        sub.prefetched = True
+        self._prefetched += 1
+        sub.timer = self._loop.call_later(
+            self.availability_timeout + DEADLINE_GRACE, self._prefetch_expired, sub
+        )
+        target.outstanding.append(sub)
+        target.send(sub.frame)
+        return True
 
     def _assign(self, worker: WorkerLink, sub: Submission) -> None:
         worker.outstanding.append(sub)
-        if len(worker.outstanding) == 1:
-            self._became_head(worker, sub)
+        self._became_head(worker, sub)
         worker.send(sub.frame)
 
     def _became_head(self, worker: WorkerLink, sub: Submission) -> None:
+        worker.head_started = time.monotonic()
+        if sub.prefetched:
+            sub.prefetched = False
+            self._prefetched -= 1
+        if sub.answered:
+            return
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
         if self.event_timeout:
             sub.timer = self._loop.call_later(self.event_timeout, self._timed_out, worker, sub)
 
     def _expire(self, sub: Submission) -> None:
         with contextlib.suppress(ValueError):
             self._waiting.remove(sub)
-            sub.reply.respond(error_response(503, "no worker became available in time", {"Retry-After": "1"}))
+            self.answer(sub, error_response(503, "no worker became available in time", _BUSY))
             self._check_idle()
 
+    def _prefetch_expired(self, sub: Submission) -> None:
+        sub.timer = None
+        if sub.prefetched:
+            self.answer(sub, error_response(503, "no worker became available in time", _BUSY))
+
     def _timed_out(self, worker: WorkerLink, sub: Submission) -> None:
+        sub.timer = None
         if not worker.outstanding or worker.outstanding[0] is not sub or sub.streaming:
             return
-        worker.outstanding.popleft()
-        sub.timer = None
-        sub.reply.respond(error_response(408, "handler timed out"))
+        self.answer(sub, error_response(408, "handler timed out"))
         worker.kill(f"event {sub.frame.get('id')} exceeded eventTimeout ({self.event_timeout:g} s)")
 
-    @staticmethod
-    def _cancel_timer(sub: Submission) -> None:
-        if sub.timer is not None:
+    def finish(self, worker: WorkerLink, sub: Submission, response: Response | None, duration: float) -> None:
+        """A worker is done with its oldest event (popped by the link): answer it, give it more work."""
+        if response is not None:
+            self.answer(sub, response)
+        elif sub.timer is not None:
             sub.timer.cancel()
             sub.timer = None
-
-    def finish(self, worker: WorkerLink, sub: Submission, response: Response | None, duration: float) -> None:
-        """A worker is done with its head event: answer it and give the worker more work."""
-        self._cancel_timer(sub)
-        if response is not None:
-            response.logs = sub.capture
-            sub.reply.respond(response)
         if duration > 0:
             self._samples += 1
             self._avg_duration = duration if self._samples == 1 else self._avg_duration * 0.9 + duration * 0.1
@@ -239,24 +276,25 @@ class WorkerPool:
             self._worker_free(worker)
         self._check_idle()
 
-    def stream_started(self, worker: WorkerLink, sub: Submission) -> None:
+    def stream_started(self, worker: WorkerLink, sub: Submission) -> bool:
+        """The head of a streamed body arrived; False when the caller was already answered."""
+        if sub.answered:
+            return False
         # A streamed body may legitimately take long; eventTimeout covers the wait for its head.
-        self._cancel_timer(sub)
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+        sub.answered = sub.streaming = True
+        return True
 
     def _worker_free(self, worker: WorkerLink) -> None:
         while self._waiting:
             sub = self._waiting.popleft()
-            self._cancel_timer(sub)
             if time.monotonic() <= sub.deadline:
-                sub.frame.pop("dl", None)
                 self._assign(worker, sub)
                 return
-            sub.reply.respond(error_response(503, "no worker became available in time", {"Retry-After": "1"}))
+            self.answer(sub, error_response(503, "no worker became available in time", _BUSY))
         self._idle.append(worker)
-
-    def _check_idle(self) -> None:
-        if self._closing and self._is_idle():
-            self._idle_event.set()
 
     # -- failures ------------------------------------------------------------------------------------
     def on_worker_lost(self, worker: WorkerLink) -> None:
@@ -275,20 +313,13 @@ class WorkerPool:
         worker.outstanding.clear()
         if pending:
             head = pending.pop(0)
-            self._cancel_timer(head)
             if head.streaming:
                 head.reply.end(f"worker process {reason}")
             else:
-                head.reply.respond(
-                    error_response(500, f"the worker process {reason} while handling the event")
+                self.answer(
+                    head, error_response(500, f"the worker process {reason} while handling the event")
                 )
-            for sub in reversed(pending):
-                remaining = (
-                    max(sub.frame.pop("dl", 0.0) - time.monotonic(), 0.001)
-                    if "dl" in sub.frame
-                    else self.availability_timeout
-                )
-                self._enqueue(sub, remaining, front=True)
+            self._requeue(pending)
         if self._closing:
             self._check_idle()
             return
@@ -301,7 +332,31 @@ class WorkerPool:
             self.function_name,
             reason,
         )
-        task = self._loop.create_task(self._replace(worker.wid))
+        self._spawn_task(self._replace(worker.wid))
+
+    def _requeue(self, pending: list[Submission]) -> None:
+        """Events that were queued on a lost worker never started: they go first in line."""
+        now = time.monotonic()
+        for sub in reversed(pending):
+            if sub.prefetched:
+                sub.prefetched = False
+                self._prefetched -= 1
+            if sub.timer is not None:
+                sub.timer.cancel()
+                sub.timer = None
+            if sub.answered:
+                continue
+            sub.frame.pop("dl", None)
+            if not sub.deadline:
+                sub.deadline = now + self.availability_timeout
+            wait = max(sub.deadline - now, 0.001)
+            sub.timer = self._loop.call_later(wait, self._expire, sub)
+            self._waiting.appendleft(sub)
+        while self._idle and self._waiting:
+            self._worker_free(self._idle.pop())
+
+    def _spawn_task(self, coroutine: Any) -> None:
+        task = self._loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -314,9 +369,7 @@ class WorkerPool:
         except (WorkerError, OSError) as exc:
             log.error("%s", exc)
             if not self._closing:
-                task = self._loop.create_task(self._replace(wid))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn_task(self._replace(wid))
 
     def log_init_failure(self, worker: WorkerLink, message: dict[str, Any]) -> None:
         self._init_errors[worker.wid] = f"{message['msg']}\n{message.get('tb', '')}".rstrip()

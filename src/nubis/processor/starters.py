@@ -183,8 +183,14 @@ class ZygoteStarter:
         if self._ctl is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._ctl.fileno())
+            with contextlib.suppress(OSError):
+                # `term` lets the zygote collect its exiting workers before it goes.
+                self._ctl.send(msgpack.packb({"t": "term"}))
             self._ctl.close()
             self._ctl = None
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(3)
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -239,6 +239,7 @@ class HttpConnection(asyncio.Protocol):
             slot.respond(error_response(503, "the function is shutting down", {"Retry-After": "1"}))
             return
         if self.config.cors.enabled and method == "OPTIONS" and "Access-Control-Request-Method" in headers:
+            slot.origin = None  # the preflight answer carries its own CORS headers
             slot.respond(trigger.preflight(headers))
             return
         chunks = self.body

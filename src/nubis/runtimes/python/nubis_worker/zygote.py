@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 
 import msgpack
@@ -102,7 +103,20 @@ def main(argv=None):  # type: ignore[no-untyped-def]
             pid = _fork_worker(ctl, (wake_r, wake_w), command, fds[0], module, handler, args)
             _send(ctl, {"t": "forked", "wid": command["wid"], "pid": pid, "threads": threads})
         elif command["t"] == "term":
+            _reap_before_exit(ctl)
             return 0
+
+
+def _reap_before_exit(ctl, patience=2.0):  # type: ignore[no-untyped-def]
+    """Collect workers that are exiting, so none is left a zombie when the zygote goes."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.01)
 
 
 def _report_exits(ctl):  # type: ignore[no-untyped-def]

@@ -1,0 +1,33 @@
+"""Fixtures that run real `nubis run` processes (see harness.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from harness import Launcher, RunningFunction
+
+
+@pytest.fixture(scope="session")
+def nubis(nubis_data_dir: Path, free_port: Callable[[], int]) -> Launcher:
+    """Starts `nubis run` processes sharing the session's environment cache (NUBIS_DATA_DIR)."""
+    return Launcher(nubis_data_dir, free_port)
+
+
+@pytest.fixture
+def run_function(nubis: Launcher) -> Iterator[Callable[..., RunningFunction]]:
+    """`run_function(path, *args, env=None)`: a served function, stopped at the end of the test.
+
+    The returned object is also a context manager, for tests that stop it earlier themselves.
+    """
+    started: list[RunningFunction] = []
+
+    def start(path: Path | str, *args: str, env: dict[str, str] | None = None) -> RunningFunction:
+        function = nubis.start(path, *args, env=env)
+        started.append(function)
+        return function
+
+    yield start
+    for function in started:
+        function.stop()

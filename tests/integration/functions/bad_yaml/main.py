@@ -1,0 +1,2 @@
+def handler(context, event):
+    return "never served: the configuration is invalid"
