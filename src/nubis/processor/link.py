@@ -40,8 +40,8 @@ class WorkerLink(asyncio.Protocol):
         self.alive = True
         self.killed_reason: str | None = None
         self.first_response_at = 0.0
-        #: when the event now at the head of `outstanding` became the one the worker runs
-        self.head_started = 0.0
+        #: when this worker last started or answered an event, as far as the processor knows
+        self.progress_at = 0.0
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._flush_scheduled = False

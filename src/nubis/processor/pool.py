@@ -35,9 +35,11 @@ function_log = logging.getLogger("nubis.function")
 PREFETCH = 32
 #: Pipelining is used only while the mean handler duration stays below this (seconds).
 PIPELINE_MAX_DURATION = 0.001
-#: ... and only onto a worker whose running event started less than this long ago (seconds), at
-#: least; four mean durations when that is longer. A slow event is never joined once it shows.
-PIPELINE_MIN_WINDOW = 0.0002
+#: ... and only onto a worker that made progress (started an event or answered one) less than this
+#: long ago (seconds), or four mean durations when that is longer. A busy worker answers at least
+#: every 0.5 ms while it works through a burst, so a worker stuck in a slow event stops being
+#: chosen within about a millisecond of the event starting.
+PIPELINE_MIN_WINDOW = 0.001
 #: A queued event past its availability deadline is answered 503 after this much more (seconds): the
 #: worker checks the deadline itself before starting, so by then it can no longer have started it.
 DEADLINE_GRACE = 0.05
@@ -207,7 +209,7 @@ class WorkerPool:
             depth = len(worker.outstanding)
             if (
                 depth < PREFETCH
-                and now - worker.head_started < window
+                and now - worker.progress_at < window
                 and (target is None or depth < len(target.outstanding))
             ):
                 target = worker
@@ -230,7 +232,7 @@ class WorkerPool:
         worker.send(sub.frame)
 
     def _became_head(self, worker: WorkerLink, sub: Submission) -> None:
-        worker.head_started = time.monotonic()
+        worker.progress_at = time.monotonic()
         if sub.prefetched:
             sub.prefetched = False
             self._prefetched -= 1
