@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness import skip_or_fail
 
 from nubis.build import Environment, build_environment, environment_key, find_python
 from nubis.errors import BuildError
@@ -191,7 +192,7 @@ def test_a_half_built_env_is_replaced(tmp_path: Path) -> None:
 def test_oldest_and_newest_supported_pythons(tmp_path: Path, version: str) -> None:
     python = find_python(version)
     if python.warning:
-        pytest.skip(python.warning)
+        skip_or_fail(python.warning)
     env = build_environment(
         tmp_path,
         python=python,
