@@ -88,6 +88,7 @@ class WorkerPool:
         self._idle: list[WorkerLink] = []
         self._waiting: deque[Submission] = deque()
         self._prefetched = 0
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._seq = 0
         self._avg_duration = 1.0
         self._samples = 0
@@ -138,6 +139,9 @@ class WorkerPool:
                 await asyncio.wait_for(self._idle_event.wait(), drain_timeout)
         for task in list(self._tasks):
             task.cancel()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         while self._waiting:
             self.answer(self._waiting.popleft(), error_response(503, "the function is shutting down"))
         links = list(self.workers)
@@ -219,9 +223,8 @@ class WorkerPool:
         sub.frame["dl"] = sub.deadline
         sub.prefetched = True
         self._prefetched += 1
-        sub.timer = self._loop.call_later(
-            self.availability_timeout + DEADLINE_GRACE, self._prefetch_expired, sub
-        )
+        if self._sweep_timer is None:
+            self._sweep_timer = self._loop.call_later(self.availability_timeout + DEADLINE_GRACE, self._sweep)
         target.outstanding.append(sub)
         target.send(sub.frame)
         return True
@@ -250,10 +253,27 @@ class WorkerPool:
             self.answer(sub, error_response(503, "no worker became available in time", _BUSY))
             self._check_idle()
 
-    def _prefetch_expired(self, sub: Submission) -> None:
-        sub.timer = None
-        if sub.prefetched:
-            self.answer(sub, error_response(503, "no worker became available in time", _BUSY))
+    def _sweep(self) -> None:
+        """Answer 503 for queued-on-a-worker events past their availability deadline.
+
+        One timer per pool instead of one per event: events queued on a worker are in deadline
+        order, so each worker's scan stops at its first event still in time.
+        """
+        self._sweep_timer = None
+        now = time.monotonic()
+        earliest: float | None = None
+        for worker in self.workers:
+            for sub in worker.outstanding:
+                if not sub.prefetched or sub.answered:
+                    continue
+                if sub.deadline + DEADLINE_GRACE <= now:
+                    self.answer(sub, error_response(503, "no worker became available in time", _BUSY))
+                    continue
+                if earliest is None or sub.deadline < earliest:
+                    earliest = sub.deadline
+                break
+        if earliest is not None:
+            self._sweep_timer = self._loop.call_later(earliest + DEADLINE_GRACE - now, self._sweep)
 
     def _timed_out(self, worker: WorkerLink, sub: Submission) -> None:
         sub.timer = None
