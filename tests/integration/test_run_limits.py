@@ -216,3 +216,24 @@ def test_pipelined_responses_stay_in_order_with_two_workers(run_function: RunFun
     assert first.status == second.status == 200
     assert json.loads(first.body)["slept"] == 0.5
     assert json.loads(second.body) == {"second": "yes"}
+
+
+def test_event_arriving_with_a_slow_one_is_503_on_time_and_the_slow_one_completes(
+    run_function: RunFunction,
+) -> None:
+    # Warmed up, the pool pipelines: an event arriving a moment after a slow one may be queued on
+    # the busy worker itself. Its availability deadline must still hold, whichever queue it is in.
+    function = run_function(BEHAVIOURS, *one_worker(workerAvailabilityTimeoutMilliseconds=300))
+    warm_up(function)
+    with raw_connect(function.port) as slow_sock, raw_connect(function.port) as fast_sock:
+        slow_sock.sendall(raw_request("GET", "/sleep?seconds=1.5"))
+        start = time.monotonic()
+        fast_sock.sendall(raw_request("GET", "/str"))
+        refused = RawReader(fast_sock).read_response()
+        elapsed = time.monotonic() - start
+        slow = RawReader(slow_sock).read_response()
+    assert refused.status == 503
+    assert 0.25 <= elapsed < 1.2, f"503 after {elapsed:.2f} s"
+    assert refused.headers.get("retry-after") == "1" or refused.headers.get("Retry-After") == "1"
+    assert slow.status == 200
+    assert timed_get(function.url, "/str").text == "hello"
