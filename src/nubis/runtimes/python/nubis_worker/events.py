@@ -43,9 +43,9 @@ def build_event(frame, trigger):  # type: ignore[no-untyped-def]
     body = get("body", b"")
     size = get("size")
     if size is None:
-        size = len(body) if isinstance(body, bytes) else 0
+        size = len(body) if body.__class__ is bytes else 0
     content_type = get("content_type", "")
-    if content_type == "application/json" and isinstance(body, bytes):
+    if content_type == "application/json" and body.__class__ is bytes:
         body = _decode_json(body)
     event = _new_event(_Event)
     event.__dict__ = {

@@ -27,7 +27,10 @@ def json_encode(value):  # type: ignore[no-untyped-def]
 
 
 def to_bytes(body):  # type: ignore[no-untyped-def]
-    if isinstance(body, bytes):
+    kind = body.__class__
+    if kind is str:
+        return body.encode("utf-8")
+    if kind is bytes:
         return body
     if isinstance(body, (bytearray, memoryview)):
         return bytes(body)
@@ -36,12 +39,29 @@ def to_bytes(body):  # type: ignore[no-untyped-def]
     return str(body).encode("utf-8")
 
 
+_NO_HEADERS = {}  # type: ignore[var-annotated]
+
+
 def _headers(headers):  # type: ignore[no-untyped-def]
     # Strings travel as they are; bools and numbers are kept for stream triggers (the HTTP trigger
     # drops non-string values, as Nuclio's does); anything else cannot be a header at all.
     if not headers:
-        return {}
+        return _NO_HEADERS
+    for value in headers.values():
+        if value.__class__ is not str:
+            break
+    else:
+        return headers
     return {str(k): v for k, v in headers.items() if isinstance(v, (str, bool, int, float)) and v is not None}
+
+
+def from_response_object(output):  # type: ignore[no-untyped-def]
+    """A returned `Response` (the common case, so it has its own entry point)."""
+    body = output.body
+    status = int(output.status_code or 200)
+    if isinstance(body, dict):
+        return status, "application/json", _headers(output.headers), json.dumps(body).encode("utf-8")
+    return status, output.content_type, _headers(output.headers), to_bytes(body)
 
 
 def is_stream(output):  # type: ignore[no-untyped-def]
@@ -65,14 +85,7 @@ def to_response(output):  # type: ignore[no-untyped-def]
             return int(status), "text/plain", {}, body.encode("utf-8")
         return int(status), "application/json", {}, json_encode(body).encode("utf-8")
     if isinstance(output, _Response):
-        body = output.body
-        if isinstance(body, dict):
-            body_bytes = json.dumps(body).encode("utf-8")
-            content_type = "application/json"
-        else:
-            body_bytes = to_bytes(body)
-            content_type = output.content_type
-        return int(output.status_code or 200), content_type, _headers(output.headers), body_bytes
+        return from_response_object(output)
     return 200, "text/plain", {}, str(output).encode("utf-8")
 
 

@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 import traceback
+import types
 
 import nuclio_sdk
 from nubis_worker import framing, outputs
@@ -26,7 +27,10 @@ from nubis_worker.logsink import make_logger
 #: A response waits in the outgoing buffer at most this long for the next one to share its write.
 FLUSH_AFTER_SECONDS = 0.0005
 
-_PLAIN_OUTPUTS = (str, bytes, dict, list, tuple)
+_PLAIN_OUTPUTS = frozenset((str, bytes, dict, list, tuple, nuclio_sdk.Response))
+_GENERATORS = frozenset((types.GeneratorType, types.AsyncGeneratorType))
+_Response = nuclio_sdk.Response
+_NO_HEADERS = {}  # type: ignore[var-annotated]
 
 
 class _State:
@@ -168,12 +172,18 @@ class Worker:
         try:
             event = build_event(frame, self.trigger)
             output = self.handler(self.context, event)
-            if not isinstance(output, _PLAIN_OUTPUTS) and inspect.isawaitable(output):
-                output = self.run_coroutine(output)
-            if outputs.is_stream(output):
-                self.stream(seq, output, started)
-                return
-            status, content_type, headers, body = outputs.to_response(output)
+            kind = output.__class__
+            if kind is str:
+                status, content_type, headers, body = 200, "text/plain", _NO_HEADERS, output.encode("utf-8")
+            elif kind is _Response and output.body.__class__ not in _GENERATORS:
+                status, content_type, headers, body = outputs.from_response_object(output)
+            else:
+                if kind not in _PLAIN_OUTPUTS and inspect.isawaitable(output):
+                    output = self.run_coroutine(output)
+                if outputs.is_stream(output):
+                    self.stream(seq, output, started)
+                    return
+                status, content_type, headers, body = outputs.to_response(output)
         except BaseException as exc:
             status, content_type, headers, body, tb = outputs.exception_response(exc)
             self.logger.error_with("Exception caught in handler", exc=str(exc), traceback=tb)
