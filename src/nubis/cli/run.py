@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ import typer
 import uvloop
 
 from nubis import logs
-from nubis.build import build_environment, find_python
+from nubis.build import Environment, build_environment, find_python
 from nubis.errors import NubisError
 from nubis.processor.processor import Processor, ProcessorOptions
 from nubis.settings import Settings
@@ -65,28 +66,25 @@ def _build(loaded: LoadedFunction) -> Path:
     build = loaded.config.spec.build
     timeout = float(build.build_timeout_seconds) if build.build_timeout_seconds else None
     settings = Settings()
-    if sys.stderr.isatty():
-        from rich.console import Console
 
-        console = Console(stderr=True)
-        with console.status(f"building environment for {loaded.config.metadata.name}") as status:
-            environment = build_environment(
-                loaded.directory,
-                python=python,
-                build_commands=list(build.commands or []),
-                cache_root=settings.environments_dir,
-                timeout_seconds=timeout,
-                progress=lambda line: status.update(f"[dim]{line[:120]}[/dim]"),
-            )
-    else:
-        environment = build_environment(
+    def build_with(progress: Callable[[str], None]) -> Environment:
+        return build_environment(
             loaded.directory,
             python=python,
             build_commands=list(build.commands or []),
             cache_root=settings.environments_dir,
             timeout_seconds=timeout,
-            progress=lambda line: log.info("build: %s", line),
+            progress=progress,
         )
+
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status(f"building environment for {loaded.config.metadata.name}") as status:
+            environment = build_with(lambda line: status.update(f"[dim]{line[:120]}[/dim]"))
+    else:
+        environment = build_with(lambda line: log.info("build: %s", line))
     for warning in environment.warnings:
         log.warning("%s", warning)
     return environment.python

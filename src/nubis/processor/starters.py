@@ -41,6 +41,16 @@ class WorkerCommand:
     namespace: str = "nubis"
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def argv(self, module: str) -> list[str]:
+        """The interpreter command line for a worker-side entry module (zygote or spawn)."""
+        return [
+            str(self.python), "-u", "-m", module,
+            "--handler", self.handler,
+            "--function-dir", str(self.function_dir),
+            "--function-name", self.function_name,
+            "--namespace", self.namespace,
+        ]  # fmt: skip
+
 
 @dataclass
 class StartedWorker:
@@ -72,18 +82,7 @@ class ZygoteStarter:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = self.command
         argv = [
-            str(cmd.python),
-            "-u",
-            "-m",
-            "nubis_worker.zygote",
-            "--handler",
-            cmd.handler,
-            "--function-dir",
-            str(cmd.function_dir),
-            "--function-name",
-            cmd.function_name,
-            "--namespace",
-            cmd.namespace,
+            *cmd.argv("nubis_worker.zygote"),
             "--control-fd",
             str(theirs.fileno()),
         ]
@@ -217,18 +216,7 @@ class SpawnStarter:
         cmd = self.command
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [
-            str(cmd.python),
-            "-u",
-            "-m",
-            "nubis_worker.spawn",
-            "--handler",
-            cmd.handler,
-            "--function-dir",
-            str(cmd.function_dir),
-            "--function-name",
-            cmd.function_name,
-            "--namespace",
-            cmd.namespace,
+            *cmd.argv("nubis_worker.spawn"),
             "--event-fd",
             str(theirs.fileno()),
             "--worker-id",
