@@ -1,0 +1,1 @@
+"""Who is calling (principals, API tokens) and what they may do (the authorisation gate)."""
