@@ -72,3 +72,41 @@ class ProcessorError(NubisError):
     """A processor (one replica) could not start: port taken, trigger misconfigured."""
 
     exit_code = 5
+
+
+class ApiError(NubisError):
+    """A request cannot be done as asked; `status_code` is the HTTP status the API answers with."""
+
+    status_code = 500
+
+
+class NotFound(ApiError):
+    """The named object does not exist."""
+
+    status_code = 404
+
+
+class Conflict(ApiError):
+    """The object exists already, or changed since the caller read it (resourceVersion)."""
+
+    status_code = 409
+
+
+class PreconditionFailed(ApiError):
+    """The object is not in a state that allows the operation (missing project, non-empty project)."""
+
+    status_code = 412
+
+
+class BadRequest(ApiError):
+    """The request itself is malformed or invalid; the message says what to change.
+
+    `status_code` may be narrowed per instance (413 for an oversized body).
+    """
+
+    status_code = 400
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        if status_code is not None:
+            self.status_code = status_code

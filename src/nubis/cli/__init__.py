@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from nubis import __version__
+from nubis.cli import db
 from nubis.cli.run import run_command
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("run")(run_command)
+app.add_typer(db.app, name="db", help="State database: migrations.")
 
 
 @app.command("version")

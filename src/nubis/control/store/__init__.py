@@ -1,0 +1,38 @@
+"""The control plane's state: projects, functions, deploy logs and API tokens (docs/control-plane.md).
+
+`await Store.open(url)` applies the shipped Alembic migrations and returns the async repository;
+`upgrade(url)` applies them alone (what `nubis db upgrade` runs). URLs: `sqlite+aiosqlite:///PATH`
+(the default, `default_state_url(data_dir)`) or `postgresql+psycopg://USER@HOST/DB`.
+"""
+
+from __future__ import annotations
+
+from nubis.control.store.engine import default_state_url, display_url, parse_url
+from nubis.control.store.errors import StoreError
+from nubis.control.store.migrate import head_revision, upgrade
+from nubis.control.store.records import FunctionRecord, LogRecord, ProjectRecord, TokenRecord
+from nubis.control.store.store import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_PROJECT,
+    LOG_CAP_PER_FUNCTION,
+    RECONCILE_STATES,
+    Store,
+)
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_PROJECT",
+    "LOG_CAP_PER_FUNCTION",
+    "RECONCILE_STATES",
+    "FunctionRecord",
+    "LogRecord",
+    "ProjectRecord",
+    "Store",
+    "StoreError",
+    "TokenRecord",
+    "default_state_url",
+    "display_url",
+    "head_revision",
+    "parse_url",
+    "upgrade",
+]

@@ -1,0 +1,108 @@
+"""The tables, as SQLAlchemy 2 declarative models (the migrations in migrations/versions/ match them).
+
+Nuclio-shaped JSON lives in `sqlalchemy.JSON` columns (TEXT on SQLite, JSON on PostgreSQL), so
+unknown keys round-trip. JSON columns are never mutated in place: the store assigns new dicts.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Name of PostgreSQL/SQLite constraints, so migrations can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores no offset: it is added back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store keeps timezone-aware UTC times")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+Base.metadata.naming_convention = NAMING_CONVENTION
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[dict[str, Any]]
+    annotations: Mapped[dict[str, Any]]
+    spec: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class FunctionRow(Base):
+    __tablename__ = "functions"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    project: Mapped[str] = mapped_column(String(255), ForeignKey("projects.name"), index=True)
+    namespace: Mapped[str] = mapped_column(String(255))
+    config: Mapped[dict[str, Any]]
+    status: Mapped[dict[str, Any]]
+    generation: Mapped[int] = mapped_column(BigInteger)
+    deployed_generation: Mapped[int] = mapped_column(BigInteger)
+    resource_version: Mapped[str] = mapped_column(String(64))
+    http_port: Mapped[int | None] = mapped_column(Integer, unique=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class FunctionLogRow(Base):
+    __tablename__ = "function_logs"
+    __table_args__ = (Index("ix_function_logs_function_time", "function", "time", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    function: Mapped[str] = mapped_column(String(255), ForeignKey("functions.name", ondelete="CASCADE"))
+    time: Mapped[float] = mapped_column(Float)
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    extra: Mapped[dict[str, Any]]
+
+
+class ApiTokenRow(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    principal: Mapped[str] = mapped_column(String(255))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
