@@ -50,9 +50,7 @@ async def _measure(count: int) -> list[float]:
     latencies = []
     try:
         for _ in range(count):
-            pool = WorkerPool(
-                function_name="hello", trigger_kind="http", trigger_name="http", size=1, starter=starter
-            )
+            pool = WorkerPool(function_name="hello", trigger_kind="http", trigger_name="http", size=1, starter=starter)
             reply = _FutureReply()
             start_task = asyncio.ensure_future(pool.start())
             await asyncio.sleep(0)
@@ -81,7 +79,4 @@ def measure_cold_starts(count: int) -> list[float]:
 
 if __name__ == "__main__":
     values = measure_cold_starts(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
-    print(
-        f"fork -> first event: median {statistics.median(values) * 1000:.2f} ms, "
-        f"max {max(values) * 1000:.2f} ms"
-    )
+    print(f"fork -> first event: median {statistics.median(values) * 1000:.2f} ms, max {max(values) * 1000:.2f} ms")

@@ -45,11 +45,7 @@ class TextFormatter(logging.Formatter):
         function = getattr(record, "function", None)
         if function is not None:
             event_id = getattr(record, "event_id", None)
-            where = (
-                f"[{function} w{getattr(record, 'worker', '?')}"
-                + (f" {event_id[:8]}" if event_id else "")
-                + "] "
-            )
+            where = f"[{function} w{getattr(record, 'worker', '?')}" + (f" {event_id[:8]}" if event_id else "") + "] "
         text = f"{stamp} {level:<5} {where}{record.getMessage()}"
         variables = getattr(record, "vars", None)
         if variables:

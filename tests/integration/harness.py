@@ -73,9 +73,7 @@ def http_client(base_url: str, timeout: float = REQUEST_TIMEOUT) -> httpx.Client
 class _Pump(threading.Thread):
     """Reads a pipe line by line into a list (and optionally a queue) until EOF."""
 
-    def __init__(
-        self, stream: IO[bytes], lines: list[str], lock: threading.Lock, sink: queue.Queue[Any] | None
-    ):
+    def __init__(self, stream: IO[bytes], lines: list[str], lock: threading.Lock, sink: queue.Queue[Any] | None):
         super().__init__(daemon=True)
         self.stream = stream
         self.lines = lines
@@ -149,8 +147,7 @@ class RunningFunction:
             if remaining <= 0:
                 self.stop()
                 pytest.fail(
-                    f"{' '.join(self.argv)}: no 'ready at' line within {timeout:g} s\n"
-                    f"stderr:\n{self.stderr_text()}"
+                    f"{' '.join(self.argv)}: no 'ready at' line within {timeout:g} s\nstderr:\n{self.stderr_text()}"
                 )
             try:
                 line = self._lines.get(timeout=min(remaining, 0.5))
@@ -219,9 +216,7 @@ class RunningFunction:
     def __enter__(self) -> RunningFunction:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
@@ -295,9 +290,7 @@ class Launcher:
         finally:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-        return Finished(
-            process.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
-        )
+        return Finished(process.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
 
 
 # -- raw HTTP/1.1 (keep-alive and pipelining, where a client library would hide what is tested) ---------

@@ -160,9 +160,7 @@ def test_concurrent_builds_of_one_key_build_once(tmp_path: Path) -> None:
     def build() -> None:
         try:
             results.append(
-                build_environment(
-                    tmp_path, python=find_python(None), build_commands=[], cache_root=tmp_path / "cache"
-                )
+                build_environment(tmp_path, python=find_python(None), build_commands=[], cache_root=tmp_path / "cache")
             )
         except BaseException as exc:
             errors.append(exc)

@@ -22,9 +22,7 @@ BEHAVIOURS = FUNCTIONS / "behaviours"
 
 @pytest.fixture(scope="module")
 def server(nubis: Launcher) -> Iterator[RunningFunction]:
-    with nubis.start(
-        BEHAVIOURS, "--env", "OVERRIDDEN=from-command-line", "--env", "CLI_ONLY=cli-value"
-    ) as function:
+    with nubis.start(BEHAVIOURS, "--env", "OVERRIDDEN=from-command-line", "--env", "CLI_ONLY=cli-value") as function:
         yield function
 
 
@@ -55,9 +53,7 @@ def client(server: RunningFunction) -> Iterator[httpx.Client]:
         ("/awaitable", 200, "text/plain", b"awaited"),
     ],
 )
-def test_return_value_mapping(
-    client: httpx.Client, path: str, status: int, content_type: str, body: bytes
-) -> None:
+def test_return_value_mapping(client: httpx.Client, path: str, status: int, content_type: str, body: bytes) -> None:
     response = client.get(path)
     assert response.status_code == status
     assert response.headers["content-type"] == content_type

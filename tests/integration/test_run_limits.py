@@ -52,9 +52,7 @@ def one_worker(**trigger: Any) -> tuple[str, str]:
     return "--triggers", json.dumps({"http": spec})
 
 
-def start_slow(
-    pool: ThreadPoolExecutor, function: RunningFunction, started: Path, seconds: float
-) -> Future[Timed]:
+def start_slow(pool: ThreadPoolExecutor, function: RunningFunction, started: Path, seconds: float) -> Future[Timed]:
     """A slow request that holds the function's only worker; returns once the handler runs."""
     slow = pool.submit(timed_get, function.url, "/sleep", {"seconds": str(seconds), "started": str(started)})
     wait_until(started.exists, 10, "the slow request to reach the handler")
@@ -119,9 +117,7 @@ def test_full_queue_is_503_with_retry_after_at_once(run_function: RunFunction, t
     _check_full_queue(function, tmp_path)
 
 
-def test_full_queue_is_503_at_once_after_a_burst_of_fast_requests(
-    run_function: RunFunction, tmp_path: Path
-) -> None:
+def test_full_queue_is_503_at_once_after_a_burst_of_fast_requests(run_function: RunFunction, tmp_path: Path) -> None:
     function = run_function(BEHAVIOURS, *one_worker(attributes={"maxQueuedEvents": 1}))
     warm_up(function)
     _check_full_queue(function, tmp_path)
@@ -140,9 +136,7 @@ def _check_availability_timeout(function: RunningFunction, tmp_path: Path, low: 
     assert timed_get(function.url, "/str").status == 200
 
 
-def test_no_worker_free_within_the_availability_timeout_is_503(
-    run_function: RunFunction, tmp_path: Path
-) -> None:
+def test_no_worker_free_within_the_availability_timeout_is_503(run_function: RunFunction, tmp_path: Path) -> None:
     function = run_function(BEHAVIOURS, *one_worker(workerAvailabilityTimeoutMilliseconds=300))
     _check_availability_timeout(function, tmp_path, 0.25, 1.2)
 
@@ -152,9 +146,7 @@ def test_availability_timeout_zero_fails_at_once(run_function: RunFunction, tmp_
     _check_availability_timeout(function, tmp_path, 0.0, 0.5)
 
 
-def test_availability_timeout_holds_after_a_burst_of_fast_requests(
-    run_function: RunFunction, tmp_path: Path
-) -> None:
+def test_availability_timeout_holds_after_a_burst_of_fast_requests(run_function: RunFunction, tmp_path: Path) -> None:
     function = run_function(BEHAVIOURS, *one_worker(workerAvailabilityTimeoutMilliseconds=300))
     warm_up(function)
     _check_availability_timeout(function, tmp_path, 0.25, 1.2)

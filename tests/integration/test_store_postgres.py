@@ -70,8 +70,7 @@ def postgres_database() -> Iterator[str]:
         yield name
     finally:
         admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
         )
         admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
@@ -83,9 +82,7 @@ def store_url(postgres_database: str) -> Iterator[str]:
     """The module's database, emptied after each test (the schema stays migrated)."""
     yield _store_url(postgres_database)
     with _connect(postgres_database) as connection:
-        present = [
-            t for t in TABLES if connection.execute("SELECT to_regclass(%s)", (t,)).fetchone() != (None,)
-        ]
+        present = [t for t in TABLES if connection.execute("SELECT to_regclass(%s)", (t,)).fetchone() != (None,)]
         if present:
             connection.execute(f"TRUNCATE {', '.join(present)} RESTART IDENTITY CASCADE")
 

@@ -56,9 +56,7 @@ def test_a_failure_names_the_step_and_quotes_the_tail(tmp_path: Path) -> None:
 
 def test_the_deadline_kills_the_whole_process_group(tmp_path: Path) -> None:
     start = time.monotonic()
-    with pytest.raises(
-        BuildError, match=r"build timed out after 0\.5 s \(spec\.build\.buildTimeoutSeconds\)"
-    ):
+    with pytest.raises(BuildError, match=r"build timed out after 0\.5 s \(spec\.build\.buildTimeoutSeconds\)"):
         _run("sleep 30 & echo started; wait", tmp_path, timeout=0.5)
     assert time.monotonic() - start < 5
 

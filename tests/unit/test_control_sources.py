@@ -49,9 +49,7 @@ def test_bad_base64_names_the_field(tmp_path: Path) -> None:
 
 
 def test_tar_archive_is_extracted_and_a_single_top_directory_flattened(tmp_path: Path) -> None:
-    data = _tar(
-        [_file("fn/main.py"), _file("fn/lib/util.py")], {"fn/main.py": b"x = 1\n", "fn/lib/util.py": b""}
-    )
+    data = _tar([_file("fn/main.py"), _file("fn/lib/util.py")], {"fn/main.py": b"x = 1\n", "fn/lib/util.py": b""})
     target = extract_archive(data, tmp_path / "code")
     assert (target / "main.py").read_text() == "x = 1\n"
     assert (target / "lib" / "util.py").exists()

@@ -53,15 +53,11 @@ def test_typo_warning_names_file_line_field_and_suggestion() -> None:
     document = parse_yaml(text, file="function.yaml")
     config, warnings = parse_config(document.data, file="function.yaml", lines=document.lines)
     assert warnings == ["function.yaml:5: spec.trigers: unknown key, did you mean 'triggers'?"]
-    assert config.model_dump(by_alias=True, exclude_unset=True)["spec"]["trigers"] == {
-        "http": {"kind": "http"}
-    }
+    assert config.model_dump(by_alias=True, exclude_unset=True)["spec"]["trigers"] == {"http": {"kind": "http"}}
 
 
 def test_typo_warnings_inside_triggers_and_env_items() -> None:
-    data = {
-        "spec": {"triggers": {"h": {"kind": "http", "numWorker": 2}}, "env": [{"name": "A", "valu": "1"}]}
-    }
+    data = {"spec": {"triggers": {"h": {"kind": "http", "numWorker": 2}}, "env": [{"name": "A", "valu": "1"}]}}
     _, warnings = parse_config(data)
     assert warnings == [
         "spec.triggers.h.numWorker: unknown key, did you mean 'numWorkers'?",

@@ -177,9 +177,7 @@ def test_overrides_win_and_merge_by_name(tmp_path: Path) -> None:
 def test_bad_override_values_name_the_option_not_the_file(tmp_path: Path) -> None:
     directory = function_dir(tmp_path, "metadata: {name: fn}\nspec:\n  handler: main:handler\n")
     assert str(load_error(directory, Overrides(handler="main"))).startswith("--handler: invalid handler")
-    assert str(load_error(directory, Overrides(runtime="ruby"))).startswith(
-        "--runtime: runtime 'ruby' is not"
-    )
+    assert str(load_error(directory, Overrides(runtime="ruby"))).startswith("--runtime: runtime 'ruby' is not")
     assert str(load_error(directory, Overrides(name="Fn"))).startswith("--name: invalid function name")
 
 
@@ -198,9 +196,8 @@ def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     error = load_error(function_dir(tmp_path, "- a\n- b\n"))
-    assert (
-        "the configuration must be a mapping (expected keys such as 'metadata' and 'spec', found 'list')"
-        in str(error)
+    assert "the configuration must be a mapping (expected keys such as 'metadata' and 'spec', found 'list')" in str(
+        error
     )
 
 
@@ -230,9 +227,7 @@ def test_wrong_type_of_a_section_and_of_a_list_item(tmp_path: Path) -> None:
     error = load_error(function_dir(tmp_path, "spec:\n  handler: main:handler\n  triggers: [http]\n"))
     assert str(error).endswith(":3: spec.triggers: wrong type (expected a mapping, found ['http'])")
     error = load_error(function_dir(tmp_path, "spec:\n  env:\n  - name: A\n    value: true\n", name="b"))
-    assert str(error).endswith(
-        ":4: spec.env[0].value: wrong type (expected a string (quote it in YAML), found True)"
-    )
+    assert str(error).endswith(":4: spec.env[0].value: wrong type (expected a string (quote it in YAML), found True)")
 
 
 def test_semantic_errors_are_located_in_the_file(tmp_path: Path) -> None:
@@ -277,9 +272,7 @@ def test_unusable_derived_name_is_reported(tmp_path: Path) -> None:
 def test_bad_triggers_json(tmp_path: Path) -> None:
     directory = function_dir(tmp_path, "spec:\n  handler: main:handler\n")
     error = load_error(directory, Overrides(triggers='{"web": {kind: http}}'))
-    assert str(error).startswith(
-        "--triggers: invalid JSON: Expecting property name enclosed in double quotes"
-    )
+    assert str(error).startswith("--triggers: invalid JSON: Expecting property name enclosed in double quotes")
     assert "expected a JSON object of triggers" in str(error)
     error = load_error(directory, Overrides(triggers='["web"]'))
     assert str(error).startswith("--triggers: wrong type (expected a JSON object of triggers")
@@ -297,6 +290,4 @@ def test_env_item_without_equals() -> None:
 def test_missing_path_and_unsupported_single_file(tmp_path: Path) -> None:
     assert str(load_error(tmp_path / "nope")) == f"no such file or directory: {tmp_path / 'nope'}"
     source = write(tmp_path / "index.js", "exports.handler = () => 'ok'\n")
-    assert "runtime 'nodejs' (inferred from 'index.js') is not supported by Nubis yet" in str(
-        load_error(source)
-    )
+    assert "runtime 'nodejs' (inferred from 'index.js') is not supported by Nubis yet" in str(load_error(source))

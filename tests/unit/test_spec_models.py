@@ -53,9 +53,7 @@ def test_trigger_class_uses_an_alias() -> None:
 
 
 def test_env_numbers_become_text_and_null_collections_mean_empty() -> None:
-    config = parse(
-        {"spec": {"env": [{"name": "PORT", "value": 8080}, {"name": "R", "value": 0.5}], "triggers": None}}
-    )
+    config = parse({"spec": {"env": [{"name": "PORT", "value": 8080}, {"name": "R", "value": 0.5}], "triggers": None}})
     assert [var.value for var in config.spec.env] == ["8080", "0.5"]
     assert config.spec.triggers == {}
     assert config.spec.env_dict() == {"PORT": "8080", "R": "0.5"}
@@ -65,10 +63,7 @@ def test_availability_timeout_defaults_to_ten_seconds_and_zero_means_fail_at_onc
     assert Trigger.model_validate({"kind": "http"}).availability_timeout_seconds() == 10.0
     zero = Trigger.model_validate({"kind": "http", "workerAvailabilityTimeoutMilliseconds": 0})
     assert zero.availability_timeout_seconds() == 0.0
-    assert (
-        Trigger.model_validate({"workerAvailabilityTimeoutMilliseconds": 250}).availability_timeout_seconds()
-        == 0.25
-    )
+    assert Trigger.model_validate({"workerAvailabilityTimeoutMilliseconds": 250}).availability_timeout_seconds() == 0.25
 
 
 @pytest.mark.parametrize(
@@ -162,7 +157,6 @@ def test_trigger_without_kind_and_too_many_workers() -> None:
         parse({"spec": {"triggers": {"t": {"numWorkers": 1}}}}).effective_triggers()
     with pytest.raises(SpecError) as caught:
         parse({"spec": {"triggers": {"t": {"kind": "http", "numWorkers": 100001}}}}).effective_triggers()
-    assert (
-        "spec.triggers.t.numWorkers: worker count out of range (expected 1 to 100000, found 100001)"
-        in str(caught.value)
+    assert "spec.triggers.t.numWorkers: worker count out of range (expected 1 to 100000, found 100001)" in str(
+        caught.value
     )

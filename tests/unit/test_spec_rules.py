@@ -82,8 +82,7 @@ def test_nuclio_runtimes_nubis_does_not_support_yet(runtime: str) -> None:
     with pytest.raises(SpecError) as caught:
         parse_runtime(runtime)
     assert str(caught.value) == (
-        f"spec.runtime: runtime '{runtime}' is not supported by Nubis yet "
-        "(supported: python, python:3.9 … python:3.13)"
+        f"spec.runtime: runtime '{runtime}' is not supported by Nubis yet (supported: python, python:3.9 … python:3.13)"
     )
 
 
@@ -95,13 +94,9 @@ def test_runtime_inferred_from_another_language_says_so() -> None:
 def test_unknown_runtime_lists_the_supported_ones() -> None:
     with pytest.raises(SpecError) as caught:
         parse_runtime("pyhton")
-    assert str(caught.value) == (
-        "spec.runtime: unknown runtime 'pyhton' (supported: python, python:3.9 … python:3.13)"
-    )
+    assert str(caught.value) == ("spec.runtime: unknown runtime 'pyhton' (supported: python, python:3.9 … python:3.13)")
 
 
 def test_unsupported_python_version() -> None:
-    with pytest.raises(
-        SpecError, match=r"python version '3\.8' is not supported by Nubis \(supported: python,"
-    ):
+    with pytest.raises(SpecError, match=r"python version '3\.8' is not supported by Nubis \(supported: python,"):
         parse_runtime("python:3.8")

@@ -179,9 +179,7 @@ class StoreBehaviours:
         async def main() -> None:
             stores = [await Store.open(store_url, migrate=False) for _ in range(4)]
             try:
-                results = await asyncio.gather(
-                    *(s.ensure_default_project() for s in stores for _ in range(3))
-                )
+                results = await asyncio.gather(*(s.ensure_default_project() for s in stores for _ in range(3)))
                 assert len({r.created_at for r in results}) == 1
                 assert [p.name for p in await stores[0].list_projects()] == ["default"]
             finally:
@@ -290,9 +288,7 @@ class StoreBehaviours:
             # a: new (building, generation 1 vs deployed 0)
             await store.set_function_status("b", {"state": "ready"}, deployed_generation=1)
             await store.set_function_status("c", {"state": "error", "message": "x"}, deployed_generation=1)
-            await store.set_function_status(
-                "d", {"state": "waitingForResourceConfiguration"}, deployed_generation=1
-            )
+            await store.set_function_status("d", {"state": "waitingForResourceConfiguration"}, deployed_generation=1)
             await store.set_function_status("e", {"state": "ready"}, deployed_generation=1)
             await store.update_function_config("e", CONFIG)
             await store.set_function_status("e", {"state": "ready"})  # generation 2, deployed 1
@@ -329,9 +325,7 @@ class StoreBehaviours:
             assert current is not None
             assert (current.config, current.generation) == (CONFIG, 1)
             with pytest.raises(StoreError, match="Could not append logs of function echo"):
-                await store.append_logs(
-                    "echo", [{"message": "ok"}, {"message": "not JSON", "extra": object()}]
-                )
+                await store.append_logs("echo", [{"message": "ok"}, {"message": "not JSON", "extra": object()}])
             assert await store.get_logs("echo") == []
 
         with_store(store_url, body)

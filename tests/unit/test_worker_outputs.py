@@ -134,9 +134,7 @@ CASES: list[Any] = [
     ("output", "status", "content_type", "headers", "body"),
     [pytest.param(*case[1:], id=case[0]) for case in CASES],
 )
-def test_to_response(
-    output: Any, status: int, content_type: str, headers: dict[str, str], body: bytes
-) -> None:
+def test_to_response(output: Any, status: int, content_type: str, headers: dict[str, str], body: bytes) -> None:
     got_status, got_content_type, got_headers, got_body = outputs.to_response(output)
     assert (got_status, got_content_type, got_body) == (status, content_type, body)
     assert isinstance(got_body, bytes)
@@ -185,9 +183,7 @@ def test_exception_response_is_nuclios_500() -> None:
         status, content_type, headers, body, tb = outputs.exception_response(exc)
     assert (status, content_type, headers) == (500, "text/plain", {})
     text = body.decode()
-    assert text.startswith(
-        'Exception caught in handler - "boom: bad input": Traceback (most recent call last):\n'
-    )
+    assert text.startswith('Exception caught in handler - "boom: bad input": Traceback (most recent call last):\n')
     assert text == 'Exception caught in handler - "boom: bad input": ' + tb
     assert "_failing_handler" in tb
     assert tb.rstrip().endswith("RuntimeError: boom: bad input")
@@ -247,9 +243,7 @@ def test_first_of_a_plain_generator_maps_like_a_plain_output() -> None:
 
 
 def test_first_of_a_response_generator_keeps_the_responses_head() -> None:
-    wrapper = Response(
-        headers={"X-Stream": "yes"}, body=_gen(), content_type="application/x-ndjson", status_code=201
-    )
+    wrapper = Response(headers={"X-Stream": "yes"}, body=_gen(), content_type="application/x-ndjson", status_code=201)
     status, content_type, headers, body = outputs.first_of_stream(wrapper, '{"n": 1}\n')
     assert (status, content_type, body) == (201, "application/x-ndjson", b'{"n": 1}\n')
     assert string_headers(headers) == {"X-Stream": "yes"}

@@ -28,9 +28,7 @@ _MENTIONS_PIP = re.compile(r"\bpip(3(\.\d+)?)?\b")
 
 # pip options that uv rejects but that are harmless to drop: they tune pip's own behaviour.
 _DROP_FLAGS = frozenset({"--user", "--no-warn-script-location", "--no-input", "--prefer-binary"})
-_DROP_WITH_VALUE = frozenset(
-    {"--root-user-action", "--progress-bar", "--timeout", "--retries", "--upgrade-strategy"}
-)
+_DROP_WITH_VALUE = frozenset({"--root-user-action", "--progress-bar", "--timeout", "--retries", "--upgrade-strategy"})
 _RENAME = {"-I": "--reinstall", "--ignore-installed": "--reinstall"}
 
 

@@ -71,9 +71,7 @@ def build_environment(
 
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
     cache_root.mkdir(parents=True, exist_ok=True)
-    with build_lock(
-        cache_root / f"{key}.lock", deadline=deadline, timeout_seconds=timeout_seconds, progress=progress
-    ):
+    with build_lock(cache_root / f"{key}.lock", deadline=deadline, timeout_seconds=timeout_seconds, progress=progress):
         if is_complete(env_dir):  # another process built it while we waited
             return _environment(env_dir, key, cached=True, warnings=warnings)
         if env_dir.exists():

@@ -95,9 +95,7 @@ def run_streaming(
             f"during: {step}{_format_tail(tail)}"
         )
     if proc.returncode != 0:
-        how = (
-            f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        )
+        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
         raise BuildError(f"build step failed: {step} ({how}){_format_tail(tail)}")
 
 

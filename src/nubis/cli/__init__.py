@@ -5,8 +5,14 @@ from __future__ import annotations
 import typer
 
 from nubis import __version__
-from nubis.cli import db
+from nubis.cli import db, resources
+from nubis.cli.agent import agent_command
+from nubis.cli.deploy import deploy_command
+from nubis.cli.invoke import invoke_command, logs_command
+from nubis.cli.login import login_command
 from nubis.cli.run import run_command
+from nubis.cli.server import server_command
+from nubis.errors import NubisError
 
 app = typer.Typer(
     name="nubis",
@@ -16,6 +22,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("run")(run_command)
+app.command("server")(server_command)
+app.command("agent")(agent_command)
+app.command("deploy")(deploy_command)
+app.command("invoke")(invoke_command)
+app.command("logs")(logs_command)
+app.command("login")(login_command)
+app.command("export")(resources.export_command)
+app.command("import")(resources.import_command)
+app.add_typer(resources.get_app, name="get")
+app.add_typer(resources.delete_app, name="delete")
+app.add_typer(resources.create_app, name="create")
 app.add_typer(db.app, name="db", help="State database: migrations.")
 
 
@@ -26,4 +43,9 @@ def version_command() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except NubisError as exc:
+        # A clear one-line reason on every failure, never a traceback.
+        typer.echo(f"error: {exc.message}", err=True)
+        raise SystemExit(exc.exit_code) from None

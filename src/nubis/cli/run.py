@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ from nubis import logs
 from nubis.build import Environment, build_environment, find_python
 from nubis.errors import NubisError
 from nubis.processor.processor import Processor, ProcessorOptions
+from nubis.processor.serve import serve
 from nubis.settings import Settings
 from nubis.spec import LoadedFunction, Overrides, load_function, parse_env_items, parse_runtime
 
@@ -44,9 +43,7 @@ def run_command(
         raise typer.BadParameter(str(exc), param_hint="--log-level") from None
     logs.configure(level, "json" if log_format == "json" else "text")
     try:
-        overrides = Overrides(
-            handler=handler, runtime=runtime, env=parse_env_items(env or []), triggers=triggers
-        )
+        overrides = Overrides(handler=handler, runtime=runtime, env=parse_env_items(env or []), triggers=triggers)
         loaded = load_function(path, overrides)
         for warning in loaded.warnings:
             log.warning("%s", warning)
@@ -91,26 +88,4 @@ def _build(loaded: LoadedFunction) -> Path:
 
 
 async def _serve(loaded: LoadedFunction, python: Path, options: ProcessorOptions) -> int:
-    processor = Processor(loaded.config, loaded.directory, python, options)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await processor.start()
-    workers = sum(pool.size for pool in processor.pools)
-    for trigger in processor.triggers:
-        log.info("%s", trigger.describe())
-    urls = [getattr(t, "url", None) for t in processor.triggers if getattr(t, "url", None)]
-    log.info("function %s ready (%d worker%s)", processor.name, workers, "" if workers == 1 else "s")
-    if urls:
-        # The one line scripts wait for: stdout, flushed, the URL of the HTTP trigger.
-        print(f"{processor.name} ready at {urls[0]}", flush=True)
-    stop_wait = asyncio.ensure_future(stop.wait())
-    fail_wait = asyncio.ensure_future(processor.failed.wait())
-    await asyncio.wait([stop_wait, fail_wait], return_when=asyncio.FIRST_COMPLETED)
-    stop_wait.cancel()
-    fail_wait.cancel()
-    log.info("stopping %s: draining in-flight events", processor.name)
-    await processor.stop()
-    log.info("stopped")
-    return 1 if processor.failure else 0
+    return await serve(Processor(loaded.config, loaded.directory, python, options))

@@ -114,17 +114,13 @@ class WorkerPool:
 
     async def _start_worker(self, wid: int) -> WorkerLink:
         started = await self.starter.start_worker(wid, self.trigger_kind, self.trigger_name)
-        _, link = await self._loop.create_unix_connection(
-            lambda: WorkerLink(self, wid, started), sock=started.sock
-        )
+        _, link = await self._loop.create_unix_connection(lambda: WorkerLink(self, wid, started), sock=started.sock)
         try:
             await asyncio.wait_for(asyncio.shield(link.ready), WORKER_READY_TIMEOUT_SECONDS)
         except Exception as exc:
             link.kill("not ready in time")
             message = self._init_errors.pop(wid, None) or str(exc)
-            raise WorkerError(
-                f"worker {wid} of trigger {self.trigger_name!r} failed to start: {message}"
-            ) from None
+            raise WorkerError(f"worker {wid} of trigger {self.trigger_name!r} failed to start: {message}") from None
         self.workers.append(link)
         self._failures.pop(wid, None)
         self._worker_free(link)
@@ -338,9 +334,7 @@ class WorkerPool:
             if head.streaming:
                 head.reply.end(f"worker process {reason}")
             else:
-                self.answer(
-                    head, error_response(500, f"the worker process {reason} while handling the event")
-                )
+                self.answer(head, error_response(500, f"the worker process {reason} while handling the event"))
             self._requeue(pending)
         if self._closing:
             self._check_idle()

@@ -36,6 +36,8 @@ class ProcessorOptions:
     log_level: int = logging.INFO
     drain_timeout: float = 30.0
     namespace: str = "nubis"
+    #: listen with SO_REUSEPORT, so several replicas of the function share its port
+    reuse_port: bool = False
 
 
 class Processor:
@@ -71,9 +73,7 @@ class Processor:
         function_env: dict[str, str] = {}
         for var in spec.env:
             if var.value_from is not None:
-                log.warning(
-                    "env %s uses valueFrom, which `nubis run` cannot resolve; it is left unset", var.name
-                )
+                log.warning("env %s uses valueFrom, which `nubis run` cannot resolve; it is left unset", var.name)
                 continue
             function_env[var.name] = "" if var.value is None else str(var.value)
         metadata = {
@@ -114,9 +114,7 @@ class Processor:
             if trigger.disabled:
                 continue
             field = f"spec.triggers.{key}"
-            instance = self.registry.create(
-                trigger.kind, field=field, name=key, trigger=trigger, options=self.options
-            )
+            instance = self.registry.create(trigger.kind, field=field, name=key, trigger=trigger, options=self.options)
             size = trigger.num_workers or 1
             if trigger.kind == "http" and self.options.workers:
                 size = self.options.workers

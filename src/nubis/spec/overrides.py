@@ -58,9 +58,7 @@ def parse_triggers_option(value: str | Mapping[str, Any], warnings: list[str]) -
     def warn(path: FieldPath, text: str) -> None:
         warnings.append(f"--triggers: {where(None, None, path)}: {text}")
 
-    return {
-        str(name): normalise_tree(trigger, Trigger, warn, (str(name),)) for name, trigger in value.items()
-    }
+    return {str(name): normalise_tree(trigger, Trigger, warn, (str(name),)) for name, trigger in value.items()}
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Overrides, warnings: list[str]) -> dict[str, Any]:

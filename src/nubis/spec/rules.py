@@ -21,9 +21,7 @@ RUNTIME_BY_EXTENSION = {
     ".cs": "dotnetcore",
     ".rb": "ruby",
 }
-SUPPORTED_RUNTIMES_TEXT = (
-    f"python, python:{SUPPORTED_PYTHON_VERSIONS[0]} … python:{SUPPORTED_PYTHON_VERSIONS[-1]}"
-)
+SUPPORTED_RUNTIMES_TEXT = f"python, python:{SUPPORTED_PYTHON_VERSIONS[0]} … python:{SUPPORTED_PYTHON_VERSIONS[-1]}"
 
 # Nuclio's own handler pattern, kept verbatim (`|` inside the class is literal there too)
 _HANDLER = re.compile(r"^([\w|-]+(\.[\w|-]+)*):(\w+)$")

@@ -92,9 +92,7 @@ def enrich_triggers(triggers: Mapping[str, Trigger], *, add_default_http: bool) 
     for key, trigger in triggers.items():
         where = f"spec.triggers.{key}"
         if not trigger.kind:
-            raise SpecError(
-                "trigger kind is missing", field=f"{where}.kind", expected="a kind such as 'http'"
-            )
+            raise SpecError("trigger kind is missing", field=f"{where}.kind", expected="a kind such as 'http'")
         if trigger.name and trigger.name != key:
             # the first sentence is Nuclio's own 400 text
             raise SpecError(

@@ -173,12 +173,8 @@ class Store:
                 "annotations": dict(record.annotations),
                 "spec": dict(record.spec),
             }
-            statement = self._insert()(ProjectRow).values(
-                name=record.name, created_at=record.created_at, **values
-            )
-            await session.execute(
-                statement.on_conflict_do_update(index_elements=[ProjectRow.name], set_=values)
-            )
+            statement = self._insert()(ProjectRow).values(name=record.name, created_at=record.created_at, **values)
+            await session.execute(statement.on_conflict_do_update(index_elements=[ProjectRow.name], set_=values))
             row = await session.get(ProjectRow, record.name, populate_existing=True)
             assert row is not None
             return _project(row)
@@ -214,9 +210,7 @@ class Store:
 
     # -- functions ------------------------------------------------------------------------------
 
-    async def list_functions(
-        self, project: str | None = None, *, namespace: str | None = None
-    ) -> list[FunctionRecord]:
+    async def list_functions(self, project: str | None = None, *, namespace: str | None = None) -> list[FunctionRecord]:
         statement = select(FunctionRow).order_by(FunctionRow.name)
         if project is not None:
             statement = statement.where(FunctionRow.project == project)
@@ -230,9 +224,7 @@ class Store:
             row = await session.get(FunctionRow, name)
             return _function(row) if row else None
 
-    async def create_function(
-        self, name: str, project: str, namespace: str, config: dict[str, Any]
-    ) -> FunctionRecord:
+    async def create_function(self, name: str, project: str, namespace: str, config: dict[str, Any]) -> FunctionRecord:
         """Store a new function in state `building` (generation 1, never deployed).
 
         `Conflict` if the name exists (in any project: names are global), `PreconditionFailed`
@@ -369,17 +361,12 @@ class Store:
                     )
                 )
                 port = next(
-                    (
-                        p
-                        for p in range(low, high + 1)
-                        if p not in used and (available is None or available(p))
-                    ),
+                    (p for p in range(low, high + 1) if p not in used and (available is None or available(p))),
                     None,
                 )
                 if port is None:
                     raise StoreError(
-                        f"Could not allocate an HTTP port for function {name}: "
-                        f"every port in {low}-{high} is taken"
+                        f"Could not allocate an HTTP port for function {name}: every port in {low}-{high} is taken"
                     )
                 try:
                     async with session.begin_nested():
@@ -387,9 +374,7 @@ class Store:
                 except IntegrityError:
                     continue  # another process took the port first: look again
                 return port
-        raise StoreError(
-            f"Could not allocate an HTTP port for function {name}: too many concurrent allocations"
-        )
+        raise StoreError(f"Could not allocate an HTTP port for function {name}: too many concurrent allocations")
 
     async def delete_function(self, name: str, *, expected_resource_version: str | None = None) -> bool:
         """Delete the function and its logs; False if it did not exist.
@@ -506,9 +491,7 @@ class Store:
         now = utc_now()
         if row.last_used_at is None or now - row.last_used_at >= TOKEN_TOUCH_INTERVAL:
             async with self._session("record a token's use", write=True) as session:
-                await session.execute(
-                    update(ApiTokenRow).where(ApiTokenRow.id == row.id).values(last_used_at=now)
-                )
+                await session.execute(update(ApiTokenRow).where(ApiTokenRow.id == row.id).values(last_used_at=now))
             row.last_used_at = now
         return _token(row)
 
@@ -518,9 +501,7 @@ class Store:
 
     async def list_tokens(self) -> list[TokenRecord]:
         async with self._session("list tokens") as session:
-            return [
-                _token(row) for row in await session.scalars(select(ApiTokenRow).order_by(ApiTokenRow.id))
-            ]
+            return [_token(row) for row in await session.scalars(select(ApiTokenRow).order_by(ApiTokenRow.id))]
 
     async def delete_token(self, token_id: int) -> bool:
         async with self._session(f"delete token {token_id}", write=True) as session:
@@ -570,8 +551,7 @@ def _log_row(function: str, record: dict[str, Any]) -> FunctionLogRow:
         when = float(raw_time) if raw_time is not None else time.time() * 1000.0
     except (TypeError, ValueError):
         raise StoreError(
-            f"Could not append logs of function {function}: 'time' must be epoch milliseconds, "
-            f"found {raw_time!r}"
+            f"Could not append logs of function {function}: 'time' must be epoch milliseconds, found {raw_time!r}"
         ) from None
     return FunctionLogRow(
         function=function,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from typing import Any
 
@@ -20,15 +21,20 @@ log = logging.getLogger("nubis.processor")
 class HttpTrigger:
     kind = "http"
 
-    def __init__(self, name: str, config: HttpTriggerConfig, log_level: int = logging.INFO) -> None:
+    def __init__(
+        self, name: str, config: HttpTriggerConfig, log_level: int = logging.INFO, reuse_port: bool = False
+    ) -> None:
         self.name = name
         self.config = config
         self.log_level = log_level
+        #: SO_REUSEPORT: several replicas of one function listen on the same port
+        self.reuse_port = reuse_port
         self.pool: Submitter
         self.connections: set[HttpConnection] = set()
         self.draining = False
         self.port = config.port
         self._server: asyncio.AbstractServer | None = None
+        self._handoffs: set[asyncio.Future[Any]] = set()
         cors = config.cors
         self._cors_methods = ", ".join(cors.allow_methods)
         self._cors_headers = ", ".join(cors.allow_headers)
@@ -43,6 +49,7 @@ class HttpTrigger:
                 self.config.port,
                 backlog=4096,
                 reuse_address=True,
+                reuse_port=self.reuse_port or None,
             )
         except OSError as exc:
             raise ProcessorError(
@@ -65,6 +72,40 @@ class HttpTrigger:
 
     def describe(self) -> str:
         return f"http trigger {self.name!r} listening on {self.url}"
+
+    def stop_listening(self) -> None:
+        """Close the listening socket only: with SO_REUSEPORT the function's other replicas get the
+        new connections, while this one still serves the connections it has accepted.
+
+        Connections the kernel already queued for this socket are accepted first: closing a
+        listener resets the connections still in its queue.
+        """
+        if self._server is None:
+            return
+        loop = asyncio.get_running_loop()
+        listeners: tuple[socket.socket, ...] = getattr(self._server, "sockets", ())
+        for listener in listeners:
+            try:
+                sock = socket.socket(fileno=os.dup(listener.fileno()))
+            except OSError:
+                continue
+            with sock:
+                sock.setblocking(False)
+                while True:
+                    try:
+                        conn, _ = sock.accept()
+                    except OSError:
+                        break
+                    conn.setblocking(False)
+                    task = asyncio.ensure_future(loop.connect_accepted_socket(lambda: HttpConnection(self), conn))
+                    self._handoffs.add(task)
+                    task.add_done_callback(self._handoffs.discard)
+        self._server.close()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open or being handed over (accepted by `stop_listening`, not yet set up)."""
+        return len(self.connections) + len(self._handoffs)
 
     async def stop_accepting(self) -> None:
         self.draining = True
@@ -124,4 +165,4 @@ def create(*, name: str, trigger: Any, field: str, options: Any) -> HttpTrigger:
         config.port = options.port
     if options.host is not None:
         config.host = options.host
-    return HttpTrigger(name, config, options.log_level)
+    return HttpTrigger(name, config, options.log_level, reuse_port=getattr(options, "reuse_port", False))

@@ -29,9 +29,7 @@ def _int(attrs: dict[str, Any], key: str, default: int, where: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise SpecError(
-            "must be an integer", field=f"{where}.{key}", expected="an integer", found=value
-        ) from None
+        raise SpecError("must be an integer", field=f"{where}.{key}", expected="an integer", found=value) from None
 
 
 @dataclass
@@ -101,9 +99,7 @@ class HttpTriggerConfig:
             cors=CorsConfig.from_attributes(attrs.get("cors"), f"{where}.cors"),
         )
         if not 0 <= config.port <= 65535:
-            raise SpecError(
-                "is not a TCP port", field=f"{where}.port", expected="0..65535", found=config.port
-            )
+            raise SpecError("is not a TCP port", field=f"{where}.port", expected="0..65535", found=config.port)
         if config.max_request_body_size <= 0:
             raise SpecError(
                 "must be positive",

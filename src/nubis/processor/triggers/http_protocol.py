@@ -218,8 +218,7 @@ class HttpConnection(asyncio.Protocol):
             slot.respond(
                 error_response(
                     413,
-                    f"request body larger than maxRequestBodySize "
-                    f"({self.config.max_request_body_size} bytes)",
+                    f"request body larger than maxRequestBodySize ({self.config.max_request_body_size} bytes)",
                 )
             )
             return

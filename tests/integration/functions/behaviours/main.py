@@ -177,9 +177,7 @@ ROUTES = {
         status_code=418,
     ),
     "/response-dict": lambda context, event: nuclio_sdk.Response(body={"k": "v"}, status_code=200),
-    "/response-bytes": lambda context, event: nuclio_sdk.Response(
-        body=b"\x89PNG\r\n", content_type="image/png"
-    ),
+    "/response-bytes": lambda context, event: nuclio_sdk.Response(body=b"\x89PNG\r\n", content_type="image/png"),
     "/none": lambda context, event: None,
     "/int": lambda context, event: 42,
     "/float": lambda context, event: 1.5,

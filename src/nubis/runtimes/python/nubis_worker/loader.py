@@ -17,9 +17,7 @@ def load_handler(handler, function_dir):  # type: ignore[no-untyped-def]
     """Import the handler's module (function_dir first on sys.path); return (module, entrypoint)."""
     match = HANDLER_PATTERN.match(handler)
     if not match:
-        raise HandlerLoadError(
-            "Malformed handler %r: expected 'module:function', e.g. 'main:handler'" % handler
-        )
+        raise HandlerLoadError("Malformed handler %r: expected 'module:function', e.g. 'main:handler'" % handler)
     module_path, _, entrypoint = handler.rpartition(":")
     if function_dir and function_dir not in sys.path:
         sys.path.insert(0, function_dir)

@@ -66,9 +66,7 @@ class Worker:
         self.trigger = nuclio_sdk.TriggerInfo(trigger_kind, trigger_name)
         self.logger = make_logger("nubis.function." + function_name, self.emit, self.state)
         self.logger.bind(worker_id=str(worker_id))
-        self.platform = nuclio_sdk.Platform(
-            platform_kind, namespace=namespace, on_control_callback=self._control
-        )
+        self.platform = nuclio_sdk.Platform(platform_kind, namespace=namespace, on_control_callback=self._control)
         self.context = nuclio_sdk.Context(self.logger, self.platform, str(worker_id), self.trigger)
         self.handler_is_async = inspect.iscoroutinefunction(handler)
 
@@ -103,12 +101,8 @@ class Worker:
                     self.run_coroutine(result)
             except BaseException as exc:
                 tb = traceback.format_exc()
-                self.logger.error_with(
-                    "Exception raised while running init_context", exc=str(exc), traceback=tb
-                )
-                self.emit(
-                    {"t": "fail", "msg": "Exception raised while running init_context: %s" % exc, "tb": tb}
-                )
+                self.logger.error_with("Exception raised while running init_context", exc=str(exc), traceback=tb)
+                self.emit({"t": "fail", "msg": "Exception raised while running init_context: %s" % exc, "tb": tb})
                 self.flush()
                 return False
         self.emit({"t": "ready", "pid": os.getpid()})

@@ -1,0 +1,42 @@
+"""`nubis agent`: run the local platform's agent (supervises function replicas; see
+nubis.platforms.local.agent). Usually started by `nubis server`; on its own for debugging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nubis import logs
+from nubis.errors import NubisError
+
+
+def agent_command(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data dir (default: NUBIS_DATA_DIR or ~/.local/share/nubis).")
+    ] = None,
+    cgroup_root: Annotated[
+        str,
+        typer.Option(help="'auto' (cgroup v2 if writable), 'off' (rlimits only) or a delegated cgroup dir."),
+    ] = "auto",
+    log_level: Annotated[str, typer.Option(help="debug, info, warn or error.")] = "info",
+    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+) -> None:
+    """Supervise function replicas and serve the agent API on <data>/agent/agent.sock."""
+    from nubis.platforms.local.agent import run_agent
+    from nubis.settings import default_data_dir
+
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("expected 'text' or 'json'", param_hint="--log-format")
+    try:
+        level = logs.parse_level(log_level)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-level") from None
+    logs.configure(level, "json" if log_format == "json" else "text")
+    try:
+        code = run_agent(data_dir or default_data_dir(), cgroup_root=cgroup_root)
+    except NubisError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    raise typer.Exit(code)

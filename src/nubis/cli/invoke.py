@@ -1,0 +1,80 @@
+"""`nubis invoke` and `nubis logs`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from nubis.cli.client import Api, ClientError
+
+
+def invoke_command(
+    name: str,
+    method: Annotated[str, typer.Option("-m", "--method")] = "GET",
+    body: Annotated[str | None, typer.Option("-b", "--body")] = None,
+    content_type: Annotated[str | None, typer.Option("-c", "--content-type")] = None,
+    header: Annotated[list[str] | None, typer.Option("-H", "--header", help="K:V (repeatable).")] = None,
+    path: Annotated[str, typer.Option("--path")] = "/",
+    log_level: Annotated[str | None, typer.Option("--log-level", help="Return the event's logs.")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Status and headers on stderr.")] = False,
+) -> None:
+    """Invoke a function through the API: the body on stdout; exit 1 on a status of 400 or more."""
+    headers = {"x-nuclio-function-name": name, "x-nuclio-path": path}
+    for item in header or []:
+        key, sep, value = item.partition(":")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected K:V, found {item!r}", param_hint="-H")
+        headers[key.strip()] = value.strip()
+    if content_type:
+        headers["content-type"] = content_type
+    if log_level:
+        headers["x-nuclio-log-level"] = log_level
+    with Api() as api:
+        response = api.request(
+            method.upper(),
+            "/api/function_invocations",
+            ok=tuple(range(400, 600)),
+            content=body.encode() if body is not None else None,
+            headers=headers,
+        )
+    if response.headers.get("x-nubis-api-error"):
+        raise ClientError(_api_error(response.content))
+    if verbose:
+        typer.echo(f"HTTP {response.status_code}", err=True)
+        for key, value in response.headers.items():
+            typer.echo(f"{key}: {value}", err=True)
+    sys.stdout.buffer.write(response.content)
+    sys.stdout.flush()
+    if response.status_code >= 400:
+        raise typer.Exit(1)
+
+
+def logs_command(
+    name: str,
+    follow: Annotated[bool, typer.Option("-f", "--follow")] = False,
+    since: Annotated[str | None, typer.Option(help="Only lines of the last DURATION, e.g. 10m.")] = None,
+) -> None:
+    """Print a function's replica logs (-f: keep following)."""
+    params = {"follow": "true" if follow else "false"}
+    if since:
+        params["since"] = since
+    with (
+        Api(timeout=None if follow else 60.0) as api,
+        api.stream("GET", f"/api/functions/{name}/logs", params=params) as response,
+    ):
+        if response.status_code >= 400:
+            response.read()
+            raise ClientError(response.text)
+        for chunk in response.iter_bytes():
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+
+
+def _api_error(content: bytes) -> str:
+    try:
+        return str(json.loads(content)["error"])
+    except (ValueError, KeyError, TypeError):
+        return content.decode("utf-8", "replace").strip()

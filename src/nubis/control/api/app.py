@@ -1,0 +1,84 @@
+"""The API application: one route table, every entry built through the authorisation gate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from nubis.control.api import archives, functions, invocations, logs, platform_info, projects, templates
+from nubis.control.api.gatekeeping import route
+from nubis.control.api.openapi import openapi_document
+from nubis.control.api.responses import json_response
+
+ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
+
+def api_routes() -> list[Route]:
+    return [
+        route("/api/functions", functions.list_functions, ["GET"], "read"),
+        route("/api/functions", functions.create_function, ["POST"], "write"),
+        route("/api/functions", functions.delete_function, ["DELETE"], "write"),
+        route("/api/functions/{name}", functions.get_function, ["GET"], "read"),
+        route("/api/functions/{name}", functions.update_function, ["PUT"], "write"),
+        route("/api/functions/{name}", functions.patch_function, ["PATCH"], "write"),
+        route("/api/functions/{name}", functions.delete_function, ["DELETE"], "write"),
+        route("/api/functions/{name}/replicas", functions.function_replicas, ["GET"], "read"),
+        route("/api/functions/{name}/logs", logs.function_logs, ["GET"], "read"),
+        route("/api/functions/{name}/logs/{replica}", logs.function_logs, ["GET"], "read"),
+        route("/api/function_archives", archives.upload_archive, ["POST"], "write"),
+        route("/api/function_invocations", invocations.invoke, ANY_METHOD, "invoke"),
+        route("/api/function_invocations/{path:path}", invocations.invoke, ANY_METHOD, "invoke"),
+        route("/api/function_templates", templates.list_function_templates, ["GET"], "read"),
+        route("/api/function_templates/render", templates.render_template, ["POST"], "read"),
+        route("/api/projects", projects.list_projects, ["GET"], "read"),
+        route("/api/projects", projects.create_project, ["POST"], "write"),
+        route("/api/projects", projects.update_project, ["PUT"], "write"),
+        route("/api/projects", projects.delete_project, ["DELETE"], "write"),
+        route("/api/projects/{name}", projects.get_project, ["GET"], "read"),
+        route("/api/projects/{name}", projects.update_project, ["PUT"], "write"),
+        route("/api/versions", platform_info.versions, ["GET"], "read"),
+        route("/api/external_ip_addresses", platform_info.external_ip_addresses, ["GET"], "read"),
+        route("/api/namespaces", platform_info.namespaces, ["GET"], "read"),
+        route("/api/frontend_spec", platform_info.frontend_spec, ["GET"], "read"),
+        route("/api/openapi.json", _openapi, ["GET"], "read"),
+    ]
+
+
+async def _openapi(request: Request) -> Response:
+    return json_response(openapi_document(api_routes()))
+
+
+class StripTrailingSlash:
+    """`/api/functions/` is `/api/functions` (NUCLIO.md §4.1; MLRun sends trailing slashes)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                scope = dict(scope, path=path.rstrip("/") or "/")
+            # Iguazio's proxy prefixes headers with x-igz-; Nuclio reads them as x-.
+            headers = scope.get("headers") or []
+            if any(name.startswith(b"x-igz-") for name, _ in headers):
+                scope = dict(scope, headers=[(b"x-" + n[6:] if n.startswith(b"x-igz-") else n, v) for n, v in headers])
+        await self.app(scope, receive, send)
+
+
+def create_app(control: Any) -> Starlette:
+    """`control` is the running ControlPlane (store, gate, reconciler, settings)."""
+    routes = [
+        *api_routes(),
+        Route("/healthz", platform_info.healthz, methods=["GET"]),
+        Route("/readyz", platform_info.readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.control = control
+    app.add_middleware(StripTrailingSlash)
+    return app

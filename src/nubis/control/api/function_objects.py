@@ -1,0 +1,124 @@
+"""Nuclio function objects: validating what clients send, and shaping what they read back."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from nubis.control.api.bodies import PROJECT_LABEL, section
+from nubis.control.sources import decode_source
+from nubis.control.store import FunctionRecord
+from nubis.errors import BadRequest
+from nubis.spec import export_config, parse_config, parse_runtime, validate_function_name, validate_handler
+
+#: States in which a deploy is under way: updates and deletes are refused with 412 (NUCLIO.md §1.8).
+PROVISIONING_STATES = frozenset(
+    {
+        "waitingForBuild",
+        "building",
+        "waitingForResourceConfiguration",
+        "waitingForScaleResourceFromZero",
+        "waitingForScaleResourceToZero",
+        "configuringResources",
+    }
+)
+TERMINAL_STATES = frozenset({"ready", "error", "unhealthy", "scaledToZero", "imported"})
+#: Annotations with which an export is imported without building or deploying it.
+SKIP_BUILD = "skip-build"
+SKIP_DEPLOY = "skip-deploy"
+DEFAULT_INLINE_HANDLER = "main:handler"
+
+
+def validated_config(body: dict[str, Any], *, name: str | None, project: str) -> dict[str, Any]:
+    """Check a create/update body as a deploy would, and return the config to store.
+
+    Raises `SpecError`/`BadRequest` (400) naming the field; nothing is stored before this passes.
+    """
+    metadata = section(body, "metadata")
+    body_name = metadata.get("name")
+    if name is not None and body_name not in (None, "", name):
+        raise BadRequest(f"function name in the path ({name}) and in metadata.name ({body_name}) differ")
+    name = name or body_name
+    if not name:
+        raise BadRequest("function name is missing: set metadata.name")
+    validate_function_name(str(name))
+    data = {"metadata": dict(metadata, name=name), "spec": copy.deepcopy(section(body, "spec"))}
+    labels = dict(data["metadata"].get("labels") or {})
+    labels[PROJECT_LABEL] = project
+    data["metadata"]["labels"] = labels
+    data["metadata"].pop("resourceVersion", None)
+    config = parse_config(data).config
+    spec = config.spec
+    build = spec.build
+    if build.function_source_code:
+        decode_source(build.function_source_code)
+        if not spec.handler:
+            spec.handler = DEFAULT_INLINE_HANDLER
+    elif not build.path and not _skips_build(config.metadata.annotations):
+        raise BadRequest(
+            "the function has no code: set spec.build.functionSourceCode (base64 source), or "
+            "spec.build.path (a directory on the server, e.g. from the archive upload route)"
+        )
+    if not spec.handler:
+        raise BadRequest("spec.handler is missing: expected 'module:function', e.g. 'main:handler'")
+    validate_handler(spec.handler)
+    parse_runtime(spec.runtime or "python")
+    config.effective_triggers()
+    return export_config(config)
+
+
+def _skips_build(annotations: dict[str, str] | None) -> bool:
+    return bool(annotations) and (SKIP_BUILD in annotations or SKIP_DEPLOY in annotations)  # type: ignore[operator]
+
+
+def function_object(record: FunctionRecord, logs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`{metadata, spec, status}` as the dashboard API returns it."""
+    metadata = dict(record.config.get("metadata") or {})
+    metadata["name"] = record.name
+    metadata["namespace"] = record.namespace
+    labels = dict(metadata.get("labels") or {})
+    labels[PROJECT_LABEL] = record.project
+    metadata["labels"] = labels
+    metadata["resourceVersion"] = record.resource_version
+    status = dict(record.status or {})
+    status.setdefault("state", "building")
+    if logs is not None:
+        status["logs"] = logs
+    return {"metadata": metadata, "spec": record.config.get("spec") or {}, "status": status}
+
+
+def export_object(record: FunctionRecord) -> dict[str, Any]:
+    """Export form: `{metadata, spec}` with skip annotations, no namespace, trigger secrets scrubbed."""
+    obj = function_object(record)
+    metadata = obj["metadata"]
+    metadata.pop("namespace", None)
+    metadata.pop("resourceVersion", None)
+    annotations = dict(metadata.get("annotations") or {})
+    annotations[SKIP_BUILD] = "true"
+    annotations[SKIP_DEPLOY] = "true"
+    annotations["nuclio.io/previous-state"] = obj["status"].get("state", "")
+    metadata["annotations"] = annotations
+    spec = copy.deepcopy(obj["spec"])
+    for trigger in (spec.get("triggers") or {}).values():
+        if isinstance(trigger, dict):
+            for secret in ("password", "secret"):
+                if trigger.get(secret):
+                    trigger[secret] = ""
+    return {"metadata": metadata, "spec": spec}
+
+
+def is_provisioning(record: FunctionRecord) -> bool:
+    return (record.status or {}).get("state", "building") in PROVISIONING_STATES
+
+
+def is_import(config: dict[str, Any]) -> bool:
+    return _skips_build((config.get("metadata") or {}).get("annotations"))
+
+
+def without_import_annotations(config: dict[str, Any]) -> dict[str, Any]:
+    """A redeploy of an imported function builds and deploys it: the skip annotations go."""
+    config = copy.deepcopy(config)
+    annotations = (config.get("metadata") or {}).get("annotations") or {}
+    for key in (SKIP_BUILD, SKIP_DEPLOY, "nuclio.io/previous-state"):
+        annotations.pop(key, None)
+    return config

@@ -1,0 +1,181 @@
+"""`/api/functions` (NUCLIO.md §4.3, §11 items 1-4): create/update answer 202 and deploy in the
+background; the function is readable in state `building` before the 202 goes out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from nubis.control.api.bodies import PROJECT_LABEL, header_flag, json_body, project_header, section
+from nubis.control.api.function_objects import (
+    TERMINAL_STATES,
+    export_object,
+    function_object,
+    is_import,
+    is_provisioning,
+    validated_config,
+    without_import_annotations,
+)
+from nubis.control.api.responses import empty, json_response
+from nubis.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from nubis.spec import parse_duration
+
+DEFAULT_PROJECT = "default"
+
+
+async def list_functions(request: Request) -> Response:
+    control = request.app.state.control
+    project = project_header(request)
+    wanted = request.headers.get("x-nuclio-function-name")
+    records = await control.store.list_functions(project=project)
+    export = request.query_params.get("export", "").lower() == "true"
+    result = {}
+    for record in records:
+        if wanted and record.name != wanted:
+            continue
+        result[record.name] = (
+            export_object(record) if export else function_object(record, await control.store.get_logs(record.name))
+        )
+    return json_response(result)
+
+
+async def get_function(request: Request) -> Response:
+    control = request.app.state.control
+    record = await control.store.get_function(request.path_params["name"])
+    if record is None:
+        raise NotFound("Function not found")
+    if request.query_params.get("export", "").lower() == "true":
+        return json_response(export_object(record))
+    return json_response(function_object(record, await control.store.get_logs(record.name)))
+
+
+async def _project_for(request: Request, body: dict[str, object], current: str | None = None) -> str:
+    labels = section(section(body, "metadata"), "labels")
+    project = project_header(request) or labels.get(PROJECT_LABEL) or current or DEFAULT_PROJECT
+    if await request.app.state.control.store.get_project(str(project)) is None:
+        raise PreconditionFailed("Project does not exist")
+    return str(project)
+
+
+async def create_function(request: Request) -> Response:
+    control = request.app.state.control
+    body = await json_body(request)
+    project = await _project_for(request, body)
+    config = validated_config(body, name=None, project=project)
+    name = config["metadata"]["name"]
+    existing = await control.store.get_function(name)
+    if existing is not None:
+        raise Conflict(f"Function {name} already exists (in project {existing.project})")
+    namespace = request.headers.get("x-nuclio-function-namespace") or control.settings.namespace
+    record = await control.store.create_function(name, project, namespace, config)
+    if is_import(config):
+        # nuctl/dashboard import: stored, neither built nor deployed, until a redeploy (PATCH).
+        await control.store.set_function_status(
+            name, {"state": "imported"}, deployed_generation=record.generation, only_if_generation=record.generation
+        )
+        return empty(202)
+    control.reconciler.wake()
+    await _maybe_wait(request, record.name, record.generation)
+    return empty(202)
+
+
+async def update_function(request: Request) -> Response:
+    control = request.app.state.control
+    name = request.path_params["name"]
+    body = await json_body(request)
+    current = await control.store.get_function(name)
+    if current is None:
+        return await create_function_named(request, body, name)
+    if is_provisioning(current):
+        raise PreconditionFailed(
+            f"Function {name} is being deployed (state {current.status.get('state')}); retry once it is done"
+        )
+    project = await _project_for(request, body, current.project)
+    if project != current.project:
+        raise BadRequest(f"function {name} belongs to project {current.project}; it cannot move to {project}")
+    config = validated_config(body, name=name, project=project)
+    expected = section(body, "metadata").get("resourceVersion") or None
+    record = await control.store.update_function_config(name, config, expected_resource_version=expected)
+    control.reconciler.wake()
+    await _maybe_wait(request, name, record.generation)
+    return empty(202)
+
+
+async def create_function_named(request: Request, body: dict[str, object], name: str) -> Response:
+    """PUT of a function that does not exist yet creates it (nuclio-jupyter may PUT after a GET 404 race)."""
+    control = request.app.state.control
+    project = await _project_for(request, body)
+    config = validated_config(body, name=name, project=project)
+    namespace = request.headers.get("x-nuclio-function-namespace") or control.settings.namespace
+    record = await control.store.create_function(name, project, namespace, config)
+    control.reconciler.wake()
+    await _maybe_wait(request, name, record.generation)
+    return empty(202)
+
+
+async def patch_function(request: Request) -> Response:
+    control = request.app.state.control
+    name = request.path_params["name"]
+    body = await json_body(request, required=False)
+    record = await control.store.get_function(name)
+    if record is None:
+        raise NotFound("Function not found")
+    desired = body.get("desiredState")
+    if desired is None:
+        return empty(204)
+    if desired == "scaledToZero":
+        raise PreconditionFailed("scale to zero needs the gateway's scaler, which this server does not run yet")
+    if desired != "ready":
+        raise BadRequest(f"desiredState must be 'ready' or 'scaledToZero', found {desired!r}")
+    if is_provisioning(record):
+        raise PreconditionFailed(f"Function {name} is being deployed; retry once it is done")
+    record = await control.store.update_function_config(name, without_import_annotations(record.config))
+    control.reconciler.wake()
+    return empty(202)
+
+
+async def delete_function(request: Request) -> Response:
+    control = request.app.state.control
+    body = await json_body(request, required=False)
+    metadata = section(body, "metadata")
+    name = metadata.get("name") or request.path_params.get("name")
+    if not name:
+        raise BadRequest('function name is missing: send {"metadata": {"name": ...}}')
+    record = await control.store.get_function(name)
+    if record is None:
+        return empty(204)
+    expected = metadata.get("resourceVersion")
+    if expected and expected != record.resource_version:
+        raise Conflict("resourceVersion does not match: the function changed since it was read")
+    if is_provisioning(record) and not header_flag(request, "x-nuclio-delete-function-ignore-state-validation"):
+        raise PreconditionFailed(f"Function {name} is being deployed; retry once it is done")
+    await control.remove_function(name)
+    return empty(204)
+
+
+async def function_replicas(request: Request) -> Response:
+    control = request.app.state.control
+    name = request.path_params["name"]
+    if await control.store.get_function(name) is None:
+        raise NotFound("Function not found")
+    return json_response({"names": await control.replica_names(name)})
+
+
+async def _maybe_wait(request: Request, name: str, generation: int) -> None:
+    """`X-Nuclio-Wait-Function-Action: true` blocks until the deploy ends (NUCLIO.md §4.2)."""
+    if not header_flag(request, "x-nuclio-wait-function-action"):
+        return
+    timeout = parse_duration(request.headers.get("x-nuclio-creation-state-updated-timeout") or "15m") or 900.0
+    store = request.app.state.control.store
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        record = await store.get_function(name)
+        if record is None or (
+            record.deployed_generation >= generation and record.status.get("state") in TERMINAL_STATES
+        ):
+            return
+        if record.generation == generation and record.status.get("state") in ("error", "unhealthy"):
+            return
+        await asyncio.sleep(0.1)

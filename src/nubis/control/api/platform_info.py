@@ -1,0 +1,76 @@
+"""Read-only platform facts clients ask for first: versions, addresses, namespaces, UI bootstrap."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from nubis import __version__
+from nubis.control.api.responses import json_response
+
+#: The Nuclio dashboard version whose API Nubis answers. MLRun semver-parses `dashboard.label`.
+NUCLIO_API_LABEL = "1.14.1"
+
+
+async def versions(request: Request) -> Response:
+    return json_response(
+        {
+            "dashboard": {
+                "label": NUCLIO_API_LABEL,
+                "gitCommit": f"nubis-{__version__}",
+                "os": "linux",
+                "arch": "amd64",
+            },
+            "nubis": {"version": __version__},
+        }
+    )
+
+
+async def external_ip_addresses(request: Request) -> Response:
+    control = request.app.state.control
+    return json_response({"externalIPAddresses": {"addresses": [control.settings.external_address]}})
+
+
+async def namespaces(request: Request) -> Response:
+    return json_response({"namespaces": {"names": [request.app.state.control.settings.namespace]}})
+
+
+async def frontend_spec(request: Request) -> Response:
+    settings = request.app.state.control.settings
+    return json_response(
+        {
+            "externalIPAddresses": [settings.external_address],
+            "namespace": settings.namespace,
+            "defaultHTTPIngressHostTemplate": "",
+            "imageNamePrefixTemplate": "",
+            "platformKind": "local",
+            "allowedAuthenticationModes": ["none", "accessKey"],
+            "validFunctionPriorityClassNames": [],
+            "scaleToZero": {"mode": "disabled", "inactivityWindowPresets": [], "scaleResources": []},
+            "defaultFunctionConfig": {
+                "attributes": {
+                    "spec": {
+                        "minReplicas": 1,
+                        "maxReplicas": 1,
+                        "readinessTimeoutSeconds": 120,
+                        "targetCPU": 75,
+                        "triggers": {"default-http": {"kind": "http", "name": "default-http", "numWorkers": 1}},
+                    }
+                }
+            },
+            "defaultFunctionPodResources": {},
+            "autoScaleMetrics": {"customMetricsEnabled": False, "metricPresets": [], "windowSizePresets": []},
+            "disableDefaultHttpTrigger": False,
+            "logsScreenEnabled": True,
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    control = request.app.state.control
+    ready = control.ready.is_set()
+    return json_response({"status": "ready" if ready else "starting"}, 200 if ready else 503)

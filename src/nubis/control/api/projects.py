@@ -1,0 +1,104 @@
+"""`/api/projects` (NUCLIO.md §4.3): every project object carries `metadata`, `spec` and `status`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from nubis.control.api.bodies import json_body, project_header, section
+from nubis.control.api.responses import empty, json_response
+from nubis.control.store import ProjectRecord
+from nubis.errors import BadRequest, NotFound, PreconditionFailed
+from nubis.spec import validate_function_name
+
+DEFAULT_PROJECT = "default"
+DELETE_STRATEGIES = ("restricted", "cascading", "check")
+
+
+def project_object(record: ProjectRecord) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": record.name,
+            "namespace": record.namespace,
+            "labels": record.labels or {},
+            "annotations": record.annotations or {},
+        },
+        "spec": record.spec or {},
+        "status": {},
+    }
+
+
+def _record_from_body(body: dict[str, Any], request: Request, name: str | None = None) -> ProjectRecord:
+    metadata = section(body, "metadata")
+    name = name or metadata.get("name") or project_header(request)
+    if not name:
+        raise BadRequest("project name is missing: set metadata.name")
+    validate_function_name(str(name), field="metadata.name")
+    control = request.app.state.control
+    return ProjectRecord(
+        name=str(name),
+        namespace=str(metadata.get("namespace") or control.settings.namespace),
+        labels=dict(metadata.get("labels") or {}),
+        annotations=dict(metadata.get("annotations") or {}),
+        spec=section(body, "spec"),
+    )
+
+
+async def list_projects(request: Request) -> Response:
+    store = request.app.state.control.store
+    wanted = project_header(request)
+    records = await store.list_projects()
+    return json_response({r.name: project_object(r) for r in records if wanted in (None, r.name)})
+
+
+async def get_project(request: Request) -> Response:
+    name = request.path_params["name"]
+    record = await request.app.state.control.store.get_project(name)
+    if record is None:
+        raise NotFound("Project not found")
+    return json_response(project_object(record))
+
+
+async def create_project(request: Request) -> Response:
+    body = await json_body(request)
+    record = _record_from_body(body, request)
+    created = await request.app.state.control.store.create_project(record)
+    return json_response(project_object(created), 201)
+
+
+async def update_project(request: Request) -> Response:
+    """`PUT /api/projects/{name}`, and MLRun's deprecated `PUT /api/projects` (name in body/header)."""
+    body = await json_body(request)
+    name = request.path_params.get("name")
+    record = _record_from_body(body, request, name)
+    if name and section(body, "metadata").get("name") not in (None, name):
+        raise BadRequest("project name in the path and in metadata.name differ")
+    await request.app.state.control.store.upsert_project(record)
+    headers = {} if name else {"Deprecation": "true"}
+    return empty(204, headers)
+
+
+async def delete_project(request: Request) -> Response:
+    body = await json_body(request, required=False)
+    name = section(body, "metadata").get("name") or project_header(request)
+    if not name:
+        raise BadRequest('project name is missing: send {"metadata": {"name": ...}}')
+    strategy = (request.headers.get("x-nuclio-delete-project-strategy") or "restricted").lower()
+    if strategy not in DELETE_STRATEGIES:
+        raise BadRequest(f"unknown delete strategy {strategy!r}: expected one of {', '.join(DELETE_STRATEGIES)}")
+    control = request.app.state.control
+    if name == DEFAULT_PROJECT:
+        raise PreconditionFailed("the default project cannot be deleted")
+    if await control.store.get_project(name) is None:
+        raise NotFound("Project not found")
+    functions = await control.store.list_functions(project=name)
+    if functions and strategy in ("restricted", "check"):
+        raise PreconditionFailed("Project contains functions")
+    if strategy == "check":
+        return empty(204)
+    for function in functions:
+        await control.remove_function(function.name)
+    await control.store.delete_project(name)
+    return empty(204)

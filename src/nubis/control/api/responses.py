@@ -1,0 +1,40 @@
+"""JSON responses shaped like Nuclio's: a trailing newline, and errors as `{error, errorStackTrace}`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+from nubis.errors import ApiError, NubisError, SpecError
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(data, separators=(",", ":"), default=str) + "\n"
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def empty(status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(b"", status_code=status, headers=headers)
+
+
+#: Marks an error the API itself answered, so a client can tell it from a function's own answer
+#: relayed by `/api/function_invocations`.
+API_ERROR_HEADER = "X-Nubis-Api-Error"
+
+
+def error_response(status: int, message: str, stack: str = "") -> Response:
+    """Nuclio's error body. The stack trace field is kept (clients read it) but never holds secrets."""
+    return json_response({"error": message, "errorStackTrace": stack}, status, {API_ERROR_HEADER: "true"})
+
+
+def from_exception(exc: Exception) -> Response:
+    """Map our error hierarchy onto status codes in one place."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status_code, exc.message)
+    if isinstance(exc, SpecError):
+        return error_response(400, exc.message)
+    if isinstance(exc, NubisError):
+        return error_response(500, exc.message)
+    return error_response(500, f"internal error: {type(exc).__name__}")

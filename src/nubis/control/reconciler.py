@@ -1,0 +1,182 @@
+"""Converges desired state (the store) with actual state (the platform).
+
+Idempotent and restart-safe, in kopf's manner: a function whose `generation` differs from its
+`deployed_generation`, or whose state is still `building`, is (re)deployed; a server killed in the
+middle of a deploy finds it that way at its next start and deploys it again. A build failure ends
+in `error` with the installer's message; nothing else leaves a function stuck in `building`.
+Status writes are compare-and-set on the generation, so a slow deploy of an old spec can never
+overwrite the status of a newer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import traceback
+from pathlib import Path
+from typing import Any
+
+from nubis.build import build_environment, find_python
+from nubis.control.deploy_log import DeployLog
+from nubis.control.settings import ServerSettings
+from nubis.control.sources import copy_directory, write_inline_source
+from nubis.control.store import FunctionRecord, Store
+from nubis.errors import NubisError
+from nubis.platforms.base import BuildOutput, DeployFailed, FunctionDeployment, Platform
+from nubis.spec import parse_config, parse_runtime
+
+log = logging.getLogger("nubis.reconciler")
+
+#: How often the reconciler looks at everything even without a change (seconds).
+RESYNC_SECONDS = 5.0
+
+
+class Reconciler:
+    def __init__(self, store: Store, platform: Platform, settings: ServerSettings) -> None:
+        self.store = store
+        self.platform = platform
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._deploys: dict[str, asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        """Something changed in the store: look now rather than at the next resync."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except Exception:
+                log.exception("reconcile pass failed; retrying in %.0f s", RESYNC_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
+            self._wake.clear()
+
+    async def reconcile_once(self) -> None:
+        for record in await self.store.functions_needing_reconcile():
+            running = self._deploys.get(record.name)
+            if running is not None and not running.done():
+                continue  # the next pass picks up a newer generation once this deploy ends
+            task = asyncio.create_task(self._deploy(record), name=f"deploy {record.name}")
+            self._deploys[record.name] = task
+
+    async def stop(self) -> None:
+        for task in self._deploys.values():
+            task.cancel()
+        for task in self._deploys.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def forget(self, name: str) -> None:
+        """Stop deploying a function that is being deleted."""
+        task = self._deploys.pop(name, None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- one deploy ------------------------------------------------------------------------------
+    async def _deploy(self, record: FunctionRecord) -> None:
+        name, generation = record.name, record.generation
+        status: dict[str, Any] = dict(record.status or {})
+        status["state"] = "building"
+        status.pop("message", None)
+        await self.store.set_function_status(name, status, only_if_generation=generation)
+        async with DeployLog(self.store, name) as deploy_log:
+            try:
+                status = await self._build_and_run(record, deploy_log)
+                deploy_log.add("info", "Function deploy complete", httpPort=status.get("httpPort"))
+                await deploy_log.flush()
+                await self.store.set_function_status(
+                    name, status, deployed_generation=generation, only_if_generation=generation
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                message = exc.message if isinstance(exc, NubisError) else f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, NubisError):
+                    log.error("deploy of %s failed unexpectedly\n%s", name, traceback.format_exc())
+                deploy_log.add("error", "Failed to deploy function", error=message)
+                await deploy_log.flush()
+                failed = dict(status, state="error", message=message)
+                await self.store.set_function_status(
+                    name, failed, deployed_generation=generation, only_if_generation=generation
+                )
+        self.wake()
+
+    async def _build_and_run(self, record: FunctionRecord, deploy_log: DeployLog) -> dict[str, Any]:
+        config = parse_config(record.config).config
+        spec = config.spec
+        deploy_log.add("info", "Deploying function", function=record.name, generation=record.generation)
+        code_dir = await asyncio.to_thread(self._materialise, record)
+        handler_module = spec.handler.partition(":")[0]
+        source_file = code_dir / (handler_module.split(".")[0] + ".py")
+        _, version = parse_runtime(spec.runtime or "python", source_file=source_file)
+        python = find_python(version)
+        deploy_log.add("info", "Building function environment", runtime=spec.runtime or "python", python=python.version)
+        timeout = float(spec.build.build_timeout_seconds) if spec.build.build_timeout_seconds else None
+        environment = await asyncio.to_thread(
+            build_environment,
+            code_dir,
+            python=python,
+            build_commands=list(spec.build.commands or []),
+            cache_root=self.settings.environments_dir,
+            timeout_seconds=timeout,
+            progress=deploy_log.line,
+        )
+        for warning in environment.warnings:
+            deploy_log.add("warn", warning)
+        for var in spec.env:
+            if var.value_from is not None:
+                deploy_log.add(
+                    "warn",
+                    f"env {var.name} uses valueFrom, which the local platform cannot resolve yet; it is left unset",
+                )
+        if spec.volumes:
+            deploy_log.add("warn", "spec.volumes are stored but not mounted by the local platform yet")
+        port = await self.store.allocate_http_port(
+            record.name, *self.settings.function_port_range, available=self.settings.port_is_free
+        )
+        deploy_log.add("info", "Starting replicas", httpPort=port)
+        deployment = FunctionDeployment(
+            name=record.name, generation=record.generation, config=record.config, http_port=port
+        )
+        try:
+            observed = await self.platform.deploy(
+                deployment, BuildOutput(function_dir=code_dir, python=environment.python), wait=True
+            )
+        except DeployFailed as exc:
+            for event in (exc.status.events if exc.status else [])[-20:]:
+                deploy_log.add(str(event.get("level", "info")), str(event.get("message", "")))
+            raise
+        for event in observed.events[-5:]:
+            deploy_log.add(str(event.get("level", "info")), str(event.get("message", "")))
+        address = self.settings.external_address
+        status: dict[str, Any] = {
+            "state": "ready",
+            "httpPort": port,
+            "internalInvocationUrls": [f"127.0.0.1:{port}"],
+            "externalInvocationUrls": [f"{address}:{port}"],
+            "replicas": len(observed.replicas),
+            "limits": dict(observed.limits),
+        }
+        if observed.replicas_desired == 0:
+            status["message"] = (
+                "minReplicas is 0: no replica runs until the gateway's scaler exists "
+                "(a later release); set minReplicas to 1 to serve now"
+            )
+        return status
+
+    def _materialise(self, record: FunctionRecord) -> Path:
+        """The function's code for this generation, in its own directory."""
+        spec = record.config.get("spec") or {}
+        build = spec.get("build") or {}
+        target = self.settings.data_dir / "functions" / record.name / f"g{record.generation}"
+        if build.get("functionSourceCode"):
+            if target.exists():
+                shutil.rmtree(target)
+            return write_inline_source(target, build["functionSourceCode"], spec.get("handler") or "")
+        return copy_directory(Path(build.get("path") or ""), target)

@@ -1,0 +1,2 @@
+"""Where replicas run: `base.Platform` is the interface the reconciler uses; `local` runs them as
+processes supervised by the local agent."""

@@ -1,0 +1,7 @@
+"""The local platform: every replica a `python -m nubis.processor.replica` process, supervised by
+the agent (`nubis agent`), which the control plane drives over a Unix socket."""
+
+from nubis.platforms.local.client import AgentClient, AgentRequestError, AgentUnavailable
+from nubis.platforms.local.platform import LocalPlatform, desired_replicas
+
+__all__ = ["AgentClient", "AgentRequestError", "AgentUnavailable", "LocalPlatform", "desired_replicas"]

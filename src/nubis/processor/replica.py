@@ -1,0 +1,126 @@
+"""`python -m nubis.processor.replica`: one replica of a deployed function (no build step).
+
+The local platform's agent starts one such process per replica, on an environment built before:
+
+    python -m nubis.processor.replica --config FILE.json --function-dir DIR --python PATH --port N
+
+FILE.json is the Nuclio function configuration (`{metadata, spec}`). The HTTP trigger listens with
+SO_REUSEPORT, so every replica of a function serves the same port. When serving, the replica prints
+`<name> ready at <url>` (or `<name> ready` without an HTTP trigger) on stdout; SIGTERM drains and
+exits 0; a start-up failure exits non-zero with the error (init_context traceback included) on stderr.
+
+Options the agent uses for limits: `--memory-limit BYTES` sets RLIMIT_AS (inherited by the zygote
+and its workers), `--cgroup DIR` moves the replica into a cgroup v2 directory the agent prepared
+(before any child starts, so all of them are in it), `--parent-pid PID` makes the replica receive
+SIGTERM when that process (the agent) dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+
+from nubis import logs
+from nubis.errors import NubisError, SpecError
+from nubis.processor.processor import Processor, ProcessorOptions
+from nubis.processor.serve import serve
+from nubis.spec import FunctionConfig, parse_config
+
+log = logging.getLogger("nubis.replica")
+
+#: exit code when the command line or the environment of the replica is wrong
+USAGE_EXIT = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m nubis.processor.replica", description=__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="function configuration (JSON)")
+    parser.add_argument("--function-dir", required=True, type=Path, help="the function's source directory")
+    parser.add_argument("--python", required=True, type=Path, help="interpreter of the built environment")
+    parser.add_argument("--port", required=True, type=int, help="port of the HTTP trigger")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", default="info", help="debug, info, warn or error")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
+    parser.add_argument("--memory-limit", type=int, default=None, help="RLIMIT_AS in bytes")
+    parser.add_argument("--cgroup", type=Path, default=None, help="cgroup v2 directory to join")
+    parser.add_argument("--parent-pid", type=int, default=None, help="get SIGTERM when this process dies")
+    return parser.parse_args(argv)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """PR_SET_PDEATHSIG(SIGTERM) relative to `parent_pid`; exits at once if it is already gone."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        raise SystemExit(f"the parent process {parent_pid} is gone; not starting")
+
+
+def apply_limits(memory_limit: int | None, cgroup: Path | None) -> None:
+    """Join the cgroup and set RLIMIT_AS before any child process exists (children inherit both)."""
+    if cgroup is not None:
+        try:
+            (cgroup / "cgroup.procs").write_text("0\n")
+        except OSError as exc:
+            raise NubisError(f"cannot join cgroup {cgroup}: {exc.strerror or exc}") from None
+    if memory_limit is not None:
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        except (OSError, ValueError) as exc:
+            raise NubisError(f"cannot set the memory limit (RLIMIT_AS={memory_limit}): {exc}") from None
+
+
+def load_config(path: Path) -> FunctionConfig:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"cannot read the function configuration: {exc.strerror or exc}", file=str(path)) from None
+    except ValueError as exc:
+        raise SpecError(f"the function configuration is not valid JSON: {exc}", file=str(path)) from None
+    parsed = parse_config(data, file=str(path))
+    for warning in parsed.warnings:
+        log.warning("%s", warning)
+    return parsed.config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        level = logs.parse_level(args.log_level)
+    except ValueError as exc:
+        print(f"--log-level: {exc}", file=sys.stderr)
+        return USAGE_EXIT
+    logs.configure(level, "json" if args.log_format == "json" else "text")
+    if args.parent_pid is not None:
+        die_with_parent(args.parent_pid)
+    try:
+        apply_limits(args.memory_limit, args.cgroup)
+        config = load_config(args.config)
+        options = ProcessorOptions(
+            port=args.port,
+            host=args.host,
+            log_level=level,
+            drain_timeout=args.drain_timeout,
+            reuse_port=True,
+        )
+        processor = Processor(config, args.function_dir.resolve(), args.python, options)
+        code: int = uvloop.run(serve(processor, announce_without_url=True))
+    except NubisError as exc:
+        log.error("%s", exc.message)
+        return exc.exit_code
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Serve one Processor until SIGINT/SIGTERM: the loop shared by `nubis run` and a platform replica."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from nubis.processor.processor import Processor
+
+log = logging.getLogger("nubis.cli")
+
+#: seconds a replica sharing its port keeps serving its open connections after it stopped listening
+HANDOFF_GRACE = 1.0
+
+
+async def hand_off(processor: Processor, grace: float = HANDOFF_GRACE) -> None:
+    """Stop listening, then keep serving the open connections for up to `grace` s.
+
+    Replicas of a function share the port (SO_REUSEPORT): once this one's listening socket is
+    closed, new connections go to the others. A connection accepted just before that carries its
+    request a moment later; serving it (rather than answering 503 "shutting down", or closing it as
+    idle) is what makes a rolling update lose no request. Returns early once no connection is open.
+    """
+    triggers = [t for t in processor.triggers if hasattr(t, "stop_listening")]
+    for trigger in triggers:
+        trigger.stop_listening()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while loop.time() < deadline and any(getattr(t, "open_connections", 0) for t in triggers):
+        await asyncio.sleep(0.05)
+
+
+async def serve(processor: Processor, *, announce_without_url: bool = False) -> int:
+    """Start `processor`, print its ready line, wait for a stop signal or a failure, then drain.
+
+    The ready line (stdout, flushed) is `<name> ready at <url>` with the HTTP trigger's URL; when the
+    function has no HTTP trigger it is `<name> ready` if `announce_without_url`, else nothing. Start-up
+    errors propagate (the processor is stopped first). Returns the exit code: 0 after a requested
+    stop, 1 when the replica failed (its zygote died).
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await processor.start()
+    workers = sum(pool.size for pool in processor.pools)
+    for trigger in processor.triggers:
+        log.info("%s", trigger.describe())
+    urls = [getattr(t, "url", None) for t in processor.triggers if getattr(t, "url", None)]
+    log.info("function %s ready (%d worker%s)", processor.name, workers, "" if workers == 1 else "s")
+    if urls:
+        # The one line scripts (and the local agent) wait for: stdout, flushed, the HTTP trigger's URL.
+        print(f"{processor.name} ready at {urls[0]}", flush=True)
+    elif announce_without_url:
+        print(f"{processor.name} ready", flush=True)
+    stop_wait = asyncio.ensure_future(stop.wait())
+    fail_wait = asyncio.ensure_future(processor.failed.wait())
+    await asyncio.wait([stop_wait, fail_wait], return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    fail_wait.cancel()
+    if processor.options.reuse_port and not processor.failure:
+        await hand_off(processor)
+    log.info("stopping %s: draining in-flight events", processor.name)
+    await processor.stop()
+    log.info("stopped")
+    return 1 if processor.failure else 0
