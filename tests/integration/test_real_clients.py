@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,15 +77,6 @@ def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if installed.returncode != 0:
         skip_or_fail(f"cannot install {NUCLIO_JUPYTER} from PyPI: {installed.stderr[-2000:]}")
     return venv / "bin" / "python"
-
-
-@pytest.fixture
-def server(tmp_path: Path, nubis_data_dir: Path, free_port: Callable[[], int]) -> Iterator[RunningServer]:
-    running = RunningServer(tmp_path / "server", free_port(), env_cache=nubis_data_dir / "envs")
-    try:
-        yield running.wait_ready()
-    finally:
-        running.stop()
 
 
 def test_nuclio_jupyter_deploys_code_and_files_and_invokes_them(

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,15 +16,6 @@ from harness import FUNCTIONS, REPO, nubis_executable
 from server_harness import RunningServer, wait_state
 
 HELLO = REPO / "examples" / "hello"
-
-
-@pytest.fixture
-def server(tmp_path: Path, nubis_data_dir: Path, free_port: Callable[[], int]) -> Iterator[RunningServer]:
-    running = RunningServer(tmp_path / "server", free_port(), env_cache=nubis_data_dir / "envs")
-    try:
-        yield running.wait_ready()
-    finally:
-        running.stop()
 
 
 def cli(server: RunningServer, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
