@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: setup
-	$(BIN)/nubis run examples/hello
+	@./scripts/run.sh
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples

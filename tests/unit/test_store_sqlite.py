@@ -320,7 +320,7 @@ class StoreBehaviours:
             assert await store.get_function("bad") is None
             await new_function(store)
             with pytest.raises(StoreError, match="Could not update function echo"):
-                await store.update_function_config("echo", {"spec": {"x": {1, 2}}})
+                await store.update_function_config("echo", {"spec": {"x": object()}})
             current = await store.get_function("echo")
             assert current is not None
             assert (current.config, current.generation) == (CONFIG, 1)

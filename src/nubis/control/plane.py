@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
+from typing import Any
 
 from nubis.auth.gate import Gate
 from nubis.control.reconciler import Reconciler
@@ -22,6 +23,8 @@ class ControlPlane:
         self.reconciler = Reconciler(store, platform, settings)
         #: set once the API serves and the reconciler runs (`/readyz`)
         self.ready = asyncio.Event()
+        #: encoded function lists by filter, with the store fingerprint they were built at
+        self.list_cache: dict[tuple[object, ...], tuple[tuple[int, Any], bytes]] = {}
 
     async def remove_function(self, name: str) -> None:
         """Stop deploying, stop the replicas, forget the function, then free its code on disk."""

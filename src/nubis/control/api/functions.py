@@ -18,7 +18,7 @@ from nubis.control.api.function_objects import (
     validated_config,
     without_import_annotations,
 )
-from nubis.control.api.responses import empty, json_response
+from nubis.control.api.responses import cached_json, empty, json_response
 from nubis.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from nubis.spec import parse_duration
 
@@ -26,19 +26,32 @@ DEFAULT_PROJECT = "default"
 
 
 async def list_functions(request: Request) -> Response:
+    """All functions (filtered by project/name headers), keyed by name.
+
+    Lists leave out `status.logs` (clients poll one function for those). The encoded answer is
+    cached per filter and reused while the store's functions fingerprint (count, newest change)
+    stays the same, so a dashboard polling a thousand functions costs one small query.
+    """
     control = request.app.state.control
     project = project_header(request)
     wanted = request.headers.get("x-nuclio-function-name")
-    records = await control.store.list_functions(project=project)
     export = request.query_params.get("export", "").lower() == "true"
+    fingerprint = await control.store.functions_fingerprint()
+    key = (project, wanted, export)
+    cached = control.list_cache.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return cached_json(cached[1])
+    records = await control.store.list_functions(project=project)
     result = {}
     for record in records:
         if wanted and record.name != wanted:
             continue
-        result[record.name] = (
-            export_object(record) if export else function_object(record, await control.store.get_logs(record.name))
-        )
-    return json_response(result)
+        result[record.name] = export_object(record) if export else function_object(record)
+    response = json_response(result)
+    if len(control.list_cache) > 64:
+        control.list_cache.clear()
+    control.list_cache[key] = (fingerprint, bytes(response.body))
+    return response
 
 
 async def get_function(request: Request) -> Response:

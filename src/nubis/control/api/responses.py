@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import msgspec
 from starlette.responses import Response
 
 from nubis.errors import ApiError, NubisError, SpecError
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(data, separators=(",", ":"), default=str) + "\n"
+    body = msgspec.json.encode(data, enc_hook=str) + b"\n"
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def cached_json(body: bytes) -> Response:
+    """An already-encoded JSON answer (see the functions list cache)."""
+    return Response(body, status_code=200, media_type="application/json")
 
 
 def empty(status: int, headers: dict[str, str] | None = None) -> Response:

@@ -211,13 +211,25 @@ class Store:
     # -- functions ------------------------------------------------------------------------------
 
     async def list_functions(self, project: str | None = None, *, namespace: str | None = None) -> list[FunctionRecord]:
-        statement = select(FunctionRow).order_by(FunctionRow.name)
+        # Plain rows, not ORM instances: listing a thousand functions is a hot read path, and
+        # identity-map bookkeeping cost several times the query itself.
+        table = FunctionRow.__table__
+        statement = select(table).order_by(table.c.name)
         if project is not None:
-            statement = statement.where(FunctionRow.project == project)
+            statement = statement.where(table.c.project == project)
         if namespace is not None:
-            statement = statement.where(FunctionRow.namespace == namespace)
+            statement = statement.where(table.c.namespace == namespace)
         async with self._session("list functions") as session:
-            return [_function(row) for row in await session.scalars(statement)]
+            result = await session.execute(statement)
+            return [_function(row) for row in result]
+
+    async def functions_fingerprint(self) -> tuple[int, Any]:
+        """(count, newest updated_at) of all functions: changes whenever any function does, so a
+        reader can cache what it built from a full listing and re-check it with one cheap query."""
+        table = FunctionRow.__table__
+        async with self._session("read the functions fingerprint") as session:
+            row = (await session.execute(select(func.count(), func.max(table.c.updated_at)))).one()
+            return int(row[0]), row[1]
 
     async def get_function(self, name: str) -> FunctionRecord | None:
         async with self._session(f"read function {name}") as session:
@@ -584,7 +596,8 @@ def _project(row: ProjectRow) -> ProjectRecord:
     )
 
 
-def _function(row: FunctionRow) -> FunctionRecord:
+def _function(row: Any) -> FunctionRecord:
+    """From an ORM `FunctionRow` or a plain row of the `functions` table (same attribute names)."""
     return FunctionRecord(
         name=row.name,
         project=row.project,
