@@ -12,16 +12,16 @@ import asyncio
 import base64
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
 import httpx
-from _harness import ROOT, VENV_BIN, free_port, pinned, start_server, stop, wrk
 
 from nubis.control.store import Store, default_state_url
+
+from _harness import ROOT, VENV_BIN, free_port, pinned, start_server, stop, wrk
 
 FUNCTIONS = 1000
 BARE_APP = """
@@ -46,15 +46,27 @@ async def seed(url: str) -> None:
         source = base64.b64encode((ROOT / "examples" / "hello" / "main.py").read_bytes()).decode()
         for i in range(FUNCTIONS):
             name = f"fn-{i:04d}"
-            config = {"metadata": {"name": name, "labels": {"team": "bench"}},
-                      "spec": {"runtime": "python", "handler": "main:handler",
-                               "build": {"functionSourceCode": source},
-                               "triggers": {"http": {"kind": "http", "numWorkers": 1}}}}
+            config = {
+                "metadata": {"name": name, "labels": {"team": "bench"}},
+                "spec": {
+                    "runtime": "python",
+                    "handler": "main:handler",
+                    "build": {"functionSourceCode": source},
+                    "triggers": {"http": {"kind": "http", "numWorkers": 1}},
+                },
+            }
             record = await store.create_function(name, "default", "nuclio", config)
             await store.set_function_status(
-                name, {"state": "ready", "httpPort": 31000 + i, "internalInvocationUrls": [f"127.0.0.1:{31000 + i}"],
-                       "externalInvocationUrls": [f"127.0.0.1:{31000 + i}"]},
-                deployed_generation=record.generation, only_if_generation=record.generation)
+                name,
+                {
+                    "state": "ready",
+                    "httpPort": 31000 + i,
+                    "internalInvocationUrls": [f"127.0.0.1:{31000 + i}"],
+                    "externalInvocationUrls": [f"127.0.0.1:{31000 + i}"],
+                },
+                deployed_generation=record.generation,
+                only_if_generation=record.generation,
+            )
     finally:
         await store.close()
 
@@ -78,9 +90,25 @@ def drop_postgres(name: str) -> None:
 def measure(backend: str, state_url: str, data_dir: Path, rounds: int, seconds: int) -> tuple[float, float]:
     asyncio.run(seed(state_url))
     api_port, bare_port = free_port(), free_port()
-    api = start_server(pinned(1, [str(VENV_BIN / "nubis"), "server", "--port", str(api_port), "--insecure-local",
-                                  "--data-dir", str(data_dir), "--state-url", state_url, "--log-level", "warn"]),
-                       "nubis server ready")
+    api = start_server(
+        pinned(
+            1,
+            [
+                str(VENV_BIN / "nubis"),
+                "server",
+                "--port",
+                str(api_port),
+                "--insecure-local",
+                "--data-dir",
+                str(data_dir),
+                "--state-url",
+                state_url,
+                "--log-level",
+                "warn",
+            ],
+        ),
+        "nubis server ready",
+    )
     try:
         document = httpx.get(f"http://127.0.0.1:{api_port}/api/functions", timeout=30).json()
         assert len(document) == FUNCTIONS, len(document)
@@ -97,16 +125,20 @@ def measure(backend: str, state_url: str, data_dir: Path, rounds: int, seconds: 
                 ratios.append(a.p50_ms / b.p50_ms)
                 api_p50s.append(a.p50_ms), bare_p50s.append(b.p50_ms)
                 api_p99s.append(a.p99_ms), bare_p99s.append(b.p99_ms)
-                print(f"{backend} round {round_no}: api p50 {a.p50_ms:.2f} ms p99 {a.p99_ms:.2f} ms "
-                      f"({a.rps:.0f} req/s) | bare p50 {b.p50_ms:.2f} ms p99 {b.p99_ms:.2f} ms ({b.rps:.0f} req/s)",
-                      flush=True)
+                print(
+                    f"{backend} round {round_no}: api p50 {a.p50_ms:.2f} ms p99 {a.p99_ms:.2f} ms "
+                    f"({a.rps:.0f} req/s) | bare p50 {b.p50_ms:.2f} ms p99 {b.p99_ms:.2f} ms ({b.rps:.0f} req/s)",
+                    flush=True,
+                )
         finally:
             stop(bare)
     finally:
         stop(api)
-    print(f"{backend}: api p50 {statistics.median(api_p50s):.2f} ms, p99 {statistics.median(api_p99s):.2f} ms; "
-          f"bare p50 {statistics.median(bare_p50s):.2f} ms, p99 {statistics.median(bare_p99s):.2f} ms; "
-          f"ratio p50 api/bare {statistics.median(ratios):.2f} (target <= 2)")
+    print(
+        f"{backend}: api p50 {statistics.median(api_p50s):.2f} ms, p99 {statistics.median(api_p99s):.2f} ms; "
+        f"bare p50 {statistics.median(bare_p50s):.2f} ms, p99 {statistics.median(bare_p99s):.2f} ms; "
+        f"ratio p50 api/bare {statistics.median(ratios):.2f} (target <= 2)"
+    )
     return statistics.median(ratios), statistics.median(api_p50s)
 
 
