@@ -7,6 +7,7 @@ import io
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,27 +92,38 @@ def _ensure_project(api: Api, project: str) -> None:
 
 
 def _wait(api: Api, name: str, timeout: float) -> None:
-    """Poll the function, printing new deploy log records, until a terminal state."""
-    seen = 0.0
-    deadline = time.monotonic() + timeout
-    interactive = sys.stderr.isatty()
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = api.json("GET", f"/api/functions/{name}")["status"]
-        for record in sorted(status.get("logs") or [], key=lambda r: r.get("time", 0)):
-            if record.get("time", 0) > seen:
-                seen = record["time"]
-                level = str(record.get("level", "info"))
-                if level != "debug" or not interactive:
-                    typer.echo(f"  {level:<5} {record.get('message', '')}", err=True)
-        state = status.get("state")
-        if state in TERMINAL:
-            break
-        time.sleep(0.25)
+    """Poll the function until a terminal state: a live status line on a terminal, plain lines otherwise."""
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status(f"deploying {name}") as live:
+
+            def show(level: str, message: str) -> None:
+                if level in ("warn", "error"):
+                    console.print(f"[yellow]{level}[/yellow] {message}")
+                live.update(f"deploying {name}: [dim]{message[:100]}[/dim]")
+
+            status = _poll(api, name, timeout, show)
     else:
-        raise ClientError(f"{name} is still {status.get('state')} after {timeout:g} s")
+        status = _poll(api, name, timeout, lambda level, message: typer.echo(f"  {level:<5} {message}", err=True))
     if status.get("state") != "ready":
         typer.echo(f"{name}: {status.get('state')}: {status.get('message', 'deploy failed')}", err=True)
         raise typer.Exit(1)
     urls = status.get("externalInvocationUrls") or []
     typer.echo(f"{name} ready" + (f" at http://{urls[0]}/" if urls else ""))
+
+
+def _poll(api: Api, name: str, timeout: float, show: Callable[[str, str], None]) -> dict[str, Any]:
+    seen = 0.0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status: dict[str, Any] = api.json("GET", f"/api/functions/{name}")["status"]
+        for record in sorted(status.get("logs") or [], key=lambda r: r.get("time", 0)):
+            if record.get("time", 0) > seen:
+                seen = record["time"]
+                show(str(record.get("level", "info")), str(record.get("message", "")))
+        if status.get("state") in TERMINAL:
+            return status
+        time.sleep(0.25)
+    raise ClientError(f"{name} is not ready after {timeout:g} s; see `nubis get functions {name} -o yaml`")

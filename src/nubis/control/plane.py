@@ -31,6 +31,7 @@ class ControlPlane:
         await self.reconciler.forget(name)
         await self.platform.delete(name)
         await self.store.delete_function(name)
+        await self.reconciler.write_ports()
         await asyncio.to_thread(shutil.rmtree, self.settings.data_dir / "functions" / name, True)
 
     async def replica_names(self, name: str) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import traceback
@@ -29,8 +30,9 @@ from nubis.spec import parse_config, parse_runtime
 
 log = logging.getLogger("nubis.reconciler")
 
-#: How often the reconciler looks at everything even without a change (seconds).
-RESYNC_SECONDS = 5.0
+#: How often the reconciler looks at everything even without a change (seconds): also how soon a
+#: crash loop shows as `unhealthy`.
+RESYNC_SECONDS = 2.0
 
 
 class Reconciler:
@@ -40,6 +42,21 @@ class Reconciler:
         self.settings = settings
         self._wake = asyncio.Event()
         self._deploys: dict[str, asyncio.Task[None]] = {}
+        #: newest platform event time (epoch ms) already copied into each function's status.logs
+        self._event_marks: dict[str, float] = {}
+
+    @property
+    def ports_file(self) -> Path:
+        """name -> port of every function, for `context.platform.call_function` in replicas."""
+        return self.settings.data_dir / "functions" / "ports.json"
+
+    async def write_ports(self) -> None:
+        ports = {r.name: r.http_port for r in await self.store.list_functions() if r.http_port}
+        target = self.ports_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_suffix(".tmp")
+        staging.write_text(json.dumps(ports, sort_keys=True))
+        staging.replace(target)
 
     def wake(self) -> None:
         """Something changed in the store: look now rather than at the next resync."""
@@ -56,12 +73,55 @@ class Reconciler:
             self._wake.clear()
 
     async def reconcile_once(self) -> None:
+        await self._sync_health()
         for record in await self.store.functions_needing_reconcile():
             running = self._deploys.get(record.name)
             if running is not None and not running.done():
                 continue  # the next pass picks up a newer generation once this deploy ends
             task = asyncio.create_task(self._deploy(record), name=f"deploy {record.name}")
             self._deploys[record.name] = task
+
+    async def _sync_health(self) -> None:
+        """Carry what the platform saw since the deploy (crashes, restarts, a crash loop) into the
+        function's status: `unhealthy` with Nuclio's message while it lasts, events in status.logs."""
+        try:
+            observed = await self.platform.statuses()
+        except NubisError as exc:
+            log.warning("cannot read the platform's state: %s", exc.message)
+            return
+        for record in await self.store.list_functions():
+            state = record.state
+            running = self._deploys.get(record.name)
+            if state not in ("ready", "unhealthy") or (running is not None and not running.done()):
+                continue
+            status = observed.get(record.name)
+            if status is None:
+                continue
+            mark = self._event_marks.get(record.name, 0.0)
+            fresh = [e for e in status.events if float(e.get("time", 0)) > mark]
+            if fresh:
+                self._event_marks[record.name] = max(float(e.get("time", 0)) for e in fresh)
+                if mark:  # events before the first look were already reported by the deploy
+                    await self.store.append_logs(
+                        record.name,
+                        [
+                            {
+                                "time": float(e.get("time", 0)),
+                                "level": str(e.get("level", "info")),
+                                "name": "platform",
+                                "message": str(e.get("message", "")),
+                            }
+                            for e in fresh
+                        ],
+                    )
+            wanted = "unhealthy" if status.state == "unhealthy" else "ready" if status.state == "ready" else state
+            if wanted != state:
+                new_status = dict(record.status, state=wanted)
+                if wanted == "unhealthy":
+                    new_status["message"] = "Function is not healthy"
+                else:
+                    new_status.pop("message", None)
+                await self.store.set_function_status(record.name, new_status, only_if_generation=record.generation)
 
     async def stop(self) -> None:
         for task in self._deploys.values():
@@ -93,6 +153,7 @@ class Reconciler:
                 await self.store.set_function_status(
                     name, status, deployed_generation=generation, only_if_generation=generation
                 )
+                await self.write_ports()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -142,7 +203,11 @@ class Reconciler:
         )
         deploy_log.add("info", "Starting replicas", httpPort=port)
         deployment = FunctionDeployment(
-            name=record.name, generation=record.generation, config=record.config, http_port=port
+            name=record.name,
+            generation=record.generation,
+            config=record.config,
+            http_port=port,
+            env={"NUBIS_FUNCTION_PORTS": str(self.ports_file)},
         )
         try:
             observed = await self.platform.deploy(

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from nubis.errors import WorkerError
@@ -45,6 +46,8 @@ PIPELINE_MIN_WINDOW = 0.001
 DEADLINE_GRACE = 0.05
 #: A worker must answer `ready` (init_context done) within this many seconds.
 WORKER_READY_TIMEOUT_SECONDS = 120.0
+#: Consecutive failed starts of a worker, with no other worker alive, after which the replica ends.
+GIVE_UP_AFTER_FAILURES = 3
 #: Back-off between attempts to replace a worker that keeps failing to start (seconds).
 RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -100,6 +103,8 @@ class WorkerPool:
         self._loop = asyncio.get_running_loop()
         #: fork -> first response, per worker (seconds), for the cold-start benchmark
         self.first_event_latencies: list[float] = []
+        #: called when the pool cannot serve at all any more (set by the processor)
+        self.on_fatal: Callable[[str], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -384,8 +389,15 @@ class WorkerPool:
             await self._start_worker(wid)
         except (WorkerError, OSError) as exc:
             log.error("%s", exc)
-            if not self._closing:
-                self._spawn_task(self._replace(wid))
+            if self._closing:
+                return
+            if not self.workers and self._failures.get(wid, 0) >= GIVE_UP_AFTER_FAILURES and self.on_fatal:
+                # Nothing serves and workers keep failing to start: end the replica, so its supervisor
+                # sees the crash (restart with backoff, then `unhealthy`) instead of a process that
+                # looks alive and answers every event with a 503.
+                self.on_fatal(f"no worker of trigger {self.trigger_name!r} can start: {exc}")
+                return
+            self._spawn_task(self._replace(wid))
 
     def log_init_failure(self, worker: WorkerLink, message: dict[str, Any]) -> None:
         self._init_errors[worker.wid] = f"{message['msg']}\n{message.get('tb', '')}".rstrip()

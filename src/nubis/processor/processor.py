@@ -145,6 +145,8 @@ class Processor:
         assert self._starter is not None
         if isinstance(self._starter, ZygoteStarter):
             self._starter.on_unexpected_exit = self._fail
+        for pool in self.pools:
+            pool.on_fatal = self._fail
         await self._starter.start()
         try:
             await asyncio.gather(*(pool.start() for pool in self.pools))

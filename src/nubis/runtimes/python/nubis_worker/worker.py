@@ -23,6 +23,7 @@ import nuclio_sdk
 from nubis_worker import framing, outputs
 from nubis_worker.events import build_event
 from nubis_worker.logsink import make_logger
+from nubis_worker.platform import NubisPlatform
 
 #: A response waits in the outgoing buffer at most this long for the next one to share its write.
 FLUSH_AFTER_SECONDS = 0.0005
@@ -66,7 +67,7 @@ class Worker:
         self.trigger = nuclio_sdk.TriggerInfo(trigger_kind, trigger_name)
         self.logger = make_logger("nubis.function." + function_name, self.emit, self.state)
         self.logger.bind(worker_id=str(worker_id))
-        self.platform = nuclio_sdk.Platform(platform_kind, namespace=namespace, on_control_callback=self._control)
+        self.platform = NubisPlatform(platform_kind, namespace=namespace, on_control_callback=self._control)
         self.context = nuclio_sdk.Context(self.logger, self.platform, str(worker_id), self.trigger)
         self.handler_is_async = inspect.iscoroutinefunction(handler)
 

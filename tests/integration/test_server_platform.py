@@ -1,0 +1,118 @@
+"""Platform behaviours seen through the API: call_function by name, crash loops, redeploys, imports."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+
+import httpx
+from server_harness import RunningServer, wait_state
+
+CALLEE = b"""
+def handler(context, event):
+    return {"callee_got": event.body.decode() if isinstance(event.body, bytes) else event.body}
+"""
+
+CALLER = b"""
+import nuclio_sdk
+
+def handler(context, event):
+    answer = context.platform.call_function("callee", nuclio_sdk.Event(body="from caller", path="/", method="POST"))
+    return {"status": answer.status_code, "body": answer.body}
+"""
+
+CRASHER = b"""
+import os
+
+def init_context(context):
+    marker = os.environ["CRASH_MARKER"]
+    if os.path.exists(marker):
+        os._exit(7)
+
+def handler(context, event):
+    return str(os.getpid())
+"""
+
+
+def inline(name: str, source: bytes, **spec: object) -> dict[str, object]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "runtime": "python",
+            "handler": "main:handler",
+            "build": {"functionSourceCode": base64.b64encode(source).decode()},
+            **spec,
+        },
+    }
+
+
+def test_call_function_reaches_another_function_by_name(server: RunningServer) -> None:
+    with server.client() as api:
+        assert api.post("/api/functions", json=inline("callee", CALLEE)).status_code == 202
+        assert api.post("/api/functions", json=inline("caller", CALLER)).status_code == 202
+        wait_state(api, "callee", {"ready", "error"})
+        ready = wait_state(api, "caller", {"ready", "error"})
+        assert ready["status"]["state"] == "ready", ready["status"]
+        answer = httpx.get(f"http://127.0.0.1:{ready['status']['httpPort']}/", timeout=30)
+        assert answer.json() == {"status": 200, "body": {"callee_got": "from caller"}}
+
+
+def test_a_crash_loop_makes_the_function_unhealthy_and_crashes_are_logged(server: RunningServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "crash-now"
+    with server.client() as api:
+        body = inline("crasher", CRASHER, env=[{"name": "CRASH_MARKER", "value": str(marker)}])
+        assert api.post("/api/functions", json=body).status_code == 202
+        ready = wait_state(api, "crasher", {"ready", "error"})
+        assert ready["status"]["state"] == "ready", ready["status"]
+        pid = int(httpx.get(f"http://127.0.0.1:{ready['status']['httpPort']}/", timeout=10).text)
+        marker.write_text("crash")
+        # Kill the replica: every restart now dies in init_context, a crash loop.
+        os.kill(pid, signal.SIGKILL)
+        unhealthy = wait_state(api, "crasher", {"unhealthy"}, timeout=120)
+        assert unhealthy["status"]["message"] == "Function is not healthy"
+        assert any("exit" in r["message"] or "restart" in r["message"] for r in unhealthy["status"]["logs"])
+        # Fixed: the replica starts again and the function is ready again.
+        marker.unlink()
+        deadline = time.monotonic() + 120
+        while wait_state(api, "crasher", {"ready", "unhealthy"})["status"]["state"] != "ready":
+            assert time.monotonic() < deadline, "the function never recovered"
+            time.sleep(0.2)
+
+
+def test_patch_ready_redeploys_and_an_import_is_not_deployed(server: RunningServer) -> None:
+    with server.client() as api:
+        imported = inline("imported-fn", CALLEE)
+        imported["metadata"]["annotations"] = {"skip-build": "true", "skip-deploy": "true"}  # type: ignore[index]
+        assert api.post("/api/functions", json=imported).status_code == 202
+        assert api.get("/api/functions/imported-fn").json()["status"]["state"] == "imported"
+        time.sleep(0.5)
+        assert api.get("/api/functions/imported-fn").json()["status"]["state"] == "imported"
+        assert api.patch("/api/functions/imported-fn", json={"desiredState": "ready"}).status_code == 202
+        ready = wait_state(api, "imported-fn", {"ready", "error"})
+        assert ready["status"]["state"] == "ready", ready["status"]
+        assert api.patch("/api/functions/imported-fn", json={"desiredState": "bogus"}).status_code == 400
+
+
+def test_mlrun_project_routes(server: RunningServer) -> None:
+    with server.client() as api:
+        response = api.put("/api/projects", json={"metadata": {"name": "mlrun-proj"}, "spec": {"description": "d"}})
+        assert response.status_code == 204
+        assert response.headers["deprecation"] == "true"
+        assert api.get("/api/projects/mlrun-proj").json()["spec"] == {"description": "d"}
+        assert (
+            api.put("/api/projects/mlrun-proj", json={"metadata": {"name": "mlrun-proj"}, "spec": {}}).status_code
+            == 204
+        )
+        assert (
+            api.request(
+                "DELETE",
+                "/api/projects/",
+                json={"metadata": {"name": "mlrun-proj"}},
+                headers={"x-nuclio-delete-project-strategy": "cascading"},
+            ).status_code
+            == 204
+        )
+        assert api.get("/api/projects/mlrun-proj").status_code == 404
+        assert api.request("DELETE", "/api/projects", json={"metadata": {"name": "default"}}).status_code == 412
