@@ -116,3 +116,14 @@ def test_mlrun_project_routes(server: RunningServer) -> None:
         )
         assert api.get("/api/projects/mlrun-proj").status_code == 404
         assert api.request("DELETE", "/api/projects", json={"metadata": {"name": "default"}}).status_code == 412
+
+
+def test_the_http_triggers_port_attribute_is_honoured(server: RunningServer, free_port) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    with server.client() as api:
+        body = inline("fixed-port", CALLEE, triggers={"http": {"kind": "http", "attributes": {"port": port}}})
+        assert api.post("/api/functions", json=body).status_code == 202
+        ready = wait_state(api, "fixed-port", {"ready", "error"})
+        assert ready["status"]["state"] == "ready", ready["status"]
+        assert ready["status"]["httpPort"] == port
+        assert httpx.post(f"http://127.0.0.1:{port}/", content=b"x", timeout=10).json() == {"callee_got": "x"}

@@ -198,9 +198,7 @@ class Reconciler:
                 )
         if spec.volumes:
             deploy_log.add("warn", "spec.volumes are stored but not mounted by the local platform yet")
-        port = await self.store.allocate_http_port(
-            record.name, *self.settings.function_port_range, available=self.settings.port_is_free
-        )
+        port = await self._http_port(record, config)
         deploy_log.add("info", "Starting replicas", httpPort=port)
         deployment = FunctionDeployment(
             name=record.name,
@@ -234,6 +232,20 @@ class Reconciler:
                 "(a later release); set minReplicas to 1 to serve now"
             )
         return status
+
+    async def _http_port(self, record: FunctionRecord, config: Any) -> int:
+        """The HTTP trigger's `attributes.port` when the function asks for one (as Nuclio's local
+        platform publishes it), else a port allocated once from the server's range."""
+        for trigger in config.effective_triggers().values():
+            if trigger.kind == "http" and not trigger.disabled:
+                asked = {str(k).lower(): v for k, v in (trigger.attributes or {}).items()}.get("port")
+                if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+                    if record.http_port != asked:
+                        await self.store.set_http_port(record.name, asked)
+                    return asked
+        return await self.store.allocate_http_port(
+            record.name, *self.settings.function_port_range, available=self.settings.port_is_free
+        )
 
     def _materialise(self, record: FunctionRecord) -> Path:
         """The function's code for this generation, in its own directory."""
