@@ -36,6 +36,8 @@ test: setup lint typecheck
 
 bench: setup
 	$(BIN)/python benchmarks/http_invoke.py
+	$(BIN)/python benchmarks/deploy.py
+	$(BIN)/python benchmarks/api.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

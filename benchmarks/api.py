@@ -71,6 +71,29 @@ async def seed(url: str) -> None:
         await store.close()
 
 
+async def uncached(state_url: str, api_port: int, bare_port: int, samples: int = 20) -> tuple[float, float]:
+    """Median latency of sequential GETs when every request finds the cache stale (a write first)."""
+    import time
+
+    store = await Store.open(state_url, migrate=False)
+    api_times, bare_times = [], []
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for i in range(samples):
+                record = await store.get_function("fn-0000")
+                assert record is not None
+                await store.set_function_status("fn-0000", dict(record.status, tick=i))
+                start = time.perf_counter()
+                (await client.get(f"http://127.0.0.1:{api_port}/api/functions")).raise_for_status()
+                api_times.append((time.perf_counter() - start) * 1000)
+                start = time.perf_counter()
+                (await client.get(f"http://127.0.0.1:{bare_port}/api/functions")).raise_for_status()
+                bare_times.append((time.perf_counter() - start) * 1000)
+    finally:
+        await store.close()
+    return statistics.median(api_times), statistics.median(bare_times)
+
+
 def postgres_url() -> tuple[str, str]:
     import psycopg
 
@@ -130,10 +153,15 @@ def measure(backend: str, state_url: str, data_dir: Path, rounds: int, seconds: 
                     f"({a.rps:.0f} req/s) | bare p50 {b.p50_ms:.2f} ms p99 {b.p99_ms:.2f} ms ({b.rps:.0f} req/s)",
                     flush=True,
                 )
+            api_cold, bare_cold = asyncio.run(uncached(state_url, api_port, bare_port))
         finally:
             stop(bare)
     finally:
         stop(api)
+    print(
+        f"{backend} uncached (a function changes before every request, so the list is rebuilt from the "
+        f"store): api {api_cold:.1f} ms vs bare {bare_cold:.1f} ms, ratio {api_cold / bare_cold:.2f}"
+    )
     print(
         f"{backend}: api p50 {statistics.median(api_p50s):.2f} ms, p99 {statistics.median(api_p99s):.2f} ms; "
         f"bare p50 {statistics.median(bare_p50s):.2f} ms, p99 {statistics.median(bare_p99s):.2f} ms; "

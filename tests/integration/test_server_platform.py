@@ -127,3 +127,44 @@ def test_the_http_triggers_port_attribute_is_honoured(server: RunningServer, fre
         assert ready["status"]["state"] == "ready", ready["status"]
         assert ready["status"]["httpPort"] == port
         assert httpx.post(f"http://127.0.0.1:{port}/", content=b"x", timeout=10).json() == {"callee_got": "x"}
+
+
+def test_project_export_and_import_round_trip(server: RunningServer) -> None:
+    with server.client() as api:
+        assert (
+            api.post("/api/projects", json={"metadata": {"name": "exp"}, "spec": {"description": "x"}}).status_code
+            == 201
+        )
+        headers = {"x-nuclio-project-name": "exp"}
+        assert api.post("/api/functions", json=inline("exp-fn", CALLEE), headers=headers).status_code == 202
+        wait_state(api, "exp-fn", {"ready", "error"})
+        exported = api.get("/api/projects", params={"export": "true"}, headers=headers).json()["exp"]
+        assert set(exported) == {"project", "functions", "functionEvents", "apiGateways"}
+        assert exported["functions"]["exp-fn"]["metadata"]["annotations"]["skip-build"] == "true"
+        assert (
+            api.request(
+                "DELETE",
+                "/api/projects",
+                json={"metadata": {"name": "exp"}},
+                headers={"x-nuclio-delete-project-strategy": "cascading"},
+            ).status_code
+            == 204
+        )
+        imported = api.post("/api/projects", params={"import": "true"}, json=exported)
+        assert imported.status_code == 201, imported.text
+        assert imported.json()["functionImportResult"]["createdAmount"] == 1
+        assert api.get("/api/functions/exp-fn").json()["status"]["state"] == "imported"
+        assert api.get("/api/projects/exp").json()["spec"] == {"description": "x"}
+
+
+def test_old_generations_code_is_pruned(server: RunningServer) -> None:
+    with server.client() as api:
+        for version in range(1, 5):
+            source = CALLEE.replace(b"callee_got", f"v{version}".encode())
+            body = inline("pruned", source)
+            method = api.post if version == 1 else api.put
+            target = "/api/functions" if version == 1 else "/api/functions/pruned"
+            assert method(target, json=body).status_code == 202
+            assert wait_state(api, "pruned", {"ready", "error"})["status"]["state"] == "ready"
+    kept = sorted(p.name for p in (server.data_dir / "functions" / "pruned").iterdir())
+    assert kept == ["g3", "g4"]

@@ -154,6 +154,7 @@ class Reconciler:
                     name, status, deployed_generation=generation, only_if_generation=generation
                 )
                 await self.write_ports()
+                await asyncio.to_thread(self._prune_code, name, generation)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -246,6 +247,14 @@ class Reconciler:
         return await self.store.allocate_http_port(
             record.name, *self.settings.function_port_range, available=self.settings.port_is_free
         )
+
+    def _prune_code(self, name: str, serving: int) -> None:
+        """Keep the serving generation's code and the one before (replicas may still drain it)."""
+        root = self.settings.data_dir / "functions" / name
+        for path in root.glob("g*"):
+            number = path.name[1:]
+            if number.isdigit() and int(number) < serving - 1:
+                shutil.rmtree(path, ignore_errors=True)
 
     def _materialise(self, record: FunctionRecord) -> Path:
         """The function's code for this generation, in its own directory."""

@@ -8,9 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nubis.control.api.bodies import json_body, project_header, section
+from nubis.control.api.function_objects import SKIP_BUILD, SKIP_DEPLOY, export_object, validated_config
 from nubis.control.api.responses import empty, json_response
 from nubis.control.store import ProjectRecord
-from nubis.errors import BadRequest, NotFound, PreconditionFailed
+from nubis.errors import BadRequest, NotFound, NubisError, PreconditionFailed
 from nubis.spec import validate_function_name
 
 DEFAULT_PROJECT = "default"
@@ -49,8 +50,19 @@ def _record_from_body(body: dict[str, Any], request: Request, name: str | None =
 async def list_projects(request: Request) -> Response:
     store = request.app.state.control.store
     wanted = project_header(request)
-    records = await store.list_projects()
-    return json_response({r.name: project_object(r) for r in records if wanted in (None, r.name)})
+    records = [r for r in await store.list_projects() if wanted in (None, r.name)]
+    if request.query_params.get("export", "").lower() != "true":
+        return json_response({r.name: project_object(r) for r in records})
+    exported = {}
+    for record in records:
+        functions = await store.list_functions(project=record.name)
+        exported[record.name] = {
+            "project": project_object(record),
+            "functions": {f.name: export_object(f) for f in functions},
+            "functionEvents": {},
+            "apiGateways": {},
+        }
+    return json_response(exported)
 
 
 async def get_project(request: Request) -> Response:
@@ -63,6 +75,8 @@ async def get_project(request: Request) -> Response:
 
 async def create_project(request: Request) -> Response:
     body = await json_body(request)
+    if request.query_params.get("import", "").lower() == "true":
+        return await _import_project(request, body)
     record = _record_from_body(body, request)
     created = await request.app.state.control.store.create_project(record)
     return json_response(project_object(created), 201)
@@ -102,3 +116,32 @@ async def delete_project(request: Request) -> Response:
         await control.remove_function(function.name)
     await control.store.delete_project(name)
     return empty(204)
+
+
+async def _import_project(request: Request, body: dict[str, Any]) -> Response:
+    """`POST /api/projects?import=true` with `{project, functions, functionEvents, apiGateways}`:
+    the project is created if missing and each function stored as `imported` (not built)."""
+    control = request.app.state.control
+    record = _record_from_body(section(body, "project"), request)
+    if await control.store.get_project(record.name) is None:
+        await control.store.create_project(record)
+    created: list[str] = []
+    failed: list[dict[str, str]] = []
+    for name, function in section(body, "functions").items():
+        try:
+            config = validated_config(function, name=None, project=record.name)
+            config["metadata"].setdefault("annotations", {}).update({SKIP_BUILD: "true", SKIP_DEPLOY: "true"})
+            fn = await control.store.create_function(
+                config["metadata"]["name"], record.name, control.settings.namespace, config
+            )
+            await control.store.set_function_status(
+                fn.name, {"state": "imported"}, deployed_generation=fn.generation, only_if_generation=fn.generation
+            )
+            created.append(fn.name)
+        except NubisError as exc:
+            failed.append({"function": str(name), "error": exc.message})
+    result = {"createdAmount": len(created), "failedAmount": len(failed), "failedFunctions": failed}
+    skipped = {"createdAmount": 0, "failedAmount": 0}
+    return json_response(
+        {"functionImportResult": result, "functionEventImportResult": skipped, "apiGatewayImportResult": skipped}, 201
+    )
