@@ -28,8 +28,8 @@ from nubis.platforms.local.limits import (
 from nubis.platforms.local.logstore import FunctionLogs, RotatingFile, line_time, stamp
 from nubis.platforms.local.models import BadDeployment, Deployment
 from nubis.platforms.local.process import ReplicaProcess, describe_exit
+from nubis.platforms.local.slots import CRASH_LOOP_RESTARTS, Slot, backoff
 from nubis.platforms.local.state import DesiredStore, FunctionRecord
-from nubis.platforms.local.supervisor import CRASH_LOOP_RESTARTS, Slot, backoff
 from nubis.processor.replica import load_config, parse_args
 from nubis.spec import Spec
 

@@ -31,12 +31,13 @@ import uvicorn
 
 from nubis import logs
 from nubis.errors import NubisError
+from nubis.platforms.local.environment import ReplicaEnvironment
 from nubis.platforms.local.limits import Cgroups, ResourceLimits
 from nubis.platforms.local.logstore import FunctionLogs
 from nubis.platforms.local.models import BadDeployment, Deployment, FunctionStateDict, PortConflict
 from nubis.platforms.local.paths import agent_dir, socket_path
 from nubis.platforms.local.state import DesiredStore, FunctionRecord
-from nubis.platforms.local.supervisor import FunctionSupervisor, ReplicaEnvironment
+from nubis.platforms.local.supervisor import FunctionSupervisor
 from nubis.settings import default_data_dir
 
 log = logging.getLogger("nubis.agent")
