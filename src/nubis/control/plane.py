@@ -23,8 +23,8 @@ class ControlPlane:
         self.reconciler = Reconciler(store, platform, settings)
         #: set once the API serves and the reconciler runs (`/readyz`)
         self.ready = asyncio.Event()
-        #: encoded function lists by filter, with the store fingerprint they were built at
-        self.list_cache: dict[tuple[object, ...], tuple[tuple[int, Any], bytes]] = {}
+        #: encoded function objects (plain / export form) by name, with the updated_at they show
+        self.object_cache: dict[bool, dict[str, tuple[Any, bytes]]] = {}
 
     async def remove_function(self, name: str) -> None:
         """Stop deploying, stop the replicas, forget the function, then free its code on disk."""

@@ -47,13 +47,27 @@ class FunctionsMixin(StoreBase):
             result = await session.execute(statement)
             return [_function(row) for row in result]
 
-    async def functions_fingerprint(self) -> tuple[int, Any]:
-        """(count, newest updated_at) of all functions: changes whenever any function does, so a
-        reader can cache what it built from a full listing and re-check it with one cheap query."""
+    async def function_versions(self, project: str | None = None) -> list[tuple[str, Any]]:
+        """(name, updated_at) of every function (of a project), by name: `updated_at` changes with
+        every write to a function, so a reader can cache what it built per function and re-read
+        only the functions that changed (see `functions_named`)."""
         table = FunctionRow.__table__
-        async with self._session("read the functions fingerprint") as session:
-            row = (await session.execute(select(func.count(), func.max(table.c.updated_at)))).one()
-            return int(row[0]), row[1]
+        statement = select(table.c.name, table.c.updated_at).order_by(table.c.name)
+        if project is not None:
+            statement = statement.where(table.c.project == project)
+        async with self._session("list function versions") as session:
+            return [(row[0], row[1]) for row in await session.execute(statement)]
+
+    async def functions_named(self, names: list[str]) -> list[FunctionRecord]:
+        """The named functions (missing names are skipped), read in chunks of 500."""
+        table = FunctionRow.__table__
+        records: list[FunctionRecord] = []
+        async with self._session("read functions") as session:
+            for start in range(0, len(names), 500):
+                chunk = names[start : start + 500]
+                result = await session.execute(select(table).where(table.c.name.in_(chunk)))
+                records.extend(_function(row) for row in result)
+        return records
 
     async def get_function(self, name: str) -> FunctionRecord | None:
         async with self._session(f"read function {name}") as session:
