@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from nubis import logs
+from nubis.cli.options import setup_logging
 from nubis.errors import NubisError
 
 
@@ -27,13 +27,7 @@ def agent_command(
     from nubis.platforms.local.agent import run_agent
     from nubis.settings import default_data_dir
 
-    if log_format not in ("text", "json"):
-        raise typer.BadParameter("expected 'text' or 'json'", param_hint="--log-format")
-    try:
-        level = logs.parse_level(log_level)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--log-level") from None
-    logs.configure(level, "json" if log_format == "json" else "text")
+    setup_logging(log_level, log_format)
     try:
         code = run_agent(data_dir or default_data_dir(), cgroup_root=cgroup_root)
     except NubisError as exc:

@@ -72,7 +72,7 @@ class Api:
         except httpx.HTTPError as exc:
             raise ClientError(f"request to {self.url}{path} failed: {exc}") from None
         if response.status_code >= 400 and response.status_code not in ok:
-            raise ClientError(_error_text(response))
+            raise ClientError(error_text(response))
         return response
 
     def stream(self, method: str, path: str, **kwargs: Any) -> AbstractContextManager[httpx.Response]:
@@ -84,7 +84,8 @@ class Api:
         return response.json() if response.content else None
 
 
-def _error_text(response: httpx.Response) -> str:
+def error_text(response: httpx.Response) -> str:
+    """The API's `error` message of a failed response, as one line for the user."""
     try:
         message = response.json().get("error")
     except (ValueError, AttributeError):

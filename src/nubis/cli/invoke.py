@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
 import typer
 
-from nubis.cli.client import Api, ClientError
+from nubis.cli.client import Api, ClientError, error_text
 
 
 def invoke_command(
@@ -41,7 +40,7 @@ def invoke_command(
             headers=headers,
         )
     if response.headers.get("x-nubis-api-error"):
-        raise ClientError(_api_error(response.content))
+        raise ClientError(error_text(response))
     if verbose:
         typer.echo(f"HTTP {response.status_code}", err=True)
         for key, value in response.headers.items():
@@ -71,10 +70,3 @@ def logs_command(
         for chunk in response.iter_bytes():
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
-
-
-def _api_error(content: bytes) -> str:
-    try:
-        return str(json.loads(content)["error"])
-    except (ValueError, KeyError, TypeError):
-        return content.decode("utf-8", "replace").strip()

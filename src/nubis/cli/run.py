@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 import uvloop
 
-from nubis import logs
 from nubis.build import Environment, build_environment, find_python
+from nubis.cli.options import setup_logging
 from nubis.errors import NubisError
 from nubis.processor.processor import Processor, ProcessorOptions
 from nubis.processor.serve import serve
@@ -35,13 +35,7 @@ def run_command(
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
 ) -> None:
     """Serve one function locally: builds its environment (cached) and runs all its triggers."""
-    if log_format not in ("text", "json"):
-        raise typer.BadParameter("expected 'text' or 'json'", param_hint="--log-format")
-    try:
-        level = logs.parse_level(log_level)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--log-level") from None
-    logs.configure(level, "json" if log_format == "json" else "text")
+    level = setup_logging(log_level, log_format)
     try:
         overrides = Overrides(handler=handler, runtime=runtime, env=parse_env_items(env or []), triggers=triggers)
         loaded = load_function(path, overrides)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 import uvloop
 
-from nubis import logs
+from nubis.cli.options import setup_logging
 from nubis.control.server import serve
 from nubis.control.settings import ServerSettings
 from nubis.errors import NubisError
@@ -43,7 +43,7 @@ def server_command(
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
 ) -> None:
     """Run the platform: the Nuclio-compatible API, the reconciler and the local agent."""
-    logs.configure(logs.parse_level(log_level), "json" if log_format == "json" else "text")
+    setup_logging(log_level, log_format)
     settings = ServerSettings(
         host=host,
         port=port,

@@ -208,6 +208,10 @@ class Worker:
         else:
             yield from body
 
+    def _emit_stream_head(self, seq, output, first_item):  # type: ignore[no-untyped-def]
+        status, content_type, headers, first = outputs.first_of_stream(output, first_item)
+        self.emit({"t": "r", "n": seq, "s": status, "c": content_type, "h": headers, "b": first, "stream": True})
+
     def stream(self, seq, output, started):  # type: ignore[no-untyped-def]
         """Send a generator's items as they come: the first as the response head, the rest as chunks."""
         body = output.body if isinstance(output, nuclio_sdk.Response) else output
@@ -216,35 +220,13 @@ class Worker:
         try:
             for item in self._items(body):
                 if not sent_head:
-                    status, content_type, headers, first = outputs.first_of_stream(output, item)
-                    self.emit(
-                        {
-                            "t": "r",
-                            "n": seq,
-                            "s": status,
-                            "c": content_type,
-                            "h": headers,
-                            "b": first,
-                            "stream": True,
-                        }
-                    )
+                    self._emit_stream_head(seq, output, item)
                     sent_head = True
                 else:
                     self.emit({"t": "k", "n": seq, "b": outputs.chunk_bytes(item)})
                 self.flush()
             if not sent_head:
-                status, content_type, headers, first = outputs.first_of_stream(output, b"")
-                self.emit(
-                    {
-                        "t": "r",
-                        "n": seq,
-                        "s": status,
-                        "c": content_type,
-                        "h": headers,
-                        "b": first,
-                        "stream": True,
-                    }
-                )
+                self._emit_stream_head(seq, output, b"")
             self.emit({"t": "k", "n": seq, "end": True, "d": time.perf_counter() - started})
         except BaseException as exc:
             status, content_type, headers, body_bytes, tb = outputs.exception_response(exc)
