@@ -44,6 +44,8 @@ class Reconciler:
         self._deploys: dict[str, asyncio.Task[None]] = {}
         #: newest platform event time (epoch ms) already copied into each function's status.logs
         self._event_marks: dict[str, float] = {}
+        #: the platform state of each function as last carried into the store
+        self._seen_states: dict[str, str] = {}
 
     @property
     def ports_file(self) -> Path:
@@ -89,21 +91,22 @@ class Reconciler:
         except NubisError as exc:
             log.warning("cannot read the platform's state: %s", exc.message)
             return
-        for record in await self.store.list_functions():
-            state = record.state
-            running = self._deploys.get(record.name)
-            if state not in ("ready", "unhealthy") or (running is not None and not running.done()):
+        for name, status in observed.items():
+            running = self._deploys.get(name)
+            if running is not None and not running.done():
                 continue
-            status = observed.get(record.name)
-            if status is None:
-                continue
-            mark = self._event_marks.get(record.name, 0.0)
+            mark = self._event_marks.get(name, 0.0)
             fresh = [e for e in status.events if float(e.get("time", 0)) > mark]
+            if not fresh and self._seen_states.get(name) == status.state:
+                continue  # nothing happened on the platform since the last look: no store read
+            record = await self.store.get_function(name)
+            if record is None or record.state not in ("ready", "unhealthy"):
+                continue
             if fresh:
-                self._event_marks[record.name] = max(float(e.get("time", 0)) for e in fresh)
+                self._event_marks[name] = max(float(e.get("time", 0)) for e in fresh)
                 if mark:  # events before the first look were already reported by the deploy
                     await self.store.append_logs(
-                        record.name,
+                        name,
                         [
                             {
                                 "time": float(e.get("time", 0)),
@@ -114,6 +117,7 @@ class Reconciler:
                             for e in fresh
                         ],
                     )
+            state = record.state
             wanted = "unhealthy" if status.state == "unhealthy" else "ready" if status.state == "ready" else state
             if wanted != state:
                 new_status = dict(record.status, state=wanted)
@@ -121,7 +125,9 @@ class Reconciler:
                     new_status["message"] = "Function is not healthy"
                 else:
                     new_status.pop("message", None)
-                await self.store.set_function_status(record.name, new_status, only_if_generation=record.generation)
+                if not await self.store.set_function_status(name, new_status, only_if_generation=record.generation):
+                    continue  # a newer spec arrived: look again next pass
+            self._seen_states[name] = status.state
 
     async def stop(self) -> None:
         for task in self._deploys.values():
@@ -132,6 +138,8 @@ class Reconciler:
 
     async def forget(self, name: str) -> None:
         """Stop deploying a function that is being deleted."""
+        self._seen_states.pop(name, None)
+        self._event_marks.pop(name, None)
         task = self._deploys.pop(name, None)
         if task is not None and not task.done():
             task.cancel()

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from nubis.errors import WorkerError
+from nubis.logs import LEVELS
 from nubis.processor.events import Response, Submission, error_response
 from nubis.processor.link import WorkerLink
 from nubis.processor.starters import StartedWorker
@@ -51,7 +52,6 @@ GIVE_UP_AFTER_FAILURES = 3
 #: Back-off between attempts to replace a worker that keeps failing to start (seconds).
 RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 _BUSY = {"Retry-After": "1"}
 
 
@@ -404,7 +404,7 @@ class WorkerPool:
 
     # -- logs and acks -------------------------------------------------------------------------------
     def emit_log(self, worker: WorkerLink, sub: Submission | None, message: dict[str, Any]) -> None:
-        level = _LOG_LEVELS.get(message.get("lvl", "info"), logging.DEBUG)
+        level = LEVELS.get(message.get("lvl", "info"), logging.DEBUG)
         if not function_log.isEnabledFor(level):
             return
         function_log.log(

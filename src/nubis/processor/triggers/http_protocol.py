@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 
 import httptools
 
+from nubis.logs import LEVELS
 from nubis.processor.events import Response, Submission, error_response
 from nubis.processor.ids import new_event_id
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 HEALTH_PATH = "/__internal/health"
 #: Nuclio drops the captured-logs header when it would be this large or larger.
 MAX_LOGS_HEADER = 4096
-_LOG_LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 _CANONICAL: dict[bytes, str] = {}
 _METHODS: dict[bytes, str] = {}
 _STATUS_LINES: dict[int, bytes] = {}
@@ -262,7 +262,7 @@ class HttpConnection(asyncio.Protocol):
         level = trigger.log_level
         level_name = headers.get("X-Nuclio-Log-Level")
         if level_name is not None:
-            level = min(level, _LOG_LEVELS.get(level_name.lower(), 20))
+            level = min(level, LEVELS.get(level_name.lower(), 20))
         if level != 20:
             frame["lvl"] = level
         self.trigger.pool.submit(Submission(frame, slot, capture=level_name is not None))
