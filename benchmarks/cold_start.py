@@ -13,7 +13,7 @@ from nubis.build import build_environment, find_python
 from nubis.processor.events import Response, Submission
 from nubis.processor.pool import WorkerPool
 from nubis.processor.processor import Processor
-from nubis.processor.starters import ZygoteStarter
+from nubis.processor.zygote import ZygoteStarter
 from nubis.settings import Settings
 from nubis.spec import load_function, parse_runtime
 

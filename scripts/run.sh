@@ -7,6 +7,7 @@ PORT=${NUBIS_PORT:-8070}
 export NUBIS_DATA_DIR=${NUBIS_DATA_DIR:-$PWD/.nubis}
 export NUBIS_URL=http://127.0.0.1:$PORT
 log=$NUBIS_DATA_DIR/server.log
+umask 077  # the data dir holds the database, the printed admin token and logs: owner-only
 mkdir -p "$NUBIS_DATA_DIR"
 
 # Anonymous access is allowed on loopback only (the server refuses it on any other address).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from harness import Launcher, RunningFunction
-from server_harness import RunningServer
+from server_harness import RunningServer, started_server
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +37,4 @@ def run_function(nubis: Launcher) -> Iterator[Callable[..., RunningFunction]]:
 @pytest.fixture
 def server(tmp_path: Path, nubis_data_dir: Path, free_port: Callable[[], int]) -> Iterator[RunningServer]:
     """A real `nubis server` on a free port with its own data dir (sharing the environment cache)."""
-    running = RunningServer(tmp_path / "server", free_port(), env_cache=nubis_data_dir / "envs")
-    try:
-        yield running.wait_ready()
-    finally:
-        running.stop()
+    yield from started_server(tmp_path / "server", free_port(), env_cache=nubis_data_dir / "envs")

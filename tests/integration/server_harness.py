@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +21,14 @@ SERVER_READY_TIMEOUT = 60.0
 
 
 class RunningServer:
-    def __init__(self, data_dir: Path, port: int, *args: str, env_cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *args: str,
+        env_cache: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -29,7 +38,7 @@ class RunningServer:
             (data_dir / "envs").symlink_to(env_cache, target_is_directory=True)
         self.stderr_path = data_dir / "server.stderr"
         self._stderr = self.stderr_path.open("ab")
-        env = dict(os.environ, NUBIS_DATA_DIR=str(data_dir))
+        env = dict(os.environ, NUBIS_DATA_DIR=str(data_dir), **(extra_env or {}))
         self.process = subprocess.Popen(
             [str(nubis_executable()), "server", "--port", str(port), "--data-dir", str(data_dir), *args],
             stdout=subprocess.PIPE,
@@ -145,3 +154,25 @@ def wait_state(client: httpx.Client, name: str, states: set[str], timeout: float
             return last
         time.sleep(0.1)
     raise AssertionError(f"function {name} not in {states} after {timeout} s: {last.get('status')}")
+
+
+def started_server(data_dir: Path, port: int, *args: str, env_cache: Path | None = None) -> Iterator[RunningServer]:
+    """The body of a server fixture: a ready server, stopped (with its agent) once the scope ends."""
+    running = RunningServer(data_dir, port, *args, env_cache=env_cache)
+    try:
+        yield running.wait_ready()
+    finally:
+        running.stop()
+
+
+def inline_function(name: str, source: bytes, **spec: object) -> dict[str, object]:
+    """A function body with `source` as its inline code (handler `main:handler`)."""
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "runtime": "python",
+            "handler": "main:handler",
+            "build": {"functionSourceCode": base64.b64encode(source).decode()},
+            **spec,
+        },
+    }

@@ -29,6 +29,7 @@ from harness import FUNCTIONS, REPO, http_client, wait_until
 from nubis.build import build_environment, find_python
 from nubis.platforms.base import BuildOutput, DeployFailed, FunctionDeployment
 from nubis.platforms.local import AgentClient, AgentUnavailable, LocalPlatform
+from nubis.platforms.local.agent_token import TokenAuth
 
 BEHAVIOURS = FUNCTIONS / "behaviours"
 INIT_ERROR = FUNCTIONS / "init_error"
@@ -84,6 +85,7 @@ class AgentProcess:
             base_url="http://agent",
             timeout=httpx.Timeout(60.0),
             trust_env=False,
+            auth=TokenAuth(data_dir / "agent"),
         )
         self._wait_started()
 
@@ -410,9 +412,12 @@ def test_agent_restart_brings_functions_back_and_delete_drains_and_cleans_up(
     desired = json.loads((agent.data_dir / "agent" / "desired.json").read_text())
     assert desired["functions"]["behaviours"]["active"]["generation"] == 1
 
-    # SIGKILL of the agent: its replicas follow it (PR_SET_PDEATHSIG); a new agent brings them back
+    # SIGKILL of the agent: its replica serves on, unsupervised, and the next agent adopts it
     agent.kill()
-    wait_until(lambda: not alive(old_pid), 40, "the replica to end with its agent")
+    for _ in range(20):
+        assert fresh_get(url, "/str").text == "hello"
+    assert fresh_get(url, "/log").text == "logged"  # output written while no agent reads it
+    assert alive(old_pid)
     again = start_agent()
     back = again.wait_state(
         "behaviours",
@@ -420,10 +425,27 @@ def test_agent_restart_brings_functions_back_and_delete_drains_and_cleans_up(
         "the function to come back",
     )
     assert back["port"] == port
-    assert back["replicas"][0]["pid"] != old_pid
+    assert back["replicas"][0]["pid"] == old_pid, back
+    assert any("adopted 1 running replica" in e["message"] for e in back["events"]), back["events"]
     assert fresh_get(url, "/str").text == "hello"
     listed = again.client.get("/v1/functions").json()
     assert list(listed) == ["behaviours"]
+    # what the replica wrote while no agent ran reached its logs; so does what it writes now
+    wait_until(
+        lambda: "behaviours-log-line" in again.client.get("/v1/functions/behaviours/logs").text,
+        10,
+        "the log line written while the agent was down",
+    )
+    # the adopted replica is supervised: killed, it is started again
+    os.kill(old_pid, signal.SIGKILL)
+    restarted = again.wait_state(
+        "behaviours",
+        lambda s: s["replicas"][0]["restarts"] == 1 and s["replicas"][0]["state"] == "ready",
+        "the adopted replica to be restarted",
+    )
+    assert restarted["replicas"][0]["pid"] != old_pid
+    assert "exit status unknown" in (restarted["replicas"][0]["last_exit"] or {}).get("reason", "")
+    assert fresh_get(url, "/str").text == "hello"
 
     # scale through the platform (same generation: no rollout), then delete
     scaled = asyncio.run(_scale(LocalPlatform(again.sock), "behaviours", 2))
@@ -476,6 +498,7 @@ def test_sigkill_of_the_process_that_started_the_agent_leaves_agent_and_replicas
         base_url="http://agent",
         timeout=httpx.Timeout(60.0),
         trust_env=False,
+        auth=TokenAuth(data_dir / "agent"),
     )
     try:
 

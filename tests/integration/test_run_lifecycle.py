@@ -4,7 +4,6 @@ callbacks, and functions that cannot start (bad configuration, import error, ini
 from __future__ import annotations
 
 import json
-import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,35 +47,6 @@ def test_stop_is_prompt_when_idle(run_function: RunFunction) -> None:
         assert client.get("/str").text == "hello"
     function.process.send_signal(signal.SIGTERM)
     assert function.wait_exit(3) == 0, f"did not exit within 3 s\nstderr:\n{function.stderr_text()}"
-
-
-def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of each live child process of `pid` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        # the command may contain spaces and parentheses: the fields after the last ")" are fixed
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append((int(entry.name), cmdline))
-    return found
-
-
-def test_replica_stops_when_its_zygote_dies(run_function: RunFunction) -> None:
-    function = run_function(BEHAVIOURS)
-    [zygote] = [pid for pid, cmdline in _children(function.pid) if "nubis_worker.zygote" in cmdline]
-    os.kill(zygote, signal.SIGKILL)
-    code = function.wait_exit(20)
-    assert code is not None, "nubis run kept running without its zygote"
-    assert code != 0
-    assert "zygote" in function.stderr_text()
-    wait_until(lambda: not function.group_alive(), 5, "the workers to exit with their zygote")
 
 
 def test_hello_example_answers(run_function: RunFunction) -> None:

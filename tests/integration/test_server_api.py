@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from harness import FUNCTIONS, REPO, nubis_executable
-from server_harness import RunningServer, wait_state
+from server_harness import RunningServer, started_server, wait_state
 
 from nubis.control.api.app import api_routes
 
@@ -39,11 +39,7 @@ def function_body(name: str, source: bytes = HELLO_SOURCE, **spec: object) -> di
 def server(
     tmp_path_factory: pytest.TempPathFactory, nubis_data_dir: Path, free_port: Callable[[], int]
 ) -> Iterator[RunningServer]:
-    running = RunningServer(tmp_path_factory.mktemp("server"), free_port(), env_cache=nubis_data_dir / "envs")
-    try:
-        yield running.wait_ready()
-    finally:
-        running.stop()
+    yield from started_server(tmp_path_factory.mktemp("server"), free_port(), env_cache=nubis_data_dir / "envs")
 
 
 def test_the_minimal_client_sequence(server: RunningServer) -> None:
@@ -61,7 +57,7 @@ def test_the_minimal_client_sequence(server: RunningServer) -> None:
         # 4: unknown function → 404 JSON error
         missing = api.get("/api/functions/seq-fn")
         assert missing.status_code == 404
-        assert missing.json()["error"] == "Function not found"
+        assert missing.json()["error"] == "Function not found: function 'seq-fn' does not exist"
         # 5: create → 202 empty, readable as building at once
         response = api.post("/api/functions", json=function_body("seq-fn"), headers={"x-nuclio-project-name": "seq"})
         assert response.status_code == 202
@@ -178,6 +174,9 @@ def test_bad_create_bodies_are_400_with_a_precise_message(
         ({"runtime": "nodejs"}, "nodejs"),
         ({"handler": "not a handler"}, "module:function"),
         ({"triggers": {"a": {"kind": "http"}, "b": {"kind": "http"}}}, "http"),
+        # refused at the API, not at replica start: the field, the kind found, the known kinds
+        ({"triggers": {"tick": {"kind": "cron"}}}, "spec.triggers.tick.kind: trigger kind 'cron' is not supported"),
+        ({"triggers": {"tick": {"kind": "cron"}}}, "(expected one of http, found 'cron')"),
     ],
 )
 def test_invalid_specs_are_refused_and_nothing_is_stored(server: RunningServer, spec: dict, fragment: str) -> None:  # type: ignore[type-arg]
@@ -192,7 +191,7 @@ def test_missing_project_is_412_and_a_name_taken_elsewhere_is_409(server: Runnin
     with server.client() as api:
         response = api.post("/api/functions", json=function_body("taken"), headers={"x-nuclio-project-name": "nope"})
         assert response.status_code == 412
-        assert response.json()["error"] == "Project does not exist"
+        assert response.json()["error"].startswith("Project does not exist: project 'nope' does not exist")
         assert api.post("/api/projects", json={"metadata": {"name": "other"}, "spec": {}}).status_code == 201
         assert api.post("/api/functions", json=function_body("taken")).status_code == 202
         clash = api.post("/api/functions", json=function_body("taken"), headers={"x-nuclio-project-name": "other"})

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import time
 
 import httpx
-from server_harness import RunningServer, wait_state
+from server_harness import RunningServer, inline_function, wait_state
 
 CALLEE = b"""
 def handler(context, event):
@@ -36,22 +35,10 @@ def handler(context, event):
 """
 
 
-def inline(name: str, source: bytes, **spec: object) -> dict[str, object]:
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "runtime": "python",
-            "handler": "main:handler",
-            "build": {"functionSourceCode": base64.b64encode(source).decode()},
-            **spec,
-        },
-    }
-
-
 def test_call_function_reaches_another_function_by_name(server: RunningServer) -> None:
     with server.client() as api:
-        assert api.post("/api/functions", json=inline("callee", CALLEE)).status_code == 202
-        assert api.post("/api/functions", json=inline("caller", CALLER)).status_code == 202
+        assert api.post("/api/functions", json=inline_function("callee", CALLEE)).status_code == 202
+        assert api.post("/api/functions", json=inline_function("caller", CALLER)).status_code == 202
         wait_state(api, "callee", {"ready", "error"})
         ready = wait_state(api, "caller", {"ready", "error"})
         assert ready["status"]["state"] == "ready", ready["status"]
@@ -62,7 +49,7 @@ def test_call_function_reaches_another_function_by_name(server: RunningServer) -
 def test_a_crash_loop_makes_the_function_unhealthy_and_crashes_are_logged(server: RunningServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "crash-now"
     with server.client() as api:
-        body = inline("crasher", CRASHER, env=[{"name": "CRASH_MARKER", "value": str(marker)}])
+        body = inline_function("crasher", CRASHER, env=[{"name": "CRASH_MARKER", "value": str(marker)}])
         assert api.post("/api/functions", json=body).status_code == 202
         ready = wait_state(api, "crasher", {"ready", "error"})
         assert ready["status"]["state"] == "ready", ready["status"]
@@ -83,7 +70,7 @@ def test_a_crash_loop_makes_the_function_unhealthy_and_crashes_are_logged(server
 
 def test_patch_ready_redeploys_and_an_import_is_not_deployed(server: RunningServer) -> None:
     with server.client() as api:
-        imported = inline("imported-fn", CALLEE)
+        imported = inline_function("imported-fn", CALLEE)
         imported["metadata"]["annotations"] = {"skip-build": "true", "skip-deploy": "true"}  # type: ignore[index]
         assert api.post("/api/functions", json=imported).status_code == 202
         assert api.get("/api/functions/imported-fn").json()["status"]["state"] == "imported"
@@ -121,7 +108,7 @@ def test_mlrun_project_routes(server: RunningServer) -> None:
 def test_the_http_triggers_port_attribute_is_honoured(server: RunningServer, free_port) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     with server.client() as api:
-        body = inline("fixed-port", CALLEE, triggers={"http": {"kind": "http", "attributes": {"port": port}}})
+        body = inline_function("fixed-port", CALLEE, triggers={"http": {"kind": "http", "attributes": {"port": port}}})
         assert api.post("/api/functions", json=body).status_code == 202
         ready = wait_state(api, "fixed-port", {"ready", "error"})
         assert ready["status"]["state"] == "ready", ready["status"]
@@ -136,7 +123,7 @@ def test_project_export_and_import_round_trip(server: RunningServer) -> None:
             == 201
         )
         headers = {"x-nuclio-project-name": "exp"}
-        assert api.post("/api/functions", json=inline("exp-fn", CALLEE), headers=headers).status_code == 202
+        assert api.post("/api/functions", json=inline_function("exp-fn", CALLEE), headers=headers).status_code == 202
         wait_state(api, "exp-fn", {"ready", "error"})
         exported = api.get("/api/projects", params={"export": "true"}, headers=headers).json()["exp"]
         assert set(exported) == {"project", "functions", "functionEvents", "apiGateways"}
@@ -161,7 +148,7 @@ def test_old_generations_code_is_pruned(server: RunningServer) -> None:
     with server.client() as api:
         for version in range(1, 5):
             source = CALLEE.replace(b"callee_got", f"v{version}".encode())
-            body = inline("pruned", source)
+            body = inline_function("pruned", source)
             method = api.post if version == 1 else api.put
             target = "/api/functions" if version == 1 else "/api/functions/pruned"
             assert method(target, json=body).status_code == 202

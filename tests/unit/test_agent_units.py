@@ -256,14 +256,21 @@ def test_replica_process_ready_line_output_and_stop(tmp_path: Path) -> None:
         "import signal, sys, time\n"
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
         "print('starting', file=sys.stderr, flush=True)\n"
-        "print('fn ready at http://127.0.0.1:1/', flush=True)\n"
+        "print('to stdout', flush=True)\n"
+        "import os; ready = int(sys.argv[sys.argv.index('--ready-fd') + 1])\n"
+        "os.write(ready, b'fn ready at http://127.0.0.1:1/\\n'); os.close(ready)\n"
         "time.sleep(30)\n"
     )
     lines: list[str] = []
 
     async def scenario() -> None:
         process = ReplicaProcess(
-            "g1-r0", [sys.executable, "-c", script], env={}, cwd=str(tmp_path), on_output=lines.append
+            "g1-r0",
+            [sys.executable, "-c", script],
+            env={},
+            cwd=str(tmp_path),
+            spool=tmp_path / "spool" / "g1-r0.out",
+            on_output=lines.append,
         )
         process.start()
         assert await process.wait_ready(10)
@@ -272,7 +279,8 @@ def test_replica_process_ready_line_output_and_stop(tmp_path: Path) -> None:
         assert process.exited.is_set()
 
     asyncio.run(scenario())
-    assert lines == ["starting", "fn ready at http://127.0.0.1:1/"]
+    assert sorted(lines) == sorted(["starting", "to stdout", "fn ready at http://127.0.0.1:1/"])
+    assert not (tmp_path / "spool" / "g1-r0.out").exists(), "a spool goes away with its replica"
 
 
 def test_replica_process_exit_before_ready_keeps_the_tail(tmp_path: Path) -> None:
@@ -280,7 +288,12 @@ def test_replica_process_exit_before_ready_keeps_the_tail(tmp_path: Path) -> Non
 
     async def scenario() -> ReplicaProcess:
         process = ReplicaProcess(
-            "g1-r0", [sys.executable, "-c", script], env={}, cwd=str(tmp_path), on_output=lambda _: None
+            "g1-r0",
+            [sys.executable, "-c", script],
+            env={},
+            cwd=str(tmp_path),
+            spool=tmp_path / "g1-r0.out",
+            on_output=lambda _: None,
         )
         process.start()
         assert not await process.wait_ready(10)
@@ -325,8 +338,16 @@ def test_api_refuses_bad_requests(tmp_path: Path) -> None:
     async def scenario() -> None:
         agent = Agent(tmp_path / "data", cgroup_root="off")
         await agent.start()
-        transport = httpx.ASGITransport(app=create_app(agent))
-        async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+        transport = httpx.ASGITransport(app=create_app(agent, "the-token"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent") as stranger:
+            for path in ("/healthz", "/v1/functions", "/v1/functions/fn"):
+                refused = await stranger.get(path)
+                assert refused.status_code == 401 and "token" in refused.json()["error"]
+            wrong = await stranger.get("/v1/functions", headers={"Authorization": "Bearer not-the-token"})
+            assert wrong.status_code == 401
+            assert (await stranger.put("/v1/functions/fn", json={})).status_code == 401
+        headers = {"Authorization": "Bearer the-token"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent", headers=headers) as client:
             health = await client.get("/healthz")
             assert health.json()["status"] == "ok"
             assert (await client.get("/v1/functions")).json() == {}

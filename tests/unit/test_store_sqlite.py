@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
@@ -33,6 +34,7 @@ from nubis.control.store import (
     upgrade,
 )
 from nubis.control.store.engine import create_migration_engine
+from nubis.control.store.migrate import alembic_config
 from nubis.control.store.models import Base
 from nubis.errors import Conflict, NotFound, PreconditionFailed
 
@@ -101,6 +103,45 @@ class StoreBehaviours:
                 assert compare_metadata(context, Base.metadata) == []
         finally:
             engine.dispose()
+
+    def test_upgrading_gives_old_log_records_their_functions_generation(self, store_url: str) -> None:
+        engine = create_migration_engine(parse_url(store_url))
+        try:
+            with engine.begin() as connection:
+                # at 0001 (a shared PostgreSQL database may be at head already: step back)
+                command.upgrade(alembic_config(connection), "0001")
+                command.downgrade(alembic_config(connection), "0001")
+                now = datetime.now(UTC)
+                connection.execute(
+                    text(
+                        "INSERT INTO projects (name, namespace, labels, annotations, spec, created_at) "
+                        "VALUES ('default', 'nuclio', CAST('{}' AS JSON), CAST('{}' AS JSON), CAST('{}' AS JSON), :now)"
+                    ),
+                    {"now": now},
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO functions (name, project, namespace, config, status, generation, "
+                        "deployed_generation, resource_version, http_port, created_at, updated_at) VALUES "
+                        "('old', 'default', 'nuclio', CAST('{}' AS JSON), CAST('{}' AS JSON), 3, 3, 'rv', NULL, "
+                        ":now, :now)"
+                    ),
+                    {"now": now},
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO function_logs (function, time, level, message, extra) "
+                        "VALUES ('old', 1.0, 'info', 'before the upgrade', CAST('{}' AS JSON))"
+                    )
+                )
+        finally:
+            engine.dispose()
+        assert upgrade(store_url) == head_revision()
+
+        async def logs(store: Store) -> list[dict[str, Any]]:
+            return await store.get_logs("old")
+
+        assert [r["message"] for r in with_store(store_url, logs)] == ["before the upgrade"]
 
     def test_open_without_migrate_on_a_migrated_database(self, store_url: str) -> None:
         upgrade(store_url)
@@ -206,7 +247,7 @@ class StoreBehaviours:
             await store.create_project(ProjectRecord(name="other"))
             with pytest.raises(Conflict, match="Function echo already exists in project default"):
                 await store.create_function("echo", "other", "nuclio", {})
-            with pytest.raises(PreconditionFailed, match="Project ghost does not exist"):
+            with pytest.raises(PreconditionFailed, match="Project does not exist: project 'ghost' does not exist"):
                 await store.create_function("f2", "ghost", "nuclio", {})
             await store.create_function("f3", "other", "ns2", {})
             assert [f.name for f in await store.list_functions()] == ["echo", "f3"]
@@ -413,6 +454,26 @@ class StoreBehaviours:
             assert await store.get_logs("ghost") == []
             await store.clear_logs("echo")
             assert await store.get_logs("echo") == []
+
+        with_store(store_url, body)
+
+    def test_logs_belong_to_the_generation_whose_deploy_wrote_them(self, store_url: str) -> None:
+        async def body(store: Store) -> None:
+            await new_function(store)
+            await store.append_logs("echo", [{"time": 1.0, "message": "g1 failed"}])
+            await store.update_function_config("echo", CONFIG)
+            await store.append_logs("echo", [{"time": 3.0, "message": "g2 deploy"}], generation=2)
+            await store.append_logs("echo", [{"time": 2.0, "message": "late g1 line"}], generation=1)
+            # the current generation's deploy only: no older deploy's failure replayed
+            assert [r["message"] for r in await store.get_logs("echo")] == ["g2 deploy"]
+            assert [r["message"] for r in await store.get_logs("echo", generation=1)] == ["g1 failed", "late g1 line"]
+            assert {g: [r["message"] for r in rs] for g, rs in (await store.deploy_logs("echo")).items()} == {
+                1: ["g1 failed", "late g1 line"],
+                2: ["g2 deploy"],
+            }
+            assert await store.deploy_logs("ghost") == {}
+            with pytest.raises(NotFound, match="Function not found: function 'ghost' does not exist"):
+                await store.append_logs("ghost", [{"message": "x"}], generation=1)
 
         with_store(store_url, body)
 

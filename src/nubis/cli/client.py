@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,24 +65,42 @@ class Api:
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            raise ClientError(
-                f"cannot reach the Nubis server at {self.url}: is `nubis server` running? "
-                "(set NUBIS_URL or use `nubis login URL`)"
-            ) from None
         except httpx.HTTPError as exc:
-            raise ClientError(f"request to {self.url}{path} failed: {exc}") from None
+            raise self._failed(path, exc) from None
         if response.status_code >= 400 and response.status_code not in ok:
             raise ClientError(error_text(response))
         return response
 
-    def stream(self, method: str, path: str, **kwargs: Any) -> AbstractContextManager[httpx.Response]:
-        """A streamed response (logs -f); the caller checks the status."""
-        return self._http.stream(method, path, **kwargs)
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A streamed response (logs -f); the caller checks the status. A connection that fails
+        or breaks off mid-body (while the caller reads it) is a `ClientError`, not an httpx one."""
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                yield response
+        except httpx.HTTPError as exc:
+            raise self._failed(path, exc) from None
+
+    def _failed(self, path: str, exc: httpx.HTTPError) -> ClientError:
+        if isinstance(exc, httpx.ConnectError):
+            return ClientError(
+                f"cannot reach the Nubis server at {self.url}: is `nubis server` running? "
+                "(set NUBIS_URL or use `nubis login URL`)"
+            )
+        return ClientError(f"request to {self.url}{path} failed: {exc}")
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)
         return response.json() if response.content else None
+
+
+def get_function(api: Api, name: str) -> dict[str, Any] | None:
+    """The function `{metadata, spec, status}`, or None when the server has none of that name."""
+    response = api.request("GET", f"/api/functions/{name}", ok=(404,))
+    if response.status_code == 404:
+        return None
+    data: dict[str, Any] = response.json()
+    return data
 
 
 def error_text(response: httpx.Response) -> str:

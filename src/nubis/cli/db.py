@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from nubis.control.store import default_state_url, display_url, upgrade
 from nubis.errors import NubisError
 from nubis.settings import default_data_dir
 
@@ -41,6 +40,9 @@ def db_group() -> None:
 @app.command("upgrade")
 def upgrade_command(state_url: StateUrlOption = None) -> None:
     """Apply pending schema migrations and print the database's revision."""
+    # SQLAlchemy and Alembic take most of a second to import: only this command pays for them.
+    from nubis.control.store import default_state_url, display_url, upgrade
+
     try:
         url = state_url or default_state_url(default_data_dir())
         revision = upgrade(url)

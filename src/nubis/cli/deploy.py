@@ -1,11 +1,14 @@
-"""`nubis deploy PATH`: nuctl's deploy against a Nubis server, waiting for `ready` or `error`."""
+"""`nubis deploy PATH`: nuctl's deploy against a Nubis server, waiting for `ready` or `error`.
+
+What it prints is this deploy's own progress (the server keeps `status.logs` to the current
+generation), and a failure ends with one line naming the function and the cause, then the user's
+traceback once. Deploying what already serves makes no new generation: it says "unchanged".
+"""
 
 from __future__ import annotations
 
 import base64
-import io
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,29 +16,34 @@ from typing import Annotated, Any
 
 import typer
 
-from nubis.cli.client import Api, ClientError
+from nubis.cli.client import Api, ClientError, get_function
+from nubis.cli.packing import pack_directory
 from nubis.spec import Overrides, export_config, load_function, parse_env_items
 
-#: Never packed into an upload: environments and caches are rebuilt on the server.
-_SKIP_DIRS = {".venv", "venv", "__pycache__", ".git", ".mypy_cache", ".pytest_cache", "node_modules"}
+PROJECT_LABEL = "nuclio.io/project-name"
+DEFAULT_PROJECT = "default"
 TERMINAL = {"ready", "error", "unhealthy"}
 
+__all__ = ["deploy_command", "pack_directory", "project_of"]
 
-def pack_directory(directory: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path in sorted(directory.rglob("*")):
-            relative = path.relative_to(directory)
-            if any(part in _SKIP_DIRS for part in relative.parts) or path.suffix == ".pyc":
-                continue
-            archive.add(path, arcname=str(relative), recursive=False)
-    return buffer.getvalue()
+
+def project_of(config: dict[str, Any], flag: str | None) -> str:
+    """The project a function goes to: `--project-name`, else its `nuclio.io/project-name` label,
+    else `default` (as nuctl decides)."""
+    labels = (config.get("metadata") or {}).get("labels") or {}
+    return flag or str(labels.get(PROJECT_LABEL) or "") or DEFAULT_PROJECT
 
 
 def deploy_command(
     path: Annotated[Path, typer.Argument(help="Function directory (function.yaml) or source file.")],
     name: Annotated[str | None, typer.Option("--name", help="Function name (default: metadata.name).")] = None,
-    project_name: Annotated[str, typer.Option("--project-name", help="Project; created when missing.")] = "default",
+    project_name: Annotated[
+        str | None,
+        typer.Option(
+            "--project-name",
+            help="Project, created when missing (default: the nuclio.io/project-name label, else 'default').",
+        ),
+    ] = None,
     runtime: Annotated[str | None, typer.Option(help="Runtime, e.g. python:3.12.")] = None,
     handler: Annotated[str | None, typer.Option(help="Handler as module:function.")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="Environment variable K=V.")] = None,
@@ -59,8 +67,9 @@ def deploy_command(
     if max_replicas is not None:
         spec["maxReplicas"] = max_replicas
     function_name = config["metadata"]["name"]
+    project = project_of(config, project_name)
     with Api() as api:
-        _ensure_project(api, project_name)
+        _ensure_project(api, project)
         build = spec.setdefault("build", {})
         build.pop("path", None)
         if path.is_file():
@@ -74,16 +83,19 @@ def deploy_command(
             )
             build.pop("functionSourceCode", None)
             build["path"] = uploaded["path"]
-        headers = {"x-nuclio-project-name": project_name}
-        exists = api.request("GET", f"/api/functions/{function_name}", ok=(404,)).status_code == 200
-        if exists:
+        headers = {"x-nuclio-project-name": project}
+        before = get_function(api, function_name)
+        if before is not None:
             api.request("PUT", f"/api/functions/{function_name}", json=config, headers=headers)
         else:
             api.request("POST", "/api/functions", json=config, headers=headers)
+        after = get_function(api, function_name) or {}
+        generation = int((after.get("metadata") or {}).get("generation") or 0)
+        unchanged = before is not None and generation == (before.get("metadata") or {}).get("generation")
         if no_wait:
-            typer.echo(f"{function_name}: deploy accepted")
+            typer.echo(f"{function_name}: " + ("unchanged" if unchanged else "deploy accepted"))
             return
-        _wait(api, function_name, timeout)
+        _wait(api, function_name, generation, timeout, unchanged=unchanged)
 
 
 def _ensure_project(api: Api, project: str) -> None:
@@ -91,39 +103,56 @@ def _ensure_project(api: Api, project: str) -> None:
         api.request("POST", "/api/projects", json={"metadata": {"name": project}, "spec": {}})
 
 
-def _wait(api: Api, name: str, timeout: float) -> None:
-    """Poll the function until a terminal state: a live status line on a terminal, plain lines otherwise."""
-    if sys.stderr.isatty():
+def _wait(api: Api, name: str, generation: int, timeout: float, *, unchanged: bool) -> None:
+    """Poll until the deploy of `generation` ends: a live status line on a terminal, plain lines
+    otherwise; exit 1 with the cause when it fails."""
+    if unchanged:
+        status = _poll(api, name, generation, timeout, lambda level, message: None)
+    elif sys.stderr.isatty():
         from rich.console import Console
+        from rich.markup import escape
 
         console = Console(stderr=True)
         with console.status(f"deploying {name}") as live:
 
             def show(level: str, message: str) -> None:
                 if level in ("warn", "error"):
-                    console.print(f"[yellow]{level}[/yellow] {message}")
-                live.update(f"deploying {name}: [dim]{message[:100]}[/dim]")
+                    console.print(f"[yellow]{level}[/yellow] {escape(message)}")
+                live.update(f"deploying {name}: [dim]{escape(message[:100])}[/dim]")
 
-            status = _poll(api, name, timeout, show)
+            status = _poll(api, name, generation, timeout, show)
     else:
-        status = _poll(api, name, timeout, lambda level, message: typer.echo(f"  {level:<5} {message}", err=True))
-    if status.get("state") != "ready":
-        typer.echo(f"{name}: {status.get('state')}: {status.get('message', 'deploy failed')}", err=True)
-        raise typer.Exit(1)
+        status = _poll(api, name, generation, timeout, _print_record)
+    state = status.get("state")
+    if state != "ready":
+        message = str(status.get("message") or "no reason was given")
+        what = "failed to deploy" if state == "error" else f"is {state}"
+        raise ClientError(f"function {name!r} {what}: {message}")
     urls = status.get("externalInvocationUrls") or []
-    typer.echo(f"{name} ready" + (f" at http://{urls[0]}/" if urls else ""))
+    where = f" at http://{urls[0]}/" if urls else ""
+    if unchanged:
+        typer.echo(f"{name} unchanged (generation {generation}), ready{where}")
+    else:
+        typer.echo(f"{name} ready{where}")
 
 
-def _poll(api: Api, name: str, timeout: float, show: Callable[[str, str], None]) -> dict[str, Any]:
+def _print_record(level: str, message: str) -> None:
+    typer.echo(f"  {level:<5} {message}", err=True)
+
+
+def _poll(api: Api, name: str, generation: int, timeout: float, show: Callable[[str, str], None]) -> dict[str, Any]:
     seen = 0.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status: dict[str, Any] = api.json("GET", f"/api/functions/{name}")["status"]
+        # status.logs is this generation's deploy only; `seen` keeps each record printed once.
         for record in sorted(status.get("logs") or [], key=lambda r: r.get("time", 0)):
             if record.get("time", 0) > seen:
                 seen = record["time"]
                 show(str(record.get("level", "info")), str(record.get("message", "")))
-        if status.get("state") in TERMINAL:
+        observed = status.get("observedGeneration")
+        done = observed is None or not generation or int(observed) >= generation
+        if done and status.get("state") in TERMINAL:
             return status
         time.sleep(0.25)
-    raise ClientError(f"{name} is not ready after {timeout:g} s; see `nubis get functions {name} -o yaml`")
+    raise ClientError(f"function {name!r} is not ready after {timeout:g} s; see `nubis get functions {name} -o yaml`")

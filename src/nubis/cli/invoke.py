@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nubis.cli.client import Api, ClientError, error_text
+from nubis.cli.client import Api, ClientError, error_text, get_function
 
 
 def invoke_command(
@@ -56,7 +56,11 @@ def logs_command(
     follow: Annotated[bool, typer.Option("-f", "--follow")] = False,
     since: Annotated[str | None, typer.Option(help="Only lines of the last DURATION, e.g. 10m.")] = None,
 ) -> None:
-    """Print a function's replica logs (-f: keep following)."""
+    """Print a function's replica logs (-f: keep following).
+
+    A function without replicas (its build failed, say) has no replica logs: its last deploy's
+    log is printed instead, and the exit code is 1.
+    """
     params = {"follow": "true" if follow else "false"}
     if since:
         params["since"] = since
@@ -66,7 +70,27 @@ def logs_command(
     ):
         if response.status_code >= 400:
             response.read()
-            raise ClientError(response.text)
+            if response.status_code == 404:
+                _no_replica_logs(api, name)
+            raise ClientError(error_text(response))
         for chunk in response.iter_bytes():
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
+
+
+def _no_replica_logs(api: Api, name: str) -> None:
+    """After a 404: say the function does not exist, or print its deploy log and say why there is
+    nothing else."""
+    function = get_function(api, name)
+    if function is None:
+        raise ClientError(f"function {name!r} does not exist")
+    status = function.get("status") or {}
+    for record in sorted(status.get("logs") or [], key=lambda r: r.get("time", 0)):
+        typer.echo(f"{record.get('level', 'info'):<5} {record.get('message', '')}")
+    state = status.get("state") or "building"
+    reason = str(status.get("message") or "").split("\n", 1)[0]
+    raise ClientError(
+        f"function {name!r} has no replicas, so no replica logs: it is {state}"
+        + (f" ({reason})" if reason else "")
+        + ("; above is its last deploy's log" if status.get("logs") else "")
+    )

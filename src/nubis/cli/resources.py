@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
-from rich.table import Table
 
-from nubis.cli.client import Api, ClientError
+from nubis.cli.client import Api, ClientError, get_function
+from nubis.cli.deploy import project_of
+from nubis.spec import validate_project_name
 
 get_app = typer.Typer(help="List functions or projects.", no_args_is_help=True)
 delete_app = typer.Typer(help="Delete a function or a project.", no_args_is_help=True)
@@ -31,6 +32,14 @@ def _check_output(output: str) -> None:
         raise typer.BadParameter(f"expected one of {', '.join(OUTPUTS)}", param_hint="-o")
 
 
+def _print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns aligned with two spaces, never cut to a width (piped output stays whole, as
+    kubectl's does), no trailing blanks."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *rows, strict=True)]
+    for row in (columns, *rows):
+        typer.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 @get_app.command("functions")
 def get_functions(
     name: Annotated[str | None, typer.Argument(help="One function.")] = None,
@@ -48,12 +57,10 @@ def get_functions(
     if output in ("json", "yaml"):
         _emit(functions, output)
         return
-    table = Table(box=None, pad_edge=False)
     columns = ["NAME", "PROJECT", "STATE", "PORT", "REPLICAS"] + (
         ["RUNTIME", "HANDLER", "URL"] if output == "wide" else []
     )
-    for column in columns:
-        table.add_column(column)
+    rows: list[list[str]] = []
     for fn_name, obj in sorted(functions.items()):
         status, spec = obj.get("status", {}), obj.get("spec", {})
         row = [
@@ -66,8 +73,8 @@ def get_functions(
         if output == "wide":
             urls = status.get("externalInvocationUrls") or [""]
             row += [spec.get("runtime", ""), spec.get("handler", ""), urls[0]]
-        table.add_row(*row)
-    Console().print(table)
+        rows.append(row)
+    _print_table(columns, rows)
 
 
 @get_app.command("projects")
@@ -79,18 +86,19 @@ def get_projects(output: Annotated[str, typer.Option("-o", "--output")] = "text"
     if output in ("json", "yaml"):
         _emit(projects, output)
         return
-    table = Table("NAME", "DESCRIPTION", box=None, pad_edge=False)
-    for name, obj in sorted(projects.items()):
-        table.add_row(name, str(obj.get("spec", {}).get("description", "")))
-    Console().print(table)
+    rows = [[name, str(obj.get("spec", {}).get("description", ""))] for name, obj in sorted(projects.items())]
+    _print_table(["NAME", "DESCRIPTION"], rows)
 
 
 @delete_app.command("function")
 def delete_function(name: str) -> None:
-    """Delete a function (its replicas are drained first)."""
+    """Delete a function (its replicas are drained first); exit 1 if there is none of that name."""
     with Api() as api:
+        # The API's delete is idempotent (Nuclio's is), so only a look first can tell a typo.
+        if get_function(api, name) is None:
+            raise ClientError(f"function {name!r} does not exist; nothing was deleted")
         api.request("DELETE", "/api/functions", json={"metadata": {"name": name}})
-    typer.echo(f"{name} deleted")
+    typer.echo(f"function {name} deleted")
 
 
 @delete_app.command("project")
@@ -112,6 +120,7 @@ def delete_project(
 @create_app.command("project")
 def create_project(name: str, description: Annotated[str, typer.Option(help="What it is for.")] = "") -> None:
     """Create a project."""
+    validate_project_name(name, field=None)
     spec = {"description": description} if description else {}
     with Api() as api:
         api.request("POST", "/api/projects", json={"metadata": {"name": name}, "spec": spec})
@@ -133,9 +142,17 @@ def export_command(
 
 def import_command(
     file: Annotated[Path, typer.Argument(help="An export (YAML or JSON): one function or a map of them.")],
-    project_name: Annotated[str, typer.Option("--project-name")] = "default",
+    project_name: Annotated[
+        str | None,
+        typer.Option("--project-name", help="Project (default: each function's nuclio.io/project-name label)."),
+    ] = None,
 ) -> None:
-    """Import exported functions; they are stored as `imported` (not built or deployed)."""
+    """Import exported functions; they are stored as `imported` (not built or deployed).
+
+    A function that already exists with the same configuration is left as it is ("unchanged"),
+    so an export imported back is a no-op; one that exists with another configuration is refused
+    (as nuctl refuses it): delete it first, or change it with `nubis deploy`.
+    """
     try:
         data = yaml.safe_load(file.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -143,7 +160,41 @@ def import_command(
     if not isinstance(data, dict):
         raise ClientError(f"{file}: expected a function configuration or a map of them")
     functions = {data["metadata"]["name"]: data} if "metadata" in data else data
+    failed = []
     with Api() as api:
         for fn_name, config in functions.items():
-            api.request("POST", "/api/functions", json=config, headers={"x-nuclio-project-name": project_name})
-            typer.echo(f"{fn_name} imported")
+            project = project_of(config, project_name)
+            labels = config.setdefault("metadata", {}).setdefault("labels", {})
+            labels[PROJECT_LABEL] = project
+            existing = api.request("GET", f"/api/functions/{fn_name}", params={"export": "true"}, ok=(404,))
+            if existing.status_code == 404:
+                api.request("POST", "/api/functions", json=config, headers={"x-nuclio-project-name": project})
+                typer.echo(f"{fn_name} imported into project {project}")
+            elif _same_config(existing.json(), config):
+                typer.echo(f"{fn_name} unchanged (it exists with this configuration)")
+            else:
+                failed.append(fn_name)
+                typer.echo(
+                    f"error: function {fn_name!r} already exists with another configuration; delete it "
+                    f"first (`nubis delete function {fn_name}`) or change it with `nubis deploy`",
+                    err=True,
+                )
+    if failed:
+        raise typer.Exit(1)
+
+
+PROJECT_LABEL = "nuclio.io/project-name"
+#: Set by export and import, not part of what a function is.
+_IMPORT_ANNOTATIONS = ("skip-build", "skip-deploy", "nuclio.io/previous-state")
+
+
+def _same_config(current: dict[str, Any], imported: dict[str, Any]) -> bool:
+    def essence(config: dict[str, Any]) -> str:
+        metadata = dict(config.get("metadata") or {})
+        for key in ("namespace", "resourceVersion", "generation"):
+            metadata.pop(key, None)
+        annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k not in _IMPORT_ANNOTATIONS}
+        metadata["annotations"] = annotations
+        return json.dumps({"metadata": metadata, "spec": config.get("spec") or {}}, sort_keys=True, default=str)
+
+    return essence(current) == essence(imported)

@@ -10,9 +10,14 @@ import typer
 import uvloop
 
 from nubis.cli.options import setup_logging
-from nubis.control.server import serve
-from nubis.control.settings import ServerSettings
+from nubis.control.settings import DEFAULT_ARCHIVE_MAX_BYTES, DEFAULT_ARCHIVE_MAX_MEMBERS, ServerSettings
 from nubis.errors import NubisError
+from nubis.processor.triggers.http_limits import (
+    DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    HttpLimits,
+)
 from nubis.settings import default_data_dir
 
 log = logging.getLogger("nubis.cli")
@@ -41,8 +46,57 @@ def server_command(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warn or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Another Host name the API answers to, e.g. behind a proxy (repeatable; '*' turns the "
+            "DNS-rebinding check off). Loopback names, --host and this machine's names are always allowed.",
+            envvar="NUBIS_ALLOWED_HOSTS",
+        ),
+    ] = None,
+    build_path_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--build-path-root",
+            help="A directory spec.build.path may point into (repeatable; default: only uploaded archives).",
+            envvar="NUBIS_BUILD_PATH_ROOTS",
+            exists=True,
+            file_okay=False,
+            resolve_path=True,
+        ),
+    ] = None,
+    archive_max_bytes: Annotated[
+        int,
+        typer.Option(help="Most bytes an uploaded archive may expand to.", envvar="NUBIS_ARCHIVE_MAX_BYTES", min=1),
+    ] = DEFAULT_ARCHIVE_MAX_BYTES,
+    archive_max_files: Annotated[
+        int,
+        typer.Option(help="Most entries an uploaded archive may hold.", envvar="NUBIS_ARCHIVE_MAX_FILES", min=1),
+    ] = DEFAULT_ARCHIVE_MAX_MEMBERS,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            help="Most open API connections; more are refused with 503.", envvar="NUBIS_MAX_CONNECTIONS", min=1
+        ),
+    ] = DEFAULT_MAX_CONNECTIONS,
+    header_read_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a client has to send a request head (408 after that).",
+            envvar="NUBIS_HEADER_READ_TIMEOUT",
+            min=0.001,
+        ),
+    ] = DEFAULT_HEADER_READ_TIMEOUT,
+    idle_timeout: Annotated[
+        int,
+        typer.Option(help="Seconds an idle keep-alive API connection stays open.", envvar="NUBIS_IDLE_TIMEOUT", min=1),
+    ] = int(DEFAULT_IDLE_TIMEOUT),
 ) -> None:
     """Run the platform: the Nuclio-compatible API, the reconciler and the local agent."""
+    # uvicorn, Starlette, SQLAlchemy and Alembic load only for this command, not for `nubis --help`.
+    from nubis.control.server import serve
+
     setup_logging(log_level, log_format)
     settings = ServerSettings(
         host=host,
@@ -53,6 +107,14 @@ def server_command(
         tls_cert=tls_cert,
         tls_key=tls_key,
         advertised_address=advertise,
+        # NUBIS_ALLOWED_HOSTS may separate names by commas as well as spaces.
+        allowed_hosts=tuple(name for item in allowed_host or () for name in item.split(",") if name.strip()),
+        build_path_roots=tuple(build_path_root or ()),
+        archive_max_bytes=archive_max_bytes,
+        archive_max_members=archive_max_files,
+        http_limits=HttpLimits(
+            max_connections=max_connections, header_read_timeout=header_read_timeout, idle_timeout=idle_timeout
+        ),
     )
     try:
         code = uvloop.run(serve(settings))

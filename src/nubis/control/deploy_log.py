@@ -1,5 +1,8 @@
 """A function's deploy log (`status.logs`): Nuclio/zap records with epoch-millisecond `time`.
 
+One `DeployLog` per deploy of one generation: its records are stored under that generation, so
+`status.logs` shows this deploy only and older deploys stay readable per generation.
+
 Build output arrives on a worker thread, line by line; records are buffered and written to the
 store every `FLUSH_SECONDS`, so a chatty pip install costs a handful of writes, not thousands.
 """
@@ -29,9 +32,10 @@ def record(level: str, message: str, **extra: Any) -> dict[str, Any]:
 class DeployLog:
     """Collects records from any thread; `flush()` (or the background task) stores them in order."""
 
-    def __init__(self, store: Any, function: str) -> None:
+    def __init__(self, store: Any, function: str, generation: int | None = None) -> None:
         self._store = store
         self._function = function
+        self._generation = generation
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -48,7 +52,7 @@ class DeployLog:
         with self._lock:
             batch, self._pending = self._pending, []
         if batch:
-            await self._store.append_logs(self._function, batch)
+            await self._store.append_logs(self._function, batch, generation=self._generation)
 
     async def __aenter__(self) -> DeployLog:
         self._task = asyncio.create_task(self._run())

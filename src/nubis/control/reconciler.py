@@ -15,11 +15,14 @@ import contextlib
 import json
 import logging
 import shutil
+import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from nubis.build import build_environment, find_python
+from nubis.control.deploy_failure import FailureReport, summarize_failure
 from nubis.control.deploy_log import DeployLog
 from nubis.control.settings import ServerSettings
 from nubis.control.sources import copy_directory, write_inline_source
@@ -33,6 +36,8 @@ log = logging.getLogger("nubis.reconciler")
 #: How often the reconciler looks at everything even without a change (seconds): also how soon a
 #: crash loop shows as `unhealthy`.
 RESYNC_SECONDS = 2.0
+#: Nuclio's message for a function that lost its health
+UNHEALTHY_MESSAGE = "Function is not healthy"
 
 
 class Reconciler:
@@ -46,6 +51,8 @@ class Reconciler:
         self._event_marks: dict[str, float] = {}
         #: the platform state of each function as last carried into the store
         self._seen_states: dict[str, str] = {}
+        #: why the platform cannot be read right now (None while it answers): `/readyz` says it
+        self.platform_problem: str | None = None
 
     @property
     def ports_file(self) -> Path:
@@ -89,8 +96,12 @@ class Reconciler:
         try:
             observed = await self.platform.statuses()
         except NubisError as exc:
-            log.warning("cannot read the platform's state: %s", exc.message)
+            await self._platform_unreadable(exc.message)
             return
+        if self.platform_problem is not None:
+            log.warning("the platform answers again; functions' states follow what it reports")
+            self.platform_problem = None
+            self._seen_states.clear()  # every function is looked at again, and shown ready if it is
         for name, status in observed.items():
             running = self._deploys.get(name)
             if running is not None and not running.done():
@@ -122,12 +133,28 @@ class Reconciler:
             if wanted != state:
                 new_status = dict(record.status, state=wanted)
                 if wanted == "unhealthy":
-                    new_status["message"] = "Function is not healthy"
+                    new_status["message"] = UNHEALTHY_MESSAGE
                 else:
                     new_status.pop("message", None)
                 if not await self.store.set_function_status(name, new_status, only_if_generation=record.generation):
                     continue  # a newer spec arrived: look again next pass
             self._seen_states[name] = status.state
+
+    async def _platform_unreadable(self, problem: str) -> None:
+        """While the platform cannot be read, no function may look `ready`: its replicas may well
+        serve on (they outlive the agent), but nobody knows. Said once per outage, in the store."""
+        first = self.platform_problem is None
+        self.platform_problem = problem
+        if not first:
+            return
+        log.warning("cannot read the platform's state: %s", problem)
+        message = f"{UNHEALTHY_MESSAGE}: the platform cannot be read ({problem})"
+        for record in await self.store.list_functions():
+            if record.state != "ready":
+                continue
+            status = dict(record.status or {}, state="unhealthy", message=message)
+            await self.store.set_function_status(record.name, status, only_if_generation=record.generation)
+            self._seen_states.pop(record.name, None)
 
     async def stop(self) -> None:
         for task in self._deploys.values():
@@ -153,7 +180,7 @@ class Reconciler:
         status["state"] = "building"
         status.pop("message", None)
         await self.store.set_function_status(name, status, only_if_generation=generation)
-        async with DeployLog(self.store, name) as deploy_log:
+        async with DeployLog(self.store, name, generation) as deploy_log:
             try:
                 status = await self._build_and_run(record, deploy_log)
                 deploy_log.add("info", "Function deploy complete", httpPort=status.get("httpPort"))
@@ -169,9 +196,12 @@ class Reconciler:
                 message = exc.message if isinstance(exc, NubisError) else f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, NubisError):
                     log.error("deploy of %s failed unexpectedly\n%s", name, traceback.format_exc())
-                deploy_log.add("error", "Failed to deploy function", error=message)
+                report = summarize_failure(message)
+                summary = report.summary + _still_serving(exc, generation)
+                deploy_log.add("error", "Failed to deploy function", error=summary)
                 await deploy_log.flush()
-                failed = dict(status, state="error", message=message)
+                # The cause on the first line, then the user's traceback once (deploy_failure.py).
+                failed = dict(status, state="error", message=FailureReport(summary, report.details).message)
                 await self.store.set_function_status(
                     name, failed, deployed_generation=generation, only_if_generation=generation
                 )
@@ -216,16 +246,17 @@ class Reconciler:
             http_port=port,
             env={"NUBIS_FUNCTION_PORTS": str(self.ports_file)},
         )
+        # Only the platform's events of this deploy belong in its log: the event list also holds
+        # earlier generations' (an old failure's traceback must not follow "generation 4 ready").
+        since = time.time() * 1000.0
         try:
             observed = await self.platform.deploy(
                 deployment, BuildOutput(function_dir=code_dir, python=environment.python), wait=True
             )
         except DeployFailed as exc:
-            for event in (exc.status.events if exc.status else [])[-20:]:
-                deploy_log.add(str(event.get("level", "info")), str(event.get("message", "")))
+            self._log_platform_events(record.name, exc.status.events if exc.status else [], since, deploy_log)
             raise
-        for event in observed.events[-5:]:
-            deploy_log.add(str(event.get("level", "info")), str(event.get("message", "")))
+        self._log_platform_events(record.name, observed.events, since, deploy_log)
         address = self.settings.external_address
         status: dict[str, Any] = {
             "state": "ready",
@@ -241,6 +272,22 @@ class Reconciler:
                 "(a later release); set minReplicas to 1 to serve now"
             )
         return status
+
+    def _log_platform_events(
+        self, name: str, events: list[Mapping[str, Any]], since: float, deploy_log: DeployLog
+    ) -> None:
+        """Copy the platform's events since `since` (epoch ms) into the deploy log, one line each
+        (a replica's output tail becomes its cause), and mark them as reported, so the health
+        sync does not copy them a second time."""
+        fresh = [e for e in events if float(e.get("time", 0)) >= since]
+        for event in fresh:
+            message = str(event.get("message", ""))
+            if "\n" in message:
+                message = summarize_failure(message).summary
+            deploy_log.add(str(event.get("level", "info")), message)
+        if fresh:
+            newest = max(float(e.get("time", 0)) for e in fresh)
+            self._event_marks[name] = max(self._event_marks.get(name, 0.0), newest)
 
     async def _http_port(self, record: FunctionRecord, config: Any) -> int:
         """The HTTP trigger's `attributes.port` when the function asks for one (as Nuclio's local
@@ -273,4 +320,11 @@ class Reconciler:
             if target.exists():
                 shutil.rmtree(target)
             return write_inline_source(target, build["functionSourceCode"], spec.get("handler") or "")
-        return copy_directory(Path(build.get("path") or ""), target)
+        return copy_directory(Path(build.get("path") or ""), target, self.settings.code_roots)
+
+
+def _still_serving(exc: Exception, generation: int) -> str:
+    """The suffix "; generation N keeps serving" when a failed update left the previous one up."""
+    status = exc.status if isinstance(exc, DeployFailed) else None
+    active = status.active_generation if status is not None else None
+    return f"; generation {active} keeps serving" if active is not None and active != generation else ""

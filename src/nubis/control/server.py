@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
-import subprocess
-import sys
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,18 +21,16 @@ import uvicorn
 
 from nubis.auth.gate import Gate
 from nubis.auth.tokens import ADMIN_TOKEN_FILE, hash_token, new_token, write_secret_file
+from nubis.control.agent_process import AgentProcess
 from nubis.control.api.app import create_app
+from nubis.control.api.http_limits import api_protocol_options
 from nubis.control.plane import ControlPlane
 from nubis.control.settings import ServerSettings, is_loopback
 from nubis.control.store import Store, default_state_url
 from nubis.errors import NubisError
-from nubis.platforms.local import AgentClient, AgentUnavailable, LocalPlatform
-from nubis.platforms.local.paths import agent_dir, socket_path
+from nubis.platforms.local import LocalPlatform
 
 log = logging.getLogger("nubis.server")
-
-#: How long a freshly started agent may take to answer on its socket (seconds).
-AGENT_START_TIMEOUT = 30.0
 
 
 class ServerError(NubisError):
@@ -58,6 +56,51 @@ def check_settings(settings: ServerSettings) -> None:
         raise ServerError("--tls-cert and --tls-key go together: give both or neither")
 
 
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound now so that a taken port fails before anything starts."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServerError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerError(
+                f"port {port} on {host} is already in use (another nubis server?); stop what listens "
+                f"there, or start this one with --port N (make run: NUBIS_PORT=N)"
+            ) from None
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+#: files of the data dir that may hold secrets or state: owner-only even if made before this rule
+PRIVATE_FILES = ("nubis.db", "nubis.db-wal", "nubis.db-shm", "server.out", "server.log", ADMIN_TOKEN_FILE)
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Owner-only data dir and files: the database, the printed token and logs are nobody else's.
+
+    The umask covers what this process and its children (agent, replicas) create from now on."""
+    os.umask(0o077)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if data_dir.stat().st_mode & 0o077:
+            data_dir.chmod(0o700)
+        for name in PRIVATE_FILES:
+            path = data_dir / name
+            if path.exists() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+    except OSError as exc:
+        raise ServerError(f"cannot prepare the data dir {data_dir}: {exc.strerror or exc}") from None
+
+
 async def ensure_admin_token(store: Store, data_dir: Path) -> str | None:
     """At first start: make the admin's API token, store its hash, write it once (0600). Returns it
     when it was just created (to print), else None."""
@@ -69,82 +112,22 @@ async def ensure_admin_token(store: Store, data_dir: Path) -> str | None:
     return token
 
 
-class AgentProcess:
-    """The local agent: adopted when one already answers on the data dir's socket, else started."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def ensure(self) -> None:
-        if await self._answers():
-            log.info("adopted the running agent of %s", self.data_dir)
-            return
-        log_file = agent_dir(self.data_dir) / "agent.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        with log_file.open("ab") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "nubis.platforms.local.agent", "--data-dir", str(self.data_dir)],
-                stdout=output,
-                stderr=output,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = asyncio.get_running_loop().time() + AGENT_START_TIMEOUT
-        while asyncio.get_running_loop().time() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"the local agent exited with code {self.process.returncode}; see {log_file}")
-            if await self._answers():
-                return
-            await asyncio.sleep(0.05)
-        raise ServerError(f"the local agent did not answer within {AGENT_START_TIMEOUT:.0f} s; see {log_file}")
-
-    async def _answers(self) -> bool:
-        client = AgentClient(socket_path(self.data_dir), timeout=2.0)
-        try:
-            await client.health()
-            return True
-        except AgentUnavailable:
-            return False
-        finally:
-            await client.aclose()
-
-    def pid(self) -> int | None:
-        if self.process is not None:
-            return self.process.pid
-        try:
-            return int((agent_dir(self.data_dir) / "agent.lock").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    async def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM: the agent drains its replicas, then exits."""
-        pid = self.pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            if self.process is not None:
-                if self.process.poll() is not None:
-                    return
-            else:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
-            await asyncio.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
     check_settings(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything starts: a taken port is one line, with nothing left running.
+    listener = bind_api_socket(settings.host, settings.port)
+    secure_data_dir(settings.data_dir)
+    try:
+        return await _serve(settings, listener, announce=announce)
+    finally:
+        listener.close()
+
+
+async def _serve(settings: ServerSettings, listener: socket.socket, *, announce: bool) -> int:
     store = await Store.open(settings.state_url or default_state_url(settings.data_dir))
     agent = AgentProcess(settings.data_dir)
     platform = LocalPlatform.for_data_dir(settings.data_dir)
+    supervising: asyncio.Task[None] | None = None
     try:
         await store.ensure_default_project(settings.namespace)
         token = await ensure_admin_token(store, settings.data_dir)
@@ -154,6 +137,7 @@ async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
             return record.principal if record else None
 
         await agent.ensure()
+        supervising = asyncio.create_task(agent.supervise(), name="agent supervisor")
         control = ControlPlane(settings, store, platform, Gate(principal_for, allow_anonymous=settings.insecure_local))
         server = uvicorn.Server(
             uvicorn.Config(
@@ -162,8 +146,9 @@ async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
                 port=settings.port,
                 log_level="warning",
                 lifespan="off",
-                http="httptools",
                 access_log=False,
+                # httptools, with bounded heads, a head-read timeout and a connection cap (issue 7)
+                **api_protocol_options(settings.http_limits),
                 ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
                 ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
             )
@@ -172,7 +157,7 @@ async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
         reconciling = asyncio.create_task(control.reconciler.run(), name="reconciler")
-        serving = asyncio.create_task(server.serve(), name="api")
+        serving = asyncio.create_task(server.serve(sockets=[listener]), name="api")
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
         if serving.done():
@@ -195,9 +180,12 @@ async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
         await control.reconciler.stop()
+        supervising.cancel()
         log.info("stopping the local agent (draining replicas)")
         await agent.stop()
         return 0
     finally:
+        if supervising is not None:
+            supervising.cancel()
         await platform.aclose()
         await store.close()

@@ -7,10 +7,14 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nubis.processor.triggers.http_limits import HttpLimits
 from nubis.settings import default_data_dir
 
 #: Ports handed to functions (one per function, stable across restarts).
 DEFAULT_FUNCTION_PORTS = (31000, 31999)
+#: An uploaded archive may expand to at most this many bytes and entries (a gzip bomb is refused).
+DEFAULT_ARCHIVE_MAX_BYTES = 1024**3
+DEFAULT_ARCHIVE_MAX_MEMBERS = 100_000
 
 
 def is_loopback(host: str) -> bool:
@@ -34,6 +38,25 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     advertised_address: str | None = None
+    #: extra `Host` names the API answers to (`--allowed-host`; `*` turns the check off)
+    allowed_hosts: tuple[str, ...] = ()
+    #: directories `spec.build.path` may name besides the archive uploads (`--build-path-root`)
+    build_path_roots: tuple[Path, ...] = ()
+    #: most bytes an uploaded archive may expand to (`--archive-max-bytes`), and most entries
+    archive_max_bytes: int = DEFAULT_ARCHIVE_MAX_BYTES
+    archive_max_members: int = DEFAULT_ARCHIVE_MAX_MEMBERS
+    #: bounds on what one API client may hold (`--max-connections`, `--header-read-timeout`, `--idle-timeout`)
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+
+    @property
+    def sources_dir(self) -> Path:
+        """Where uploaded archives are unpacked (always an allowed `spec.build.path` root)."""
+        return self.data_dir / "sources"
+
+    @property
+    def code_roots(self) -> tuple[Path, ...]:
+        """Every directory `spec.build.path` may point into."""
+        return (self.sources_dir, *self.build_path_roots)
 
     @property
     def environments_dir(self) -> Path:

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
+import os
 import shutil
-import stat
-import tarfile
-import zipfile
-from pathlib import Path, PurePosixPath
+from collections.abc import Sequence
+from pathlib import Path
 
+from nubis.control.unpack import MAX_ARCHIVE_BYTES, ArchiveLimits, extract_archive
 from nubis.errors import SpecError
 
-#: Largest archive accepted by the upload route (bytes); larger is a 413.
-MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
+__all__ = [
+    "MAX_ARCHIVE_BYTES",
+    "ArchiveLimits",
+    "allowed_build_path",
+    "copy_directory",
+    "decode_source",
+    "extract_archive",
+    "module_file_name",
+    "write_inline_source",
+]
 
 
 def decode_source(encoded: str) -> str:
@@ -50,146 +57,62 @@ def write_inline_source(target: Path, encoded: str, handler: str) -> Path:
     return target
 
 
-def copy_directory(source: Path, target: Path) -> Path:
-    """A snapshot of a directory on the server's machine (`spec.build.path`)."""
-    if not source.exists():
+def copy_directory(source: Path, target: Path, allowed_roots: Sequence[Path]) -> Path:
+    """A snapshot of a directory (or .py file) on the server's machine (`spec.build.path`).
+
+    Only paths inside `allowed_roots` are copied (the archive uploads, and `--build-path-root`
+    directories), judged after resolving symbolic links, so an API user cannot have the server
+    copy `/etc` or a link to it into a function; links inside the tree must stay inside it.
+    """
+    resolved = allowed_build_path(source, allowed_roots)
+    if resolved.is_dir():
+        _refuse_links_out_of(resolved, source)
+    if target.exists():
+        shutil.rmtree(target)
+    if resolved.is_file():
+        target.mkdir(parents=True)
+        shutil.copy2(resolved, target / source.name)
+    else:
+        shutil.copytree(resolved, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", ".venv"))
+    return target
+
+
+def allowed_build_path(source: Path, allowed_roots: Sequence[Path]) -> Path:
+    """`source` with its links resolved, when it exists inside one of `allowed_roots`.
+
+    Raises `SpecError` naming `spec.build.path`, the path and the server option to change. Cheap
+    enough to call when a create/update arrives, so it can be refused with a 400 up front.
+    """
+    resolved = source.resolve()
+    roots = [root.resolve() for root in allowed_roots]
+    if not any(resolved.is_relative_to(root) for root in roots):
+        shown = str(source) if resolved == source else f"{source} (resolves to {resolved})"
+        raise SpecError(
+            "is outside the directories the server copies code from",
+            field="spec.build.path",
+            expected=f"a path under {' or '.join(str(root) for root in roots)}; upload the directory as an "
+            "archive (nubis deploy does), or start the server with --build-path-root DIR",
+            found=shown,
+        )
+    if not resolved.exists():
         raise SpecError(
             "does not exist on the server's machine",
             field="spec.build.path",
             expected="a directory or a .py file readable by the server",
             found=str(source),
         )
-    if target.exists():
-        shutil.rmtree(target)
-    if source.is_file():
-        target.mkdir(parents=True)
-        shutil.copy2(source, target / source.name)
-    else:
-        shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", ".venv"))
-    return target
+    return resolved
 
 
-def _safe_member(name: str, root_name: str) -> PurePosixPath:
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts:
-        raise SpecError(
-            f"archive entry {name!r} points outside the archive root",
-            field=root_name,
-            expected="relative paths inside the archive",
-            found=name,
-        )
-    return path
-
-
-def extract_archive(data: bytes, target: Path) -> Path:
-    """Unpack a .tar(.gz|.bz2|.xz) or .zip archive, refusing entries or links that leave its root.
-
-    Nothing is left behind on failure: extraction goes to a sibling directory that is renamed into
-    place only when every entry was checked and written.
-    """
-    if len(data) > MAX_ARCHIVE_BYTES:
-        raise SpecError(
-            "archive too large",
-            field="archive",
-            expected=f"at most {MAX_ARCHIVE_BYTES} bytes",
-            found=len(data),
-        )
-    staging = target.with_name(target.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
-        if zipfile.is_zipfile(io.BytesIO(data)):
-            _extract_zip(data, staging)
-        else:
-            _extract_tar(data, staging)
-        _flatten_single_directory(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def _extract_zip(data: bytes, root: Path) -> None:
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        for info in archive.infolist():
-            relative = _safe_member(info.filename, "archive")
-            mode = (info.external_attr >> 16) & 0o170000
-            if mode == stat.S_IFLNK:
+def _refuse_links_out_of(root: Path, shown: Path) -> None:
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = [name for name in subdirectories if name not in ("__pycache__", ".venv")]
+        for name in (*subdirectories, *files):
+            path = Path(directory, name)
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
                 raise SpecError(
-                    f"archive entry {info.filename!r} is a symbolic link",
-                    field="archive",
-                    expected="regular files and directories",
-                    found=info.filename,
+                    f"contains a symbolic link that leaves the directory: {path} -> {os.readlink(path)}",
+                    field="spec.build.path",
+                    expected="links to files inside the directory",
+                    found=str(shown),
                 )
-            destination = root.joinpath(*relative.parts)
-            if info.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as source, destination.open("wb") as out:
-                shutil.copyfileobj(source, out)
-
-
-def _extract_tar(data: bytes, root: Path) -> None:
-    try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")  # noqa: SIM115 - closed by `with` below
-    except tarfile.TarError as exc:
-        raise SpecError(
-            "is not a tar or zip archive",
-            field="archive",
-            expected=".tar, .tar.gz, .tar.bz2, .tar.xz or .zip",
-            found=str(exc),
-        ) from exc
-    with archive:
-        for member in archive.getmembers():
-            relative = _safe_member(member.name, "archive")
-            if member.issym() or member.islnk():
-                link = PurePosixPath(member.linkname)
-                resolved = (PurePosixPath(*relative.parts[:-1]) / link) if member.issym() else link
-                if link.is_absolute() or _escapes(resolved):
-                    raise SpecError(
-                        f"archive link {member.name!r} -> {member.linkname!r} leaves the archive root",
-                        field="archive",
-                        expected="links inside the archive",
-                        found=member.linkname,
-                    )
-            elif not (member.isfile() or member.isdir()):
-                raise SpecError(
-                    f"archive entry {member.name!r} is not a file or directory",
-                    field="archive",
-                    expected="regular files, directories and internal links",
-                    found=member.name,
-                )
-        archive.extractall(root, filter="data")
-
-
-def _normalise(parts: tuple[str, ...]) -> list[str]:
-    out: list[str] = []
-    for part in parts:
-        if part == "..":
-            if out and out[-1] != "..":
-                out.pop()
-            else:
-                out.append("..")
-        elif part not in ("", "."):
-            out.append(part)
-    return out
-
-
-def _escapes(path: PurePosixPath) -> bool:
-    return bool(_normalise(path.parts)[:1] == [".."])
-
-
-def _flatten_single_directory(root: Path) -> None:
-    """An archive of `myfn/…` is taken as the contents of `myfn`, as users pack directories."""
-    entries = list(root.iterdir())
-    if len(entries) == 1 and entries[0].is_dir():
-        inner = entries[0]
-        holder = root.with_name(root.name + ".inner")
-        inner.rename(holder)
-        root.rmdir()
-        holder.rename(root)

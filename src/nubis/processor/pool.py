@@ -160,7 +160,11 @@ class WorkerPool:
                 link.kill("did not stop in time")
 
     def _is_idle(self) -> bool:
-        return not self._waiting and all(not w.outstanding for w in self.workers)
+        """Nothing left that a drain could finish: no event running, and none waiting that a live
+        worker could take (with no worker left, waiting events are answered 503 at once)."""
+        if any(w.outstanding for w in self.workers):
+            return False
+        return not self._waiting or not self.workers
 
     def _check_idle(self) -> None:
         if self._closing and self._is_idle():

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from nubis.errors import SpecError
 from nubis.processor.pool import WorkerPool
-from nubis.processor.starters import SpawnStarter, WorkerCommand, ZygoteStarter, worker_environment
+from nubis.processor.starters import SpawnStarter, WorkerCommand, worker_environment
 from nubis.processor.triggers.base import Trigger
 from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
+from nubis.processor.zygote import ZygoteStarter
 from nubis.runtimes.python import WORKER_PATH
 from nubis.spec import FunctionConfig
 
@@ -38,6 +39,9 @@ class ProcessorOptions:
     namespace: str = "nubis"
     #: listen with SO_REUSEPORT, so several replicas of the function share its port
     reuse_port: bool = False
+    #: identity of the function instance that owns the port ('<instance>:<function>', see
+    #: port_owner.py); with reuse_port, a port claimed by another identity is refused
+    port_owner: str | None = None
 
 
 class Processor:
@@ -59,7 +63,8 @@ class Processor:
         self.pools: list[WorkerPool] = []
         self.triggers: list[Trigger] = []
         self.started = False
-        #: set when the replica can no longer serve (its zygote died); `failure` says why
+        #: set when the replica can no longer serve (no zygote can run, no worker can start);
+        #: `failure` says why
         self.failed = asyncio.Event()
         self.failure: str | None = None
         self._starter: ZygoteStarter | SpawnStarter | None = None
@@ -144,7 +149,7 @@ class Processor:
         self._build()
         assert self._starter is not None
         if isinstance(self._starter, ZygoteStarter):
-            self._starter.on_unexpected_exit = self._fail
+            self._starter.on_give_up = self._fail
         for pool in self.pools:
             pool.on_fatal = self._fail
         await self._starter.start()

@@ -11,8 +11,10 @@ exits 0; a start-up failure exits non-zero with the error (init_context tracebac
 
 Options the agent uses for limits: `--memory-limit BYTES` sets RLIMIT_AS (inherited by the zygote
 and its workers), `--cgroup DIR` moves the replica into a cgroup v2 directory the agent prepared
-(before any child starts, so all of them are in it), `--parent-pid PID` makes the replica receive
-SIGTERM when that process (the agent) dies.
+(before any child starts, so all of them are in it). `--ready-fd N` sends the ready line to a pipe
+of the agent's instead of stdout (stdout and stderr are then the replica's output spool), and
+`--parent-pid PID` makes the replica receive SIGTERM when that process dies (the local agent does
+not use it: its replicas outlive it, and a restarted agent adopts them).
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-limit", type=int, default=None, help="RLIMIT_AS in bytes")
     parser.add_argument("--cgroup", type=Path, default=None, help="cgroup v2 directory to join")
     parser.add_argument("--parent-pid", type=int, default=None, help="get SIGTERM when this process dies")
+    parser.add_argument(
+        "--port-owner",
+        default=None,
+        help="'<instance>:<function>' owning the port: a port claimed by another owner is refused (port_owner.py)",
+    )
+    parser.add_argument(
+        "--ready-fd", type=int, default=None, help="write the ready line on this pipe (not stdout), then close it"
+    )
     return parser.parse_args(argv)
 
 
@@ -102,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--log-level: {exc}", file=sys.stderr)
         return USAGE_EXIT
     logs.configure(level, "json" if args.log_format == "json" else "text")
+    if args.ready_fd is not None:
+        os.set_inheritable(args.ready_fd, False)  # not for the zygote or workers: EOF must mean "gone"
     if args.parent_pid is not None:
         die_with_parent(args.parent_pid)
     try:
@@ -113,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             log_level=level,
             drain_timeout=args.drain_timeout,
             reuse_port=True,
+            # without --port-owner, replicas started by hand share a port by function dir and name
+            port_owner=args.port_owner or f"{args.function_dir.resolve()}:{config.metadata.name}",
         )
         processor = Processor(config, args.function_dir.resolve(), args.python, options)
-        code: int = uvloop.run(serve(processor, announce_without_url=True))
+        code: int = uvloop.run(serve(processor, announce_without_url=True, ready_fd=args.ready_fd))
     except NubisError as exc:
         log.error("%s", exc.message)
         return exc.exit_code

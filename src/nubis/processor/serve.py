@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 
 from nubis.processor.processor import Processor
@@ -31,11 +33,21 @@ async def hand_off(processor: Processor, grace: float = HANDOFF_GRACE) -> None:
         await asyncio.sleep(0.05)
 
 
-async def serve(processor: Processor, *, announce_without_url: bool = False) -> int:
+def announce_on(fd: int, line: str) -> None:
+    """Write the ready line on the agent's ready pipe and close it. A reader that is gone (its agent
+    was killed) changes nothing: the replica serves on and a later agent adopts it."""
+    with contextlib.suppress(OSError):
+        os.write(fd, line.encode() + b"\n")
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+async def serve(processor: Processor, *, announce_without_url: bool = False, ready_fd: int | None = None) -> int:
     """Start `processor`, print its ready line, wait for a stop signal or a failure, then drain.
 
     The ready line (stdout, flushed) is `<name> ready at <url>` with the HTTP trigger's URL; when the
-    function has no HTTP trigger it is `<name> ready` if `announce_without_url`, else nothing. Start-up
+    function has no HTTP trigger it is `<name> ready` if `announce_without_url`, else nothing. With
+    `ready_fd` (a replica of the local agent) the line goes to that pipe instead, always. Start-up
     errors propagate (the processor is stopped first). Returns the exit code: 0 after a requested
     stop, 1 when the replica failed (its zygote died).
     """
@@ -49,11 +61,12 @@ async def serve(processor: Processor, *, announce_without_url: bool = False) -> 
         log.info("%s", trigger.describe())
     urls = [getattr(t, "url", None) for t in processor.triggers if getattr(t, "url", None)]
     log.info("function %s ready (%d worker%s)", processor.name, workers, "" if workers == 1 else "s")
-    if urls:
-        # The one line scripts (and the local agent) wait for: stdout, flushed, the HTTP trigger's URL.
-        print(f"{processor.name} ready at {urls[0]}", flush=True)
-    elif announce_without_url:
-        print(f"{processor.name} ready", flush=True)
+    line = f"{processor.name} ready at {urls[0]}" if urls else f"{processor.name} ready" if announce_without_url else ""
+    if ready_fd is not None:
+        announce_on(ready_fd, line or f"{processor.name} ready")
+    elif line:
+        # The one line scripts wait for: stdout, flushed, the HTTP trigger's URL.
+        print(line, flush=True)
     stop_wait = asyncio.ensure_future(stop.wait())
     fail_wait = asyncio.ensure_future(processor.failed.wait())
     await asyncio.wait([stop_wait, fail_wait], return_when=asyncio.FIRST_COMPLETED)

@@ -13,6 +13,7 @@ from nubis.spec.rules import (
     parse_runtime,
     validate_function_name,
     validate_handler,
+    validate_project_name,
 )
 from nubis.spec.trigger import (
     DEFAULT_HTTP_TRIGGER_NAME,
@@ -55,4 +56,5 @@ __all__ = [
     "suggest_key",
     "validate_function_name",
     "validate_handler",
+    "validate_project_name",
 ]

@@ -32,12 +32,21 @@ _NAME_RULE = (
 )
 
 
-def validate_function_name(name: str, *, field: str = "metadata.name") -> str:
+def validate_function_name(name: str, *, field: str | None = "metadata.name") -> str:
     """Return `name` if it is a DNS-1123 label (Nubis uses it as a path, hostname and k8s name)."""
+    return _validate_name(name, "function", field)
+
+
+def validate_project_name(name: str, *, field: str | None = "metadata.name") -> str:
+    """Return `name` if it is a DNS-1123 label, the rule Nuclio applies to project names too."""
+    return _validate_name(name, "project", field)
+
+
+def _validate_name(name: str, kind: str, field: str | None) -> str:
     if not name:
-        raise SpecError("function name is missing", field=field, expected=_NAME_RULE)
+        raise SpecError(f"{kind} name is missing", field=field, expected=_NAME_RULE)
     if len(name) > 63 or not _DNS_LABEL.match(name):
-        raise SpecError("invalid function name", field=field, expected=_NAME_RULE, found=name)
+        raise SpecError(f"invalid {kind} name", field=field, expected=_NAME_RULE, found=name)
     return name
 
 

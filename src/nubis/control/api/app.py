@@ -14,6 +14,7 @@ from nubis.control.api import archives, functions, invocations, logs, platform_i
 from nubis.control.api.gatekeeping import route
 from nubis.control.api.openapi import openapi_document
 from nubis.control.api.responses import json_response
+from nubis.control.api.site_guard import SiteGuard, SitePolicy
 
 ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 
@@ -30,6 +31,7 @@ def api_routes() -> list[Route]:
         route("/api/functions/{name}/replicas", functions.function_replicas, ["GET"], "read"),
         route("/api/functions/{name}/logs", logs.function_logs, ["GET"], "read"),
         route("/api/functions/{name}/logs/{replica}", logs.function_logs, ["GET"], "read"),
+        route("/api/functions/{name}/deploy_logs", functions.function_deploy_logs, ["GET"], "read"),
         route("/api/function_archives", archives.upload_archive, ["POST"], "write"),
         route("/api/function_invocations", invocations.invoke, ANY_METHOD, "invoke"),
         route("/api/function_invocations/{path:path}", invocations.invoke, ANY_METHOD, "invoke"),
@@ -80,5 +82,8 @@ def create_app(control: Any) -> Starlette:
     ]
     app = Starlette(routes=routes)
     app.state.control = control
+    # Added first, so it runs inside StripTrailingSlash and sees normalised paths; it refuses
+    # cross-site and foreign-Host requests before the gate (site_guard.py says why).
+    app.add_middleware(SiteGuard, policy=SitePolicy.for_server(control.settings))
     app.add_middleware(StripTrailingSlash)
     return app

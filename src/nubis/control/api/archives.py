@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nubis.control.api.responses import json_response
-from nubis.control.sources import MAX_ARCHIVE_BYTES, extract_archive
+from nubis.control.sources import MAX_ARCHIVE_BYTES, ArchiveLimits, extract_archive
 from nubis.errors import BadRequest
 from nubis.spec import validate_function_name
 
@@ -38,5 +38,6 @@ async def upload_archive(request: Request) -> Response:
     digest = hashlib.sha256(data).hexdigest()
     target = control.settings.data_dir / "sources" / name / digest[:16]
     if not target.exists():
-        await asyncio.to_thread(extract_archive, data, target)
+        limits = ArchiveLimits(control.settings.archive_max_bytes, control.settings.archive_max_members)
+        await asyncio.to_thread(extract_archive, data, target, limits)
     return json_response({"path": str(target), "sha256": digest, "size": size}, 201)

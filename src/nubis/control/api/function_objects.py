@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from nubis.control.api.bodies import PROJECT_LABEL, section
-from nubis.control.sources import decode_source
+from nubis.control.sources import allowed_build_path, decode_source
 from nubis.control.store import FunctionRecord
-from nubis.errors import BadRequest
-from nubis.spec import export_config, parse_config, parse_runtime, validate_function_name, validate_handler
+from nubis.errors import BadRequest, SpecError
+from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
+from nubis.spec import (
+    FunctionConfig,
+    export_config,
+    parse_config,
+    parse_runtime,
+    validate_function_name,
+    validate_handler,
+)
 
 #: States in which a deploy is under way: updates and deletes are refused with 412 (NUCLIO.md §1.8).
 PROVISIONING_STATES = frozenset(
@@ -29,9 +39,12 @@ SKIP_DEPLOY = "skip-deploy"
 DEFAULT_INLINE_HANDLER = "main:handler"
 
 
-def validated_config(body: dict[str, Any], *, name: str | None, project: str) -> dict[str, Any]:
+def validated_config(
+    body: dict[str, Any], *, name: str | None, project: str, code_roots: Sequence[Path] | None = None
+) -> dict[str, Any]:
     """Check a create/update body as a deploy would, and return the config to store.
 
+    With `code_roots`, a `spec.build.path` must lie inside one of them (see `allowed_build_path`).
     Raises `SpecError`/`BadRequest` (400) naming the field; nothing is stored before this passes.
     """
     metadata = section(body, "metadata")
@@ -46,7 +59,9 @@ def validated_config(body: dict[str, Any], *, name: str | None, project: str) ->
     labels = dict(data["metadata"].get("labels") or {})
     labels[PROJECT_LABEL] = project
     data["metadata"]["labels"] = labels
+    # What the server sets, sent back by a client that PUTs what it read, is not part of the spec.
     data["metadata"].pop("resourceVersion", None)
+    data["metadata"].pop("generation", None)
     config = parse_config(data).config
     spec = config.spec
     build = spec.build
@@ -63,8 +78,26 @@ def validated_config(body: dict[str, Any], *, name: str | None, project: str) ->
         raise BadRequest("spec.handler is missing: expected 'module:function', e.g. 'main:handler'")
     validate_handler(spec.handler)
     parse_runtime(spec.runtime or "python")
-    config.effective_triggers()
+    check_trigger_kinds(config)
+    if code_roots is not None and build.path and not build.function_source_code:
+        allowed_build_path(Path(build.path), code_roots)
     return export_config(config)
+
+
+def check_trigger_kinds(config: FunctionConfig, registry: TriggerRegistry | None = None) -> None:
+    """Refuse a trigger kind no processor can run, at the API (400), rather than at replica start.
+
+    Disabled triggers are not started, so their kind is not checked (as in the processor).
+    """
+    known = (registry or get_default_registry()).kinds()
+    for key, trigger in config.effective_triggers().items():
+        if not trigger.disabled and trigger.kind not in known:
+            raise SpecError(
+                f"trigger kind {trigger.kind!r} is not supported by Nubis yet",
+                field=f"spec.triggers.{key}.kind",
+                expected="one of " + ", ".join(known),
+                found=trigger.kind,
+            )
 
 
 def _skips_build(annotations: dict[str, str] | None) -> bool:
@@ -80,8 +113,12 @@ def function_object(record: FunctionRecord, logs: list[dict[str, Any]] | None = 
     labels[PROJECT_LABEL] = record.project
     metadata["labels"] = labels
     metadata["resourceVersion"] = record.resource_version
+    # Kubernetes' convention: the spec's generation, and the one the status describes (a deploy
+    # that ended, ready or failed); `nubis deploy` compares them to tell "unchanged" from "new".
+    metadata["generation"] = record.generation
     status = dict(record.status or {})
     status.setdefault("state", "building")
+    status["observedGeneration"] = record.deployed_generation
     if logs is not None:
         status["logs"] = logs
     return {"metadata": metadata, "spec": record.config.get("spec") or {}, "status": status}
@@ -93,6 +130,7 @@ def export_object(record: FunctionRecord) -> dict[str, Any]:
     metadata = obj["metadata"]
     metadata.pop("namespace", None)
     metadata.pop("resourceVersion", None)
+    metadata.pop("generation", None)
     annotations = dict(metadata.get("annotations") or {})
     annotations[SKIP_BUILD] = "true"
     annotations[SKIP_DEPLOY] = "true"

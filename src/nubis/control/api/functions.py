@@ -20,7 +20,10 @@ from nubis.control.api.function_objects import (
     without_import_annotations,
 )
 from nubis.control.api.responses import cached_json, empty, json_response
-from nubis.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from nubis.control.api.unchanged import is_unchanged
+from nubis.control.store.functions import function_not_found
+from nubis.control.store.projects import project_does_not_exist
+from nubis.errors import BadRequest, Conflict, PreconditionFailed
 from nubis.spec import parse_duration
 
 DEFAULT_PROJECT = "default"
@@ -57,19 +60,37 @@ async def list_functions(request: Request) -> Response:
 
 async def get_function(request: Request) -> Response:
     control = request.app.state.control
-    record = await control.store.get_function(request.path_params["name"])
+    name = request.path_params["name"]
+    record = await control.store.get_function(name)
     if record is None:
-        raise NotFound("Function not found")
+        raise function_not_found(name)
     if request.query_params.get("export", "").lower() == "true":
         return json_response(export_object(record))
+    # status.logs: the current generation's deploy only (older ones: /deploy_logs).
     return json_response(function_object(record, await control.store.get_logs(record.name)))
+
+
+async def function_deploy_logs(request: Request) -> Response:
+    """Nubis extension: every kept deploy log of the function, keyed by generation
+    (`?generation=N`: that one only). `status.logs` holds the current generation's alone."""
+    control = request.app.state.control
+    name = request.path_params["name"]
+    if await control.store.get_function(name) is None:
+        raise function_not_found(name)
+    logs = await control.store.deploy_logs(name)
+    wanted = request.query_params.get("generation")
+    if wanted is not None:
+        if not wanted.isdigit():
+            raise BadRequest(f"generation must be a whole number, found {wanted!r}")
+        logs = {int(wanted): logs.get(int(wanted), [])}
+    return json_response({str(generation): records for generation, records in logs.items()})
 
 
 async def _project_for(request: Request, body: dict[str, object], current: str | None = None) -> str:
     labels = section(section(body, "metadata"), "labels")
     project = project_header(request) or labels.get(PROJECT_LABEL) or current or DEFAULT_PROJECT
     if await request.app.state.control.store.get_project(str(project)) is None:
-        raise PreconditionFailed("Project does not exist")
+        raise project_does_not_exist(str(project))
     return str(project)
 
 
@@ -77,7 +98,7 @@ async def create_function(request: Request) -> Response:
     control = request.app.state.control
     body = await json_body(request)
     project = await _project_for(request, body)
-    config = validated_config(body, name=None, project=project)
+    config = validated_config(body, name=None, project=project, code_roots=control.settings.code_roots)
     name = config["metadata"]["name"]
     existing = await control.store.get_function(name)
     if existing is not None:
@@ -109,8 +130,12 @@ async def update_function(request: Request) -> Response:
     project = await _project_for(request, body, current.project)
     if project != current.project:
         raise BadRequest(f"function {name} belongs to project {current.project}; it cannot move to {project}")
-    config = validated_config(body, name=name, project=project)
+    config = validated_config(body, name=name, project=project, code_roots=control.settings.code_roots)
     expected = section(body, "metadata").get("resourceVersion") or None
+    fresh = expected is None or expected == current.resource_version
+    if fresh and await is_unchanged(control, current, config):
+        # Same spec, same code, and it serves: no new generation. Answered as Nuclio does.
+        return empty(202)
     record = await control.store.update_function_config(name, config, expected_resource_version=expected)
     control.reconciler.wake()
     await _maybe_wait(request, name, record.generation)
@@ -121,7 +146,7 @@ async def create_function_named(request: Request, body: dict[str, object], name:
     """PUT of a function that does not exist yet creates it (nuclio-jupyter may PUT after a GET 404 race)."""
     control = request.app.state.control
     project = await _project_for(request, body)
-    config = validated_config(body, name=name, project=project)
+    config = validated_config(body, name=name, project=project, code_roots=control.settings.code_roots)
     namespace = request.headers.get("x-nuclio-function-namespace") or control.settings.namespace
     record = await control.store.create_function(name, project, namespace, config)
     control.reconciler.wake()
@@ -135,7 +160,7 @@ async def patch_function(request: Request) -> Response:
     body = await json_body(request, required=False)
     record = await control.store.get_function(name)
     if record is None:
-        raise NotFound("Function not found")
+        raise function_not_found(name)
     desired = body.get("desiredState")
     if desired is None:
         return empty(204)
@@ -173,7 +198,7 @@ async def function_replicas(request: Request) -> Response:
     control = request.app.state.control
     name = request.path_params["name"]
     if await control.store.get_function(name) is None:
-        raise NotFound("Function not found")
+        raise function_not_found(name)
     return json_response({"names": await control.replica_names(name)})
 
 

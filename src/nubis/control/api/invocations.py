@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nubis.control.api.responses import error_response
-from nubis.errors import BadRequest, NotFound
+from nubis.control.store.functions import function_not_found
+from nubis.errors import BadRequest
 from nubis.spec import parse_duration
 
 _HOP_BY_HOP = frozenset(
@@ -31,6 +32,9 @@ _HOP_BY_HOP = frozenset(
         "cookie",
     }
 )
+#: Not copied from the function's answer: hop-by-hop headers, the encoding httpx already undid, and
+#: Date/Server, which uvicorn writes on every response itself (relaying them sent each one twice).
+_NOT_RELAYED = _HOP_BY_HOP | {"content-encoding", "date", "server"}
 DEFAULT_INVOKE_TIMEOUT = 60.0
 
 
@@ -41,7 +45,7 @@ async def invoke(request: Request) -> Response:
         raise BadRequest("Function name must be provided")
     record = await control.store.get_function(name)
     if record is None:
-        raise NotFound("Function not found")
+        raise function_not_found(name)
     status = record.status or {}
     urls = list(status.get("internalInvocationUrls") or []) + list(status.get("externalInvocationUrls") or [])
     if not urls:
@@ -68,8 +72,6 @@ async def invoke(request: Request) -> Response:
     out_headers = {
         k: v
         for k, v in answer.headers.items()
-        if k.lower() not in _HOP_BY_HOP
-        and k.lower() != "content-encoding"
-        and (not k.lower().startswith("x-nuclio-") or k.lower() == "x-nuclio-logs")
+        if k not in _NOT_RELAYED and (not k.startswith("x-nuclio-") or k == "x-nuclio-logs")
     }
     return Response(answer.content, status_code=answer.status_code, headers=out_headers)

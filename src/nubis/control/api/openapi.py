@@ -20,6 +20,10 @@ _SUMMARIES: dict[tuple[str, str], str] = {
     ("GET", "/api/functions/{name}/replicas"): "Names of the function's replicas",
     ("GET", "/api/functions/{name}/logs"): "The function's replica logs as text (?follow=true, ?since=)",
     ("GET", "/api/functions/{name}/logs/{replica}"): "One replica's logs as text",
+    ("GET", "/api/functions/{name}/deploy_logs"): (
+        "Nubis extension: the function's deploy logs of every kept generation, keyed by generation "
+        "(?generation=N for one); status.logs holds the current generation's only"
+    ),
     ("POST", "/api/function_archives"): (
         "Nubis extension: upload a function directory as a .tar(.gz|.bz2|.xz) or .zip archive "
         "(header X-Nuclio-Function-Name). Returns {path, sha256, size}; put `path` in spec.build.path."

@@ -72,5 +72,9 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     control = request.app.state.control
-    ready = control.ready.is_set()
-    return json_response({"status": "ready" if ready else "starting"}, 200 if ready else 503)
+    if not control.ready.is_set():
+        return json_response({"status": "starting"}, 503)
+    problem = control.reconciler.platform_problem
+    if problem is not None:
+        return json_response({"status": "degraded", "reason": f"the platform cannot be read: {problem}"}, 503)
+    return json_response({"status": "ready"}, 200)

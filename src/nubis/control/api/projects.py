@@ -11,8 +11,9 @@ from nubis.control.api.bodies import json_body, project_header, section
 from nubis.control.api.function_objects import SKIP_BUILD, SKIP_DEPLOY, export_object, validated_config
 from nubis.control.api.responses import empty, json_response
 from nubis.control.store import ProjectRecord
-from nubis.errors import BadRequest, NotFound, NubisError, PreconditionFailed
-from nubis.spec import validate_function_name
+from nubis.control.store.projects import project_not_found
+from nubis.errors import BadRequest, NubisError, PreconditionFailed
+from nubis.spec import validate_project_name
 
 DEFAULT_PROJECT = "default"
 DELETE_STRATEGIES = ("restricted", "cascading", "check")
@@ -36,7 +37,7 @@ def _record_from_body(body: dict[str, Any], request: Request, name: str | None =
     name = name or metadata.get("name") or project_header(request)
     if not name:
         raise BadRequest("project name is missing: set metadata.name")
-    validate_function_name(str(name), field="metadata.name")
+    validate_project_name(str(name), field="metadata.name")
     control = request.app.state.control
     return ProjectRecord(
         name=str(name),
@@ -69,7 +70,7 @@ async def get_project(request: Request) -> Response:
     name = request.path_params["name"]
     record = await request.app.state.control.store.get_project(name)
     if record is None:
-        raise NotFound("Project not found")
+        raise project_not_found(name)
     return json_response(project_object(record))
 
 
@@ -106,10 +107,14 @@ async def delete_project(request: Request) -> Response:
     if name == DEFAULT_PROJECT:
         raise PreconditionFailed("the default project cannot be deleted")
     if await control.store.get_project(name) is None:
-        raise NotFound("Project not found")
+        raise project_not_found(name)
     functions = await control.store.list_functions(project=name)
     if functions and strategy in ("restricted", "check"):
-        raise PreconditionFailed("Project contains functions")
+        names = ", ".join(f.name for f in functions[:10]) + (", ..." if len(functions) > 10 else "")
+        raise PreconditionFailed(
+            f"Project contains functions: project {name!r} still has {names}; delete them first, "
+            "or delete with the cascading strategy"
+        )
     if strategy == "check":
         return empty(204)
     for function in functions:

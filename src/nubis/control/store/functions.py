@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nubis.control.store.base import StoreBase, rowcount
 from nubis.control.store.errors import StoreError
 from nubis.control.store.models import FunctionLogRow, FunctionRow, ProjectRow
+from nubis.control.store.projects import project_does_not_exist
 from nubis.control.store.records import FunctionRecord, utc_now
-from nubis.errors import Conflict, NotFound, PreconditionFailed
+from nubis.errors import Conflict, NotFound
 
 #: States in which a function's deploy is unfinished: the reconciler picks these up at start.
 RECONCILE_STATES = ("building", "waitingForResourceConfiguration")
@@ -31,6 +32,11 @@ PORT_LOCK_KEY = 0x6E75626970  # "nubip"
 
 def new_resource_version() -> str:
     return uuid.uuid4().hex
+
+
+def function_not_found(name: str) -> NotFound:
+    """Nuclio's text first (clients may match it), then which function it is about."""
+    return NotFound(f"Function not found: function {name!r} does not exist")
 
 
 class FunctionsMixin(StoreBase):
@@ -83,7 +89,7 @@ class FunctionsMixin(StoreBase):
         async with self._session(f"create function {name}", write=True) as session:
             await self._refuse_existing_function(session, name)
             if await session.get(ProjectRow, project) is None:
-                raise PreconditionFailed(f"Project {project} does not exist")
+                raise project_does_not_exist(project)
             now = utc_now()
             row = FunctionRow(
                 name=name,
@@ -104,7 +110,7 @@ class FunctionsMixin(StoreBase):
             except IntegrityError:
                 # Lost a race: another process created the function or deleted the project.
                 await self._refuse_existing_function(session, name)
-                raise PreconditionFailed(f"Project {project} does not exist") from None
+                raise project_does_not_exist(project) from None
             return _function(row)
 
     @staticmethod
@@ -133,7 +139,7 @@ class FunctionsMixin(StoreBase):
             _check_resource_version(row, expected_resource_version)
             if project is not None and project != row.project:
                 if await session.get(ProjectRow, project) is None:
-                    raise PreconditionFailed(f"Project {project} does not exist")
+                    raise project_does_not_exist(project)
                 row.project = project
             if namespace is not None:
                 row.namespace = namespace
@@ -266,7 +272,7 @@ class FunctionsMixin(StoreBase):
     async def _function_for_update(self, session: AsyncSession, name: str) -> FunctionRow:
         row = await session.get(FunctionRow, name, with_for_update=True, populate_existing=True)
         if row is None:
-            raise NotFound("Function not found")
+            raise function_not_found(name)
         return row
 
 

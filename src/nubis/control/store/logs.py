@@ -1,7 +1,10 @@
 """`LogsMixin`: the deploy log methods of `Store` (append, read, clear).
 
-Deploy logs are what a build or deploy printed, kept per function and capped at `log_cap` records
-(the oldest go first) so a function redeployed for months does not grow the database without end.
+Deploy logs are what a build or deploy printed. Each record belongs to the generation whose deploy
+wrote it, so `status.logs` shows the current deploy only (a client printing it never replays an
+older deploy's failure), while older deploys stay readable per generation. Records are capped at
+`log_cap` per function (the oldest go first), so a function redeployed for months does not grow
+the database without end.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from sqlalchemy import delete, func, select
 
 from nubis.control.store.base import StoreBase
 from nubis.control.store.errors import StoreError
+from nubis.control.store.functions import function_not_found
 from nubis.control.store.models import FunctionLogRow, FunctionRow
 from nubis.control.store.records import LogRecord
-from nubis.errors import NotFound
 
 #: Deploy log records kept per function; the oldest beyond this are deleted.
 LOG_CAP_PER_FUNCTION = 2000
@@ -26,19 +29,25 @@ class LogsMixin(StoreBase):
     #: per-store cap of deploy log records kept per function (tests may lower it)
     log_cap: int = LOG_CAP_PER_FUNCTION
 
-    async def append_logs(self, function: str, records: Iterable[dict[str, Any]]) -> None:
+    async def append_logs(
+        self, function: str, records: Iterable[dict[str, Any]], *, generation: int | None = None
+    ) -> None:
         """Append log records (`{"time": epoch ms, "level", "message", ...extra}`) to the function.
 
-        A record without `time` gets now, without `level` gets `info`. Only the newest `log_cap`
-        records are kept. `NotFound` if the function does not exist.
+        They belong to `generation`'s deploy; None means the function's current generation (what
+        a deploy in progress or the serving generation's health reports belong to). A record
+        without `time` gets now, without `level` gets `info`. Only the newest `log_cap` records
+        are kept. `NotFound` if the function does not exist.
         """
-        rows = [_log_row(function, record) for record in records]
-        if not rows:
+        records = list(records)
+        if not records:
             return
         async with self._session(f"append logs of function {function}", write=True) as session:
-            if await session.get(FunctionRow, function, with_for_update=True) is None:
-                raise NotFound("Function not found")
-            session.add_all(rows)
+            row = await session.get(FunctionRow, function, with_for_update=True)
+            if row is None:
+                raise function_not_found(function)
+            deploy = row.generation if generation is None else generation
+            session.add_all([_log_row(function, deploy, record) for record in records])
             await session.flush()
             count = await session.scalar(
                 select(func.count()).select_from(FunctionLogRow).where(FunctionLogRow.function == function)
@@ -56,11 +65,16 @@ class LogsMixin(StoreBase):
                     .execution_options(synchronize_session=False)
                 )
 
-    async def get_logs(self, function: str, limit: int = 500) -> list[dict[str, Any]]:
-        """The newest `limit` records of the function, oldest first (empty if none or no function)."""
+    async def get_logs(self, function: str, limit: int = 500, *, generation: int | None = None) -> list[dict[str, Any]]:
+        """The newest `limit` records of one deploy, oldest first: `generation`'s, or (None) the
+        function's current generation's. Empty if none or no such function."""
+        if generation is None:
+            wanted: Any = select(FunctionRow.generation).where(FunctionRow.name == function).scalar_subquery()
+        else:
+            wanted = generation
         statement = (
             select(FunctionLogRow)
-            .where(FunctionLogRow.function == function)
+            .where(FunctionLogRow.function == function, FunctionLogRow.generation == wanted)
             .order_by(FunctionLogRow.time.desc(), FunctionLogRow.id.desc())
             .limit(max(0, limit))
         )
@@ -68,12 +82,26 @@ class LogsMixin(StoreBase):
             rows = list(await session.scalars(statement))
         return [_log(row).as_dict() for row in reversed(rows)]
 
+    async def deploy_logs(self, function: str) -> dict[int, list[dict[str, Any]]]:
+        """Every kept record of the function, by the generation whose deploy wrote it (generations
+        ascending, records oldest first); empty if none or no such function."""
+        statement = (
+            select(FunctionLogRow)
+            .where(FunctionLogRow.function == function)
+            .order_by(FunctionLogRow.generation, FunctionLogRow.time, FunctionLogRow.id)
+        )
+        by_generation: dict[int, list[dict[str, Any]]] = {}
+        async with self._session(f"read the deploy logs of function {function}") as session:
+            for row in await session.scalars(statement):
+                by_generation.setdefault(row.generation, []).append(_log(row).as_dict())
+        return by_generation
+
     async def clear_logs(self, function: str) -> None:
         async with self._session(f"clear logs of function {function}", write=True) as session:
             await session.execute(delete(FunctionLogRow).where(FunctionLogRow.function == function))
 
 
-def _log_row(function: str, record: dict[str, Any]) -> FunctionLogRow:
+def _log_row(function: str, generation: int, record: dict[str, Any]) -> FunctionLogRow:
     extra = {k: v for k, v in record.items() if k not in ("time", "level", "message")}
     raw_time = record.get("time")
     try:
@@ -84,6 +112,7 @@ def _log_row(function: str, record: dict[str, Any]) -> FunctionLogRow:
         ) from None
     return FunctionLogRow(
         function=function,
+        generation=generation,
         time=when,
         level=str(record.get("level") or "info"),
         message=str(record.get("message", "")),

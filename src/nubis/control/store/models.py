@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -88,10 +89,15 @@ class FunctionRow(Base):
 
 class FunctionLogRow(Base):
     __tablename__ = "function_logs"
-    __table_args__ = (Index("ix_function_logs_function_time", "function", "time", "id"),)
+    __table_args__ = (
+        Index("ix_function_logs_function_time", "function", "time", "id"),
+        Index("ix_function_logs_function_generation", "function", "generation", "time", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     function: Mapped[str] = mapped_column(String(255), ForeignKey("functions.name", ondelete="CASCADE"))
+    #: the function's generation whose deploy wrote the record (status.logs shows the current one's)
+    generation: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     time: Mapped[float] = mapped_column(Float)
     level: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text)

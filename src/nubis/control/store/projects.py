@@ -18,6 +18,23 @@ DEFAULT_PROJECT = "default"
 DEFAULT_NAMESPACE = "nuclio"
 
 
+# Nuclio's own texts come first (clients may match them), then which project it is about.
+def project_not_found(name: str) -> NotFound:
+    return NotFound(f"Project not found: project {name!r} does not exist")
+
+
+def project_does_not_exist(name: str) -> PreconditionFailed:
+    """A function names a project that is missing (412, as Nuclio answers)."""
+    return PreconditionFailed(
+        f"Project does not exist: project {name!r} does not exist; create it first "
+        f"(POST /api/projects, or `nubis create project {name}`)"
+    )
+
+
+def project_already_exists(name: str) -> Conflict:
+    return Conflict(f"Project already exists: project {name!r} exists; pick another name or update it (PUT)")
+
+
 class ProjectsMixin(StoreBase):
     async def list_projects(self) -> list[ProjectRecord]:
         async with self._session("list projects") as session:
@@ -33,13 +50,13 @@ class ProjectsMixin(StoreBase):
         """Store a new project; `Conflict` if one with that name exists."""
         async with self._session(f"create project {record.name}", write=True) as session:
             if await session.get(ProjectRow, record.name) is not None:
-                raise Conflict("Project already exists")
+                raise project_already_exists(record.name)
             row = _project_row(record)
             try:
                 async with session.begin_nested():
                     session.add(row)
             except IntegrityError:
-                raise Conflict("Project already exists") from None
+                raise project_already_exists(record.name) from None
             return _project(row)
 
     async def upsert_project(self, record: ProjectRecord) -> ProjectRecord:
@@ -62,12 +79,14 @@ class ProjectsMixin(StoreBase):
         async with self._session(f"delete project {name}", write=True) as session:
             row = await session.get(ProjectRow, name, with_for_update=True)
             if row is None:
-                raise NotFound("Project not found")
+                raise project_not_found(name)
             count = await session.scalar(
                 select(func.count()).select_from(FunctionRow).where(FunctionRow.project == name)
             )
             if count:
-                raise PreconditionFailed("Project contains functions")
+                raise PreconditionFailed(
+                    f"Project contains functions: project {name!r} still has {count}; delete them first"
+                )
             await session.delete(row)
 
     async def ensure_default_project(self, namespace: str = DEFAULT_NAMESPACE) -> ProjectRecord:

@@ -6,10 +6,13 @@ It listens on the Unix socket `<data>/agent/agent.sock` (see `api.py`), keeps it
 `<data>/agent/desired.json` and the replicas' output under `<data>/agent/logs/`. One agent per
 data dir (`agent.lock`). When serving it prints `agent ready at <socket>` on stdout.
 
-Replicas are the agent's children, each in its own session, started with PR_SET_PDEATHSIG relative
-to the agent: the API process dying changes nothing for them; the agent dying (even SIGKILL) takes
-its replicas along, and the next agent starts them again from desired.json on the same ports.
-SIGTERM (or SIGINT) drains every replica, then the agent exits 0; desired.json is kept.
+Replicas are started by the agent, each in its own session, and outlive it, as pods outlive a
+kubelet restart: their output goes to spool files and their ready line to a pipe of its own (see
+`process.py`), so a SIGKILL of the agent changes nothing for them. The next agent adopts the
+replicas that still run from the records in desired.json and starts only what is missing. The API
+server restarts an agent that died. SIGTERM (or SIGINT) drains every replica, then the agent
+exits 0; desired.json is kept. Every request on the socket needs the agent's token
+(`agent_token.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import uvicorn
 
 from nubis import logs
 from nubis.errors import NubisError
+from nubis.platforms.local.agent_token import ensure_token
 from nubis.platforms.local.environment import ReplicaEnvironment
 from nubis.platforms.local.limits import Cgroups, ResourceLimits
 from nubis.platforms.local.logstore import FunctionLogs
@@ -80,19 +84,26 @@ class Agent:
             log.info("limits: no usable cgroup v2 (%s); memory limits use RLIMIT_AS", cgroups)
         self.environment = ReplicaEnvironment(self.dir, cgroups)
         records = self.store.load()
-        self._collect_garbage(set(records))
+        self._collect_garbage(records)
         for name, record in records.items():
             supervisor = self._supervisor(name)
-            supervisor.restore(record.desired, record.active, record.failure)
+            supervisor.restore(record.desired, record.active, record.failure, list(record.replicas))
             log.info("restoring function %s (generation %d)", name, record.desired.generation)
 
-    def _collect_garbage(self, known: set[str]) -> None:
-        """Logs and configuration files of functions no longer desired (deleted while we were down)."""
-        for parent in (self.logs_dir, self.dir / "functions"):
+    def _collect_garbage(self, records: dict[str, FunctionRecord]) -> None:
+        """Logs and configuration files of functions no longer desired (deleted while we were down),
+        and output spools no running replica writes to any more."""
+        for parent in (self.logs_dir, self.dir / "functions", self.dir / "spool"):
             if parent.is_dir():
                 for entry in parent.iterdir():
-                    if entry.name not in known:
+                    if entry.name not in records:
                         shutil.rmtree(entry, ignore_errors=True)
+        adoptable = {r["spool"] for record in records.values() for r in record.replicas}
+        spools = self.dir / "spool"
+        for path in spools.glob("*/*") if spools.is_dir() else []:
+            if str(path) not in adoptable:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     async def stop(self) -> None:
         """Drain every replica (desired.json is kept: the next agent brings them back)."""
@@ -110,7 +121,7 @@ class Agent:
 
     def save(self) -> None:
         records = {
-            name: FunctionRecord(s.desired, s.active, s.failure)
+            name: FunctionRecord(s.desired, s.active, s.failure, tuple(s.replica_records()))
             for name, s in self.functions.items()
             if s.desired is not None
         }
@@ -223,7 +234,7 @@ def run_agent(data_dir: Path, *, cgroup_root: str = "auto") -> int:
     try:
         agent = Agent(data_dir, cgroup_root=cgroup_root)
         config = uvicorn.Config(
-            create_app(agent),
+            create_app(agent, ensure_token(agent_dir(data_dir))),
             uds=str(sock),
             loop="uvloop",
             lifespan="on",

@@ -7,6 +7,8 @@
 * `GET /v1/functions/{name}/logs?follow=1&since=SECONDS`: captured output as text, lines of the
   last SECONDS seconds only when `since` is given; `follow` keeps streaming new lines.
 * `GET /healthz`.
+
+Every request carries the agent's token (`Authorization: Bearer …`, see `agent_token.py`): 401 without.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from nubis.platforms.local.agent_token import RequireToken
 from nubis.platforms.local.models import BadDeployment, PortConflict
 
 if TYPE_CHECKING:
@@ -34,7 +37,9 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(agent: Agent) -> Starlette:
+def create_app(agent: Agent, token: str) -> Starlette:
+    """The agent API; every request must carry `token` (see `agent_token.py`)."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await agent.start()
@@ -128,4 +133,6 @@ def create_app(agent: Agent) -> Starlette:
         Route("/v1/functions/{name}", delete_function, methods=["DELETE"]),
         Route("/v1/functions/{name}/logs", function_logs, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(RequireToken, token=token)
+    return app

@@ -12,6 +12,7 @@ from typing import Any, cast
 import httpx
 
 from nubis.platforms.base import DeployFailed, DeployTimeout, PlatformError
+from nubis.platforms.local.agent_token import TokenAuth
 from nubis.platforms.local.models import FunctionStateDict
 
 #: seconds a DELETE may take: replicas drain in-flight events first
@@ -38,6 +39,7 @@ class AgentClient:
         self._client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(self.socket_path)),
             base_url="http://nubis-agent",
+            auth=TokenAuth(self.socket_path.parent),
             timeout=httpx.Timeout(timeout),
             trust_env=False,
         )
@@ -107,8 +109,9 @@ class AgentClient:
     async def get(self, name: str) -> FunctionStateDict | None:
         return cast(FunctionStateDict | None, await self._json("GET", f"/v1/functions/{name}", allow_404=True))
 
-    async def list(self) -> dict[str, FunctionStateDict]:
-        return cast(dict[str, FunctionStateDict], await self._json("GET", "/v1/functions"))
+    async def list(self, timeout: float | None = None) -> dict[str, FunctionStateDict]:
+        extra: dict[str, Any] = {"timeout": httpx.Timeout(timeout)} if timeout is not None else {}
+        return cast(dict[str, FunctionStateDict], await self._json("GET", "/v1/functions", **extra))
 
     async def delete(self, name: str) -> bool:
         """Drain and stop the function's replicas; False when the agent did not know it."""

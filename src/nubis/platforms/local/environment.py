@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from nubis.platforms.local.limits import Cgroups, LimitsPlan, ResourceLimits, plan_limits
@@ -19,7 +20,7 @@ from nubis.platforms.local.models import Deployment
 
 
 class ReplicaEnvironment:
-    """What every replica of the agent shares: paths, limits mechanism, the agent's pid."""
+    """What every replica of the agent shares: paths and the limits mechanism."""
 
     def __init__(self, agent_dir: Path, cgroups: Cgroups | str | None) -> None:
         self.agent_dir = agent_dir
@@ -71,8 +72,9 @@ class ReplicaEnvironment:
             str(deployment.port),
             "--host",
             deployment.host,
-            "--parent-pid",
-            str(self.pid),
+            # the port belongs to this function of this Nubis instance (data dir): see port_owner.py
+            "--port-owner",
+            f"{self.agent_dir.parent.resolve()}:{deployment.name}",
         ]
         if plan.mechanism == "cgroup" and isinstance(self.cgroups, Cgroups):
             path = self.cgroups.create(f"{deployment.name}.{slot_name}", plan.limits)
@@ -81,8 +83,29 @@ class ReplicaEnvironment:
             argv += ["--memory-limit", str(plan.limits.memory)]
         return argv
 
+    def spool_path(self, deployment: Deployment, slot_name: str) -> Path:
+        """A new output spool for one start of a replica (see `spool.py`)."""
+        return self.agent_dir / "spool" / deployment.name / f"{slot_name}-{time.time_ns()}.out"
+
     def env(self, deployment: Deployment) -> dict[str, str]:
-        env = dict(os.environ)
+        """Only what the deployment names, plus what a process needs to run at all: the server's own
+        environment (a state URL with a password, an API token) never reaches a function."""
+        env = {key: value for key, value in os.environ.items() if inherited(key)}
         env.update(deployment.env)
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+
+#: variables of the agent's environment a replica inherits: how to find programs, whose home, the
+#: locale, the time zone and the temporary directory; nothing that configures Nubis or holds a secret
+INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"})
+#: prefixes inherited as well (locale categories) and Nubis settings the processor itself reads
+INHERITED_PREFIXES = ("LC_",)
+
+
+def inherited(key: str) -> bool:
+    return key in INHERITED or key.startswith(INHERITED_PREFIXES) or key in PROCESSOR_SETTINGS
+
+
+#: settings of the processor (not of the server) that replicas must see to behave like the agent asks
+PROCESSOR_SETTINGS = frozenset({"NUBIS_PORT_LOCK_DIR"})

@@ -21,6 +21,8 @@ from nubis.spec import Spec, parse_config
 
 #: seconds `deploy` waits beyond the readiness timeout (start-up of the processes themselves)
 WAIT_MARGIN = 30.0
+#: seconds the agent may take to list the functions' states (it answers from memory)
+STATUS_TIMEOUT = 5.0
 
 
 def desired_replicas(spec: Spec) -> int:
@@ -126,7 +128,10 @@ class LocalPlatform:
         return to_status(state) if state is not None else None
 
     async def statuses(self) -> dict[str, FunctionStatus]:
-        return {name: to_status(state) for name, state in (await self.client.list()).items()}
+        """Every function's observed state; an agent that hangs counts as unreadable after
+        `STATUS_TIMEOUT` s, as one that is gone does."""
+        listed = await self.client.list(timeout=STATUS_TIMEOUT)
+        return {name: to_status(state) for name, state in listed.items()}
 
     async def logs(self, name: str, since: float | None = None, follow: bool = False) -> AsyncIterator[str]:
         async for line in self.client.logs(name, follow=follow, since=since):

@@ -1,10 +1,14 @@
-"""One replica process as the agent sees it: started, its output captured, its exit noticed.
+"""One replica process as the agent sees it: started or adopted, its output followed, its exit noticed.
 
-The process runs in its own session (so its process group holds its zygote and workers); its
-stdout and stderr are pipes the agent reads line by line into the function's log files and into a
-short tail kept for error messages. The exit is noticed through a pidfd (polled `waitid` where
-pidfds are missing) before the process is reaped, so the agent can end the rest of its process
-group without ever signalling a reused pid.
+A replica outlives the agent that started it (as a pod outlives a kubelet restart): it runs in its
+own session, writes its stdout and stderr to a spool file (see `spool.py`) rather than to pipes the
+agent reads, and announces readiness on a pipe of its own (`--ready-fd`) that nothing else uses.
+A new agent *adopts* it from the record the previous one saved (pid, start time, spool, offset).
+
+The exit is noticed through a pidfd, which also works for an adopted replica (not our child); for
+our own children the pidfd fires before the process is reaped, so the agent can end the rest of its
+process group without signalling a reused pid. An adopted replica's exit status is unknown (its
+parent is now init), and says so.
 """
 
 from __future__ import annotations
@@ -18,13 +22,30 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypedDict
 
-#: the line a replica prints on stdout once it serves (see nubis.processor.replica)
+from nubis.platforms.local.spool import RELEASE_EVERY, SPOOL_POLL_SECONDS, Spool, open_for_replica
+
+#: the line a replica writes on its ready pipe once it serves (see nubis.processor.replica)
 READY_LINE = re.compile(r"^(?P<name>\S+) ready(?: at (?P<url>\S+))?$")
 #: lines of output kept for the message of a failed start
 TAIL_LINES = 40
-#: seconds to wait for a process's pipes to close after it exited
-PIPE_GRACE = 1.0
+#: how often an adopted replica is checked for exit where pidfds are missing (seconds)
+POLL_EXIT_SECONDS = 0.2
+
+
+class ReplicaRecordDict(TypedDict):
+    """What a later agent needs to adopt a running replica (saved in desired.json)."""
+
+    slot: str
+    generation: int
+    pid: int
+    start_time: int
+    spool: str
+    offset: int
+    state: str
+    url: str | None
 
 
 def describe_exit(code: int | None) -> str:
@@ -39,8 +60,26 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def process_start_time(pid: int) -> int | None:
+    """The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), None if gone.
+
+    A pid together with its start time names one process for good: pids are reused, start times
+    of live processes with the same pid are not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        state, start = fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+    return None if state in (b"Z", b"X") else start
+
+
 class ReplicaProcess:
-    """A started replica: `ready` once its ready line came, `exited` once it ended (and was reaped)."""
+    """A replica: `ready` once its ready line came, `exited` once it ended (and, ours, was reaped)."""
 
     def __init__(
         self,
@@ -49,14 +88,21 @@ class ReplicaProcess:
         *,
         env: dict[str, str],
         cwd: str,
+        spool: Path,
         on_output: Callable[[str], None],
+        on_progress: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self.argv = argv
         self.env = env
         self.cwd = cwd
+        self.spool = Spool(spool)
         self.on_output = on_output
+        self.on_progress = on_progress
         self.popen: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self.start_time: int | None = None
+        self.adopted = False
         self.returncode: int | None = None
         self.started_at = 0.0
         self.ready_at: float | None = None
@@ -64,91 +110,154 @@ class ReplicaProcess:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.ready = asyncio.Event()
         self.exited = asyncio.Event()
-        self._buffers: dict[int, bytes] = {}
-        self._open_pipes: set[int] = set()
-        self._pipes_closed = asyncio.Event()
+        self._ready_fd = -1
+        self._ready_buffer = b""
         self._pidfd: int | None = None
-        self._stdout_fd = -1
-        self._watch: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None else None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         """Spawn the process (raises OSError when it cannot be started at all)."""
-        loop = asyncio.get_running_loop()
         self.started_at = time.time()
-        self.popen = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self.env,
-            cwd=self.cwd,
-            start_new_session=True,
-        )
-        assert self.popen.stdout is not None
-        self._stdout_fd = self.popen.stdout.fileno()
-        for stream in (self.popen.stdout, self.popen.stderr):
-            assert stream is not None
-            fd = stream.fileno()
-            os.set_blocking(fd, False)
-            self._buffers[fd] = b""
-            self._open_pipes.add(fd)
-            loop.add_reader(fd, self._on_readable, fd)
+        output = open_for_replica(self.spool.path)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            self._pidfd = os.pidfd_open(self.popen.pid)
+            self.popen = subprocess.Popen(
+                [*self.argv, "--ready-fd", str(write_end)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+                pass_fds=(write_end,),
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(output)
+            os.close(write_end)
+        self.pid = self.popen.pid
+        self.start_time = process_start_time(self.pid)
+        self._ready_fd = read_end
+        os.set_blocking(read_end, False)
+        asyncio.get_running_loop().add_reader(read_end, self._on_ready_pipe)
+        self._open_pidfd()
+        self._start_tasks()
+
+    @classmethod
+    def adopt(
+        cls,
+        name: str,
+        record: ReplicaRecordDict,
+        *,
+        on_output: Callable[[str], None],
+        on_progress: Callable[[], None] = lambda: None,
+    ) -> ReplicaProcess | None:
+        """The replica `record` describes, if that very process still runs (else None)."""
+        pid, start_time = record["pid"], record["start_time"]
+        if process_start_time(pid) != start_time:
+            return None
+        process = cls(
+            name, [], env={}, cwd="", spool=Path(record["spool"]), on_output=on_output, on_progress=on_progress
+        )
+        process.spool = Spool(Path(record["spool"]), record["offset"])
+        process.pid, process.start_time, process.adopted = pid, start_time, True
+        process.started_at = time.time()
+        process._open_pidfd()
+        if process_start_time(pid) != start_time:  # it ended (and its pid was reused) just now
+            process._close_pidfd()
+            return None
+        if record["state"] in ("ready", "draining"):
+            process.url = record.get("url")
+            process.ready_at = time.time()
+            process.ready.set()
+        process._start_tasks()
+        return process
+
+    def record(self, slot: str, generation: int, state: str) -> ReplicaRecordDict | None:
+        """What a later agent needs to adopt this replica; None once it ended."""
+        if self.pid is None or self.start_time is None or self.exited.is_set():
+            return None
+        self.spool.saved_offset = self.spool.offset
+        return {
+            "slot": slot,
+            "generation": generation,
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "spool": str(self.spool.path),
+            "offset": self.spool.offset,
+            "state": state,
+            "url": self.url,
+        }
+
+    def _open_pidfd(self) -> None:
+        assert self.pid is not None
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
             self._pidfd = None
-        self._watch = asyncio.ensure_future(self._watch_exit())
 
-    # -- output -------------------------------------------------------------------------------------
-    def _on_readable(self, fd: int) -> None:
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pidfd)
+            self._pidfd = None
+
+    def _start_tasks(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._follow()), asyncio.ensure_future(self._watch_exit())]
+
+    # -- readiness and output -----------------------------------------------------------------------
+    def _on_ready_pipe(self) -> None:
         try:
-            data = os.read(fd, 65536)
+            data = os.read(self._ready_fd, 4096)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
-            self._close_pipe(fd)
+            self._close_ready_pipe()
             return
-        buffer = self._buffers[fd] + data
-        *lines, rest = buffer.split(b"\n")
-        if len(rest) > 65536:  # a very long line without newline: store it in pieces
-            lines.append(rest)
-            rest = b""
-        self._buffers[fd] = rest
+        self._ready_buffer += data
+        *lines, self._ready_buffer = self._ready_buffer.split(b"\n")
         for raw in lines:
-            self._line(raw.decode("utf-8", "replace").rstrip("\r"), fd == self._stdout_fd)
-
-    def _line(self, text: str, is_stdout: bool) -> None:
-        self.tail.append(text)
-        with contextlib.suppress(Exception):  # logging must never break supervision
-            self.on_output(text)
-        if is_stdout and not self.ready.is_set():
+            text = raw.decode("utf-8", "replace").strip()
             match = READY_LINE.match(text)
-            if match:
+            if match and not self.ready.is_set():
                 self.url = match["url"]
                 self.ready_at = time.time()
                 self.ready.set()
+                with contextlib.suppress(Exception):
+                    self.on_output(text)  # in the function's logs too, as `nubis run` prints it
+        if len(self._ready_buffer) > 4096:
+            self._close_ready_pipe()
 
-    def _close_pipe(self, fd: int) -> None:
-        if fd not in self._open_pipes:
-            return
-        self._open_pipes.discard(fd)
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(fd)
-        rest = self._buffers.pop(fd, b"")
-        if rest:
-            self._line(rest.decode("utf-8", "replace"), fd == self._stdout_fd)
-        if not self._open_pipes:
-            self._pipes_closed.set()
+    def _close_ready_pipe(self) -> None:
+        if self._ready_fd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._ready_fd)
+            with contextlib.suppress(OSError):
+                os.close(self._ready_fd)
+            self._ready_fd = -1
+
+    def _drain_spool(self, final: bool = False) -> None:
+        for text in self.spool.read_lines(final=final):
+            self.tail.append(text)
+            with contextlib.suppress(Exception):  # logging must never break supervision
+                self.on_output(text)
+
+    async def _follow(self) -> None:
+        while not self.exited.is_set():
+            self._drain_spool()
+            if self.spool.unsaved >= RELEASE_EVERY:
+                with contextlib.suppress(Exception):
+                    self.on_progress()
+            self.spool.release()
+            await asyncio.sleep(SPOOL_POLL_SECONDS)
 
     # -- exit ---------------------------------------------------------------------------------------
-    async def _wait_exit_unreaped(self) -> None:
-        assert self.popen is not None
+    async def _wait_exit(self) -> None:
+        assert self.pid is not None
         if self._pidfd is not None:
             loop = asyncio.get_running_loop()
             readable: asyncio.Future[None] = loop.create_future()
@@ -164,48 +273,60 @@ class ReplicaProcess:
                 loop.remove_reader(self._pidfd)
             return
         while True:
-            try:
-                result = os.waitid(os.P_PID, self.popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
+            if self.popen is not None:
+                try:
+                    if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                        return
+                except ChildProcessError:
+                    return
+            elif process_start_time(self.pid) != self.start_time:
                 return
-            if result is not None:
-                return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(POLL_EXIT_SECONDS)
 
     async def _watch_exit(self) -> None:
-        assert self.popen is not None
         try:
-            await self._wait_exit_unreaped()
-            # still a zombie: its pid (and process group id) cannot have been reused yet
+            await self._wait_exit()
+            # our child is still a zombie: its pid (and process group id) cannot have been reused yet;
+            # an adopted one's group lives on as long as any member does (Linux keeps the id in use)
             self._kill_group()
-            self.returncode = self.popen.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._pipes_closed.wait(), PIPE_GRACE)
+            if self.popen is not None:
+                self.returncode = self.popen.wait()
+            # the pipe closes with the replica, or with the last worker that inherited it
+            self._close_ready_pipe()
         finally:
-            for fd in list(self._open_pipes):
-                self._close_pipe(fd)
-            for stream in (self.popen.stdout, self.popen.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-            if self._pidfd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(self._pidfd)
-                self._pidfd = None
-            if self.returncode is None:
+            self._drain_spool(final=True)
+            self.spool.remove()
+            self._close_pidfd()
+            self._close_ready_pipe()
+            if self.returncode is None and self.popen is not None:
                 self.returncode = self.popen.poll()
             self.exited.set()
+            follow = self._tasks[0] if self._tasks else None
+            if follow is not None:
+                follow.cancel()
+
+    def exit_reason(self) -> str:
+        if self.adopted and self.returncode is None:
+            return "ended (exit status unknown: it was started by an earlier agent)"
+        return describe_exit(self.returncode)
+
+    def _signal(self, signum: int) -> None:
+        if self.exited.is_set() or self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            else:
+                os.kill(self.pid, signum)
 
     def _kill_group(self) -> None:
-        if self.popen is not None and self.returncode is None:
+        if self.pid is not None and self.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
 
     # -- control ------------------------------------------------------------------------------------
     def send_signal(self, signum: int) -> None:
-        if self.popen is not None and self.returncode is None and not self.exited.is_set():
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signum)
+        self._signal(signum)
 
     async def wait_ready(self, timeout: float) -> bool:
         """True once the ready line came; False when the process exited or `timeout` passed first."""
@@ -220,18 +341,22 @@ class ReplicaProcess:
 
     async def stop(self, timeout: float) -> int | None:
         """SIGTERM (the replica drains), then SIGKILL of its whole group after `timeout` s."""
-        if self.popen is None:
+        if self.pid is None:
             return None
         self.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.exited.wait(), timeout)
         except TimeoutError:
-            self._kill_group()
+            self.kill()
             await self.exited.wait()
         return self.returncode
 
     def kill(self) -> None:
-        self._kill_group()
+        if self.exited.is_set():
+            return
+        self._signal(signal.SIGKILL)
+        if not self.adopted:
+            self._kill_group()
 
     def output_tail(self, lines: int = TAIL_LINES) -> str:
         return "\n".join(list(self.tail)[-lines:])

@@ -19,7 +19,7 @@ from nubis.platforms.local.environment import ReplicaEnvironment
 from nubis.platforms.local.limits import Cgroups, LimitsPlan
 from nubis.platforms.local.logstore import FunctionLogs
 from nubis.platforms.local.models import EventDict
-from nubis.platforms.local.process import ReplicaProcess, describe_exit
+from nubis.platforms.local.process import ReplicaProcess
 from nubis.platforms.local.slots import (
     BACKOFF_WINDOW,
     CRASH_LOOP_START_FAILURES,
@@ -72,11 +72,14 @@ class ReplicaSet:
             self.environment.argv(deployment, slot.name, plan),
             env=self.environment.env(deployment),
             cwd=deployment.function_dir,
+            spool=self.environment.spool_path(deployment, slot.name),
             on_output=lambda text: self.logs.append(slot.name, text),
+            on_progress=self.on_change,
         )
         process.start()
         slot.process = process
         slot.state = "starting"
+        self.on_change()
         return process
 
     # -- supervision of the serving generation ------------------------------------------------------
@@ -99,6 +102,7 @@ class ReplicaSet:
                         slot.state = "ready"
                         slot.start_failures = 0
                         self._check_health()
+                        self.on_change()
                     else:
                         process.kill()
                         await process.exited.wait()
@@ -118,7 +122,7 @@ class ReplicaSet:
             await asyncio.sleep(delay)
 
     def _record_exit(self, slot: Slot, process: ReplicaProcess, *, before_ready: bool) -> None:
-        reason = describe_exit(process.returncode)
+        reason = process.exit_reason()
         if before_ready:
             reason += " before it was ready"
         slot.last_exit = {"time": now_ms(), "code": process.returncode, "reason": reason}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from nubis.platforms.local.environment import ReplicaEnvironment
 from nubis.platforms.local.logstore import FunctionLogs
 from nubis.platforms.local.models import Deployment
-from nubis.platforms.local.process import describe_exit
+from nubis.platforms.local.process import ReplicaProcess, ReplicaRecordDict
 from nubis.platforms.local.replicas import ReplicaSet
 from nubis.platforms.local.slots import Slot, generation_of, slot_names
 
@@ -68,15 +68,75 @@ class Rollouts(ReplicaSet):
             self._start_rollout([deployment])
             self.on_change()
 
-    def restore(self, desired: Deployment, active: Deployment | None, failure: str | None) -> None:
-        """Bring back what a previous agent ran: the serving generation, then a rollout left unfinished."""
+    def restore(
+        self,
+        desired: Deployment,
+        active: Deployment | None,
+        failure: str | None,
+        replicas: list[ReplicaRecordDict] | None = None,
+    ) -> None:
+        """Bring back what a previous agent ran: adopt its replicas that still run (the serving
+        generation keeps serving through an agent restart), start what is missing, then finish a
+        rollout that was under way."""
         self.desired = desired
+        serving = self._adopt(active, replicas or [])
+        if serving:
+            assert active is not None
+            self.active = active
+            self.failure = failure
+            self.slots = serving
+            missing = active.replicas - len(serving)
+            for name in self._slot_names(active.generation, max(0, missing)):
+                self.slots.append(Slot(name, active.generation, active))
+            for slot in self.slots:
+                slot.task = asyncio.ensure_future(self._supervise(slot))
+            self.event(
+                "info",
+                f"adopted {len(serving)} running replica(s) of generation {active.generation} "
+                f"from the previous agent" + (f"; starting {missing} more" if missing > 0 else ""),
+            )
+            if failure is None and active != desired:
+                self._start_rollout([desired])
+            self.on_change()
+            return
         targets = [active] if active is not None else []
         if failure is None and (active is None or active != desired):
             targets.append(desired)
         if not targets:
             targets = [desired]
         self._start_rollout(targets, failure=failure if active is not None else None)
+
+    def _adopt(self, active: Deployment | None, records: list[ReplicaRecordDict]) -> list[Slot]:
+        """Adopt the replicas of `records` that still run: ready ones of the active generation serve
+        on (up to its replica count), others drain; those that were still starting are stopped."""
+        serving: list[Slot] = []
+        for record in records:
+            slot_name = record["slot"]
+            process = ReplicaProcess.adopt(
+                slot_name,
+                record,
+                on_output=lambda text, name=slot_name: self.logs.append(name, text),  # type: ignore[misc]
+                on_progress=self.on_change,
+            )
+            if process is None:
+                continue
+            deployment = active if active is not None else self.desired
+            assert deployment is not None
+            slot = Slot(slot_name, record["generation"], deployment, process=process, state="ready")
+            keep = (
+                record["state"] == "ready"
+                and active is not None
+                and record["generation"] == active.generation
+                and len(serving) < active.replicas
+            )
+            if keep:
+                serving.append(slot)
+            elif record["state"] in ("ready", "draining"):
+                self._drain([slot])
+            else:
+                process.kill()
+                self.event("info", f"replica {slot_name} was still starting when the agent stopped; restarting it")
+        return serving
 
     def _start_rollout(self, targets: list[Deployment], failure: str | None = None) -> None:
         self._rollout_target = targets[-1]
@@ -168,7 +228,7 @@ class Rollouts(ReplicaSet):
         process = slot.process
         assert process is not None
         if process.exited.is_set():
-            what = f"{describe_exit(process.returncode)} before it was ready"
+            what = f"{process.exit_reason()} before it was ready"
         else:
             what = f"was not ready within {timeout:g} s (readinessTimeoutSeconds)"
         tail = process.output_tail()

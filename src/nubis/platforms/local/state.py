@@ -1,8 +1,9 @@
 """The agent's desired state on disk (`<data>/agent/desired.json`), written atomically.
 
-Per function: `desired` (the last PUT), `active` (the generation that serves, if any) and
-`failure` (why the last rollout failed, if it did). A restarted agent starts `active` again, then
-finishes a rollout of `desired` that was under way when it stopped.
+Per function: `desired` (the last PUT), `active` (the generation that serves, if any), `failure`
+(why the last rollout failed, if it did) and `replicas` (the processes that run, with what it takes
+to adopt them). A restarted agent adopts the replicas that still run, starts what is missing of
+`active`, then finishes a rollout of `desired` that was under way when it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nubis.platforms.local.models import BadDeployment, Deployment
+from nubis.platforms.local.process import ReplicaRecordDict
 
 log = logging.getLogger("nubis.agent")
 
@@ -27,12 +29,15 @@ class FunctionRecord:
     desired: Deployment
     active: Deployment | None
     failure: str | None
+    #: replicas that run, for the next agent to adopt
+    replicas: tuple[ReplicaRecordDict, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "desired": self.desired.to_json(),
             "active": self.active.to_json() if self.active is not None else None,
             "failure": self.failure,
+            "replicas": list(self.replicas),
         }
 
 
@@ -91,7 +96,16 @@ class DesiredStore:
                 active_data = entry.get("active")
                 active = Deployment.from_json(name, active_data, check_paths=False) if active_data is not None else None
                 failure = entry.get("failure")
-                records[name] = FunctionRecord(desired, active, failure if isinstance(failure, str) else None)
+                replicas = tuple(r for r in entry.get("replicas") or [] if _is_replica_record(r))
+                records[name] = FunctionRecord(desired, active, failure if isinstance(failure, str) else None, replicas)
             except BadDeployment as exc:
                 log.error("%s: function %r left out: %s", self.path, name, exc)
         return records
+
+
+def _is_replica_record(data: Any) -> bool:
+    """A saved replica record with every field of the right type (anything else is ignored)."""
+    if not isinstance(data, dict):
+        return False
+    types = {"slot": str, "generation": int, "pid": int, "start_time": int, "spool": str, "offset": int, "state": str}
+    return all(isinstance(data.get(key), kind) for key, kind in types.items())

@@ -19,8 +19,10 @@ import asyncio
 
 from nubis.platforms.local.limits import LimitsPlan, ResourceLimits
 from nubis.platforms.local.models import DrainingDict, FunctionStateDict, FunctionStateName
+from nubis.platforms.local.process import ReplicaRecordDict
 from nubis.platforms.local.replicas import UNHEALTHY_MESSAGE
 from nubis.platforms.local.rollout import Rollouts
+from nubis.platforms.local.slots import Slot
 
 
 class FunctionSupervisor(Rollouts):
@@ -35,6 +37,25 @@ class FunctionSupervisor(Rollouts):
             if self._drains:
                 await asyncio.gather(*list(self._drains), return_exceptions=True)
             self.logs.close()
+
+    def replica_records(self) -> list[ReplicaRecordDict]:
+        """The running replicas, for a later agent to adopt (see `ReplicaProcess.adopt`)."""
+        records: list[ReplicaRecordDict] = []
+        groups: list[tuple[list[Slot], str | None]] = [
+            (self.slots, None),
+            (self.pending, "starting"),
+            (self.draining, "draining"),
+        ]
+        for slots, state in groups:
+            for slot in slots:
+                if slot.process is None:
+                    continue
+                record = slot.process.record(
+                    slot.name, slot.generation, state or ("ready" if slot.state == "ready" else "starting")
+                )
+                if record is not None:
+                    records.append(record)
+        return records
 
     # -- observed state -----------------------------------------------------------------------------
     def state(self) -> FunctionStateName:

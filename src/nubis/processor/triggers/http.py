@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
 from typing import Any
 
 from nubis.errors import ProcessorError
+from nubis.processor import port_owner
 from nubis.processor.events import Response
 from nubis.processor.triggers.base import Submitter
 from nubis.processor.triggers.http_config import HttpTriggerConfig
+from nubis.processor.triggers.http_limits import RefusalLog
 from nubis.processor.triggers.http_protocol import HttpConnection
 
 log = logging.getLogger("nubis.processor")
@@ -22,19 +25,29 @@ class HttpTrigger:
     kind = "http"
 
     def __init__(
-        self, name: str, config: HttpTriggerConfig, log_level: int = logging.INFO, reuse_port: bool = False
+        self,
+        name: str,
+        config: HttpTriggerConfig,
+        log_level: int = logging.INFO,
+        reuse_port: bool = False,
+        owner: port_owner.PortOwner | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self.log_level = log_level
         #: SO_REUSEPORT: several replicas of one function listen on the same port
         self.reuse_port = reuse_port
+        #: who the port belongs to when shared: only replicas of the same owner may bind it too
+        self.owner = owner or port_owner.PortOwner.anonymous()
+        self._claim: port_owner.PortClaim | None = None
         self.pool: Submitter
         self.connections: set[HttpConnection] = set()
         self.draining = False
         self.port = config.port
         self._server: asyncio.AbstractServer | None = None
         self._handoffs: set[asyncio.Future[Any]] = set()
+        #: connections refused over attributes.maxConnections, logged as one line per interval
+        self.refusals = RefusalLog(log, self._describe_refusals)
         cors = config.cors
         self._cors_methods = ", ".join(cors.allow_methods)
         self._cors_headers = ", ".join(cors.allow_headers)
@@ -42,6 +55,7 @@ class HttpTrigger:
     async def start(self, pool: Submitter) -> None:
         self.pool = pool
         loop = asyncio.get_running_loop()
+        self._claim_port()
         try:
             self._server = await loop.create_server(
                 lambda: HttpConnection(self),
@@ -52,14 +66,33 @@ class HttpTrigger:
                 reuse_port=self.reuse_port or None,
             )
         except OSError as exc:
+            self._release_port()
+            note = port_owner.in_use_note(self.config.port) if exc.errno == errno.EADDRINUSE else ""
             raise ProcessorError(
                 f"HTTP trigger {self.name!r} cannot listen on {self.config.host}:{self.config.port}: "
-                f"{exc.strerror or exc}. Pick another port (--port, or attributes.port)"
+                f"{exc.strerror or exc}{note}. Pick another port (--port, or attributes.port)"
             ) from exc
         sock: socket.socket = self._server.sockets[0]
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = sock.getsockname()[1]
+
+    def _claim_port(self) -> None:
+        """Shared ports belong to one function's replicas: claim it before binding (port_owner.py)."""
+        if not self.reuse_port or not self.config.port:
+            return
+        try:
+            self._claim = port_owner.claim_port(self.config.port, self.config.host, self.owner)
+        except ProcessorError as exc:
+            raise ProcessorError(
+                f"HTTP trigger {self.name!r} cannot listen on {self.config.host}:{self.config.port}: {exc.message}"
+            ) from None
+
+    def _release_port(self) -> None:
+        """Once this replica stops listening, the port may go to another function at once."""
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     @property
     def url(self) -> str:
@@ -101,6 +134,7 @@ class HttpTrigger:
                     self._handoffs.add(task)
                     task.add_done_callback(self._handoffs.discard)
         self._server.close()
+        self._release_port()
 
     @property
     def open_connections(self) -> int:
@@ -111,10 +145,20 @@ class HttpTrigger:
         self.draining = True
         if self._server is not None:
             self._server.close()
+        self._release_port()
         for conn in list(self.connections):
             conn.close_if_idle()
 
+    def _describe_refusals(self, count: int) -> str:
+        return (
+            f"http trigger {self.name!r} refused {count} new connection{'' if count == 1 else 's'}: "
+            f"{self.config.limits.max_connections} connections were open, its maxConnections "
+            f"(at most one such line per {self.refusals.interval:g} s). "
+            "Raise attributes.maxConnections, or run more replicas"
+        )
+
     async def close(self) -> None:
+        self.refusals.close()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
@@ -165,4 +209,5 @@ def create(*, name: str, trigger: Any, field: str, options: Any) -> HttpTrigger:
         config.port = options.port
     if options.host is not None:
         config.host = options.host
-    return HttpTrigger(name, config, options.log_level, reuse_port=getattr(options, "reuse_port", False))
+    owner = port_owner.PortOwner.parse(options.port_owner) if getattr(options, "port_owner", None) else None
+    return HttpTrigger(name, config, options.log_level, reuse_port=getattr(options, "reuse_port", False), owner=owner)

@@ -6,6 +6,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nubis.errors import SpecError
+from nubis.processor.triggers.http_limits import (
+    DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_URL_BYTES,
+    HttpLimits,
+)
+from nubis.spec.durations import parse_duration
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_REQUEST_BODY_SIZE = 4 * 1024 * 1024
@@ -30,6 +40,45 @@ def _int(attrs: dict[str, Any], key: str, default: int, where: str) -> int:
         return int(value)
     except ValueError:
         raise SpecError("must be an integer", field=f"{where}.{key}", expected="an integer", found=value) from None
+
+
+def _positive(attrs: dict[str, Any], key: str, default: int, where: str, unit: str) -> int:
+    value = _int(attrs, key, default, where)
+    if value <= 0:
+        raise SpecError(
+            "must be positive", field=f"{where}.{key}", expected=f"a positive number of {unit}", found=value
+        )
+    return value
+
+
+def _timeout(attrs: dict[str, Any], key: str, default: float, where: str) -> float | None:
+    """A Go duration in seconds; "0" turns the timeout off (None), as a zero timeout does in Go."""
+    raw = attrs.get(key.lower())
+    seconds = parse_duration(raw, field=f"{where}.{key}") if raw is not None else None
+    if seconds is None:
+        return default
+    if seconds < 0:
+        raise SpecError(
+            "must not be negative",
+            field=f"{where}.{key}",
+            expected="a duration such as '10s', or '0' for none",
+            found=raw,
+        )
+    return seconds or None
+
+
+def _limits(attrs: dict[str, Any], where: str) -> HttpLimits:
+    # Nuclio bounds a request head by the trigger's read buffer: `readBufferSize` means the same
+    # here unless `maxHeaderBytes` is given.
+    head_key = "readBufferSize" if "readbuffersize" in attrs and "maxheaderbytes" not in attrs else "maxHeaderBytes"
+    return HttpLimits(
+        max_header_count=_positive(attrs, "maxHeaderCount", DEFAULT_MAX_HEADER_COUNT, where, "headers"),
+        max_header_bytes=_positive(attrs, head_key, DEFAULT_MAX_HEADER_BYTES, where, "bytes"),
+        max_url_bytes=_positive(attrs, "maxUrlBytes", DEFAULT_MAX_URL_BYTES, where, "bytes"),
+        header_read_timeout=_timeout(attrs, "headerReadTimeout", DEFAULT_HEADER_READ_TIMEOUT, where),
+        idle_timeout=_timeout(attrs, "idleTimeout", DEFAULT_IDLE_TIMEOUT, where),
+        max_connections=_positive(attrs, "maxConnections", DEFAULT_MAX_CONNECTIONS, where, "connections"),
+    )
 
 
 @dataclass
@@ -79,6 +128,7 @@ class HttpTriggerConfig:
     max_request_body_size: int = DEFAULT_MAX_REQUEST_BODY_SIZE
     max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS
     cors: CorsConfig = field(default_factory=CorsConfig)
+    limits: HttpLimits = field(default_factory=HttpLimits)
 
     @classmethod
     def from_attributes(cls, raw: Any, where: str) -> HttpTriggerConfig:
@@ -97,6 +147,7 @@ class HttpTriggerConfig:
             max_request_body_size=_int(attrs, "maxRequestBodySize", DEFAULT_MAX_REQUEST_BODY_SIZE, where),
             max_queued_events=_int(attrs, "maxQueuedEvents", DEFAULT_MAX_QUEUED_EVENTS, where),
             cors=CorsConfig.from_attributes(attrs.get("cors"), f"{where}.cors"),
+            limits=_limits(attrs, where),
         )
         if not 0 <= config.port <= 65535:
             raise SpecError("is not a TCP port", field=f"{where}.port", expected="0..65535", found=config.port)

@@ -3,12 +3,20 @@
 Responses are written in request order (pipelining): each request gets a slot in `slots`, and a
 slot's bytes go out only once every slot before it is complete. Streamed bodies (chunked) flow out
 as they arrive when their slot is at the front.
+
+The trigger's `HttpLimits` are enforced here at little cost per request: a request pays a few
+attribute updates, no clock reading and no timer. The bytes of a head are counted as they arrive,
+until the head is complete. Each connection has one timer, which ticks TICKS_PER_TIMEOUT times per
+(shortest) timeout and counts the ticks spent in the same phase (reading a head, idle); a request
+only resets the count. So a head or idle timeout T cuts a connection after more than T and at most
+1.25 T, which is all a protection against clients that hold connections needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import deque
 from email.utils import formatdate
@@ -21,6 +29,15 @@ import httptools
 from nubis.logs import LEVELS
 from nubis.processor.events import Response, Submission, error_response
 from nubis.processor.ids import new_event_id
+from nubis.processor.triggers.http_limits import (
+    HeadRejected,
+    exact_head_size,
+    head_timed_out,
+    head_too_large,
+    linger,
+    too_many_headers,
+    url_too_long,
+)
 
 if TYPE_CHECKING:
     from nubis.processor.triggers.http import HttpTrigger
@@ -32,6 +49,10 @@ _CANONICAL: dict[bytes, str] = {}
 _METHODS: dict[bytes, str] = {}
 _STATUS_LINES: dict[int, bytes] = {}
 _date = [0, b""]
+#: A connection's phase: reading a head (or waiting for the first one), serving, idle keep-alive.
+_HEAD, _BUSY, _IDLE = 0, 1, 2
+#: How often a connection's timer ticks during its shortest timeout.
+TICKS_PER_TIMEOUT = 4
 
 
 def canonical_header(raw: bytes) -> str:
@@ -148,6 +169,29 @@ class HttpConnection(asyncio.Protocol):
         self.trigger = trigger
         self.config = trigger.config
         self.parser = httptools.HttpRequestParser(self)
+        self.loop = asyncio.get_running_loop()
+        limits = self.limits = trigger.config.limits
+        self.max_header_count = limits.max_header_count
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_url_bytes = limits.max_url_bytes
+        head_timeout = limits.header_read_timeout or math.inf
+        idle_timeout = limits.idle_timeout or math.inf
+        #: seconds between two ticks of the connection's timer; inf when there is no timeout
+        self.step = min(head_timeout, idle_timeout) / TICKS_PER_TIMEOUT
+        self.head_ticks = _ticks(head_timeout, self.step)
+        self.idle_ticks = _ticks(idle_timeout, self.step)
+        self.phase = _HEAD
+        #: ticks seen in the current phase
+        self.ticks = 0
+        self.timer: asyncio.TimerHandle | None = None
+        #: bytes arriving now belong to a head (from the end of a message to the end of the next head)
+        self.reading_head = True
+        #: a head has begun and is not complete
+        self.in_head = False
+        #: bytes received since `reading_head` began; never more than the head's size
+        self.head_bytes = 0
+        #: an error was answered: close after the answer, without a reset
+        self.failed = False
         self.transport: asyncio.Transport | None = None
         self.slots: deque[Slot] = deque()
         self.url = b""
@@ -160,24 +204,88 @@ class HttpConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
-        self.trigger.connections.add(self)
+        trigger = self.trigger
+        if len(trigger.connections) >= self.limits.max_connections:
+            trigger.refusals.refused()
+            self.reading_head = False
+            response = _refused_response(self.limits.max_connections)
+            transport.write(self.encode_head(response, Slot(self, False, False, None)) + response.body)  # type: ignore[attr-defined]
+            # No lingering here: a flood of refused connections must not hold descriptors.
+            transport.close()
+            self.closed = True
+            return
+        trigger.connections.add(self)
+        if self.step != math.inf:
+            self.timer = self.loop.call_later(self.step, self._tick)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.trigger.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def data_received(self, data: bytes) -> None:
+        if self.reading_head:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            rejected = exc.__context__
+            if isinstance(rejected, HeadRejected):
+                self._fail(rejected.status, rejected.message)
+            else:
+                self._fail(400, f"malformed HTTP request: {exc}")
+            return
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as exc:
             self._fail(400, f"malformed HTTP request: {exc}")
+            return
+        # A head still incomplete at the end of what arrived: everything counted is head. The
+        # parser keeps a partial header in memory, so this is what bounds it.
+        if self.reading_head and self.head_bytes > self.max_header_bytes:
+            self._fail(431, head_too_large(self.limits, _SETTING_HEAD).message)
 
     def _fail(self, status: int, message: str) -> None:
+        """Answer an error in turn and close; the parser cannot go on, so nothing more is read."""
+        self.reading_head = False
+        self.phase = _BUSY
+        self.failed = True
+        # A fresh parser: the failed one may hold up to one read of a header until the connection
+        # closes, and many connections failing at once would add up.
+        self.parser = httptools.HttpRequestParser(self)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
         slot = Slot(self, False, False, None)
         self.slots.append(slot)
         slot.respond(error_response(status, message))
+
+    def _tick(self) -> None:
+        """The connection's timer: cuts a head or an idle time that has run out, else ticks on."""
+        self.timer = None
+        if self.closed:
+            return
+        phase = self.phase
+        if phase != _BUSY:
+            self.ticks += 1
+            if self.ticks >= (self.head_ticks if phase == _HEAD else self.idle_ticks):
+                if phase == _HEAD and self.in_head:
+                    self._fail(408, head_timed_out(self.limits, _SETTING_HEAD_TIMEOUT).message)
+                elif self.transport is not None:
+                    # Nothing of a request has come: close without an answer, which the client
+                    # could take for the answer to a request it is sending right now.
+                    self.closed = True
+                    self.transport.close()
+                return
+        self.timer = self.loop.call_later(self.step, self._tick)
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = linger(transport, self)
 
     # -- httptools callbacks -------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -186,14 +294,37 @@ class HttpConnection(asyncio.Protocol):
         self.body = []
         self.body_size = 0
         self.too_large = False
+        self.in_head = True
+        if self.phase != _HEAD:  # the first head's time runs from the connection's start
+            self.phase = _HEAD
+            self.ticks = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.max_url_bytes:
+            raise url_too_long(self.limits, _SETTING_URL)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > self.max_header_count:
+            raise too_many_headers(self.limits, _SETTING_COUNT)
+
+    # The head ends at the first piece of its body, or with its message: no on_headers_complete,
+    # which would cost a callback per request.
+    def _head_complete(self) -> None:
+        # More counted than allowed: the count may include a body or a next request that came
+        # with the head, so measure the head itself.
+        if self.head_bytes > self.max_header_bytes and exact_head_size(self.url, self.headers) > self.max_header_bytes:
+            raise head_too_large(self.limits, _SETTING_HEAD)
+        self.reading_head = False
+        self.in_head = False
+        self.head_bytes = 0
+        self.phase = _BUSY
 
     def on_body(self, body: bytes) -> None:
+        if self.reading_head:
+            self._head_complete()
         self.body_size += len(body)
         if self.body_size > self.config.max_request_body_size:
             self.too_large = True
@@ -202,6 +333,9 @@ class HttpConnection(asyncio.Protocol):
             self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.in_head:  # no body
+            self._head_complete()
+        self.reading_head = True
         parser = self.parser
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method)
@@ -306,10 +440,39 @@ class HttpConnection(asyncio.Protocol):
                 self.closed = True
                 return
             if not slot.keep_alive:
-                transport.close()
+                if self.failed:
+                    self._linger(transport)
+                else:
+                    transport.close()
                 self.closed = True
                 return
+        if self.phase == _BUSY and self.reading_head:
+            # every answer is out and no request is under way: the connection is idle
+            self.phase = _IDLE
+            self.ticks = 0
 
     def close_if_idle(self) -> None:
         if not self.slots and self.transport is not None:
             self.transport.close()
+
+
+_SETTING_COUNT = "attributes.maxHeaderCount"
+_SETTING_HEAD = "attributes.maxHeaderBytes"
+_SETTING_URL = "attributes.maxUrlBytes"
+_SETTING_HEAD_TIMEOUT = "attributes.headerReadTimeout"
+
+
+def _ticks(timeout: float, step: float) -> float:
+    """Ticks of `step` s after which `timeout` s have surely passed in a phase: the phase may have
+    begun just before a tick, hence one more (inf for no timeout)."""
+    if timeout == math.inf:
+        return math.inf
+    return math.ceil(timeout / step - 1e-9) + 1
+
+
+def _refused_response(max_connections: int) -> Response:
+    return error_response(
+        503,
+        f"the function already has {max_connections} open connections, its HTTP trigger's maxConnections; retry later",
+        {"Retry-After": "1"},
+    )

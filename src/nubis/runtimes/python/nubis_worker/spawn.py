@@ -10,10 +10,10 @@ import argparse
 import signal
 import socket
 import sys
-import traceback
 
 from nubis_worker import framing
 from nubis_worker.loader import load_handler
+from nubis_worker.tracebacks import user_traceback
 from nubis_worker.worker import run_worker, set_parent_death_signal
 
 
@@ -34,7 +34,7 @@ def main(argv=None):  # type: ignore[no-untyped-def]
         module, handler = load_handler(args.handler, args.function_dir)
     except BaseException as exc:
         sock = socket.socket(fileno=args.event_fd)
-        sock.sendall(framing.pack({"t": "fail", "msg": str(exc), "tb": traceback.format_exc()}))
+        sock.sendall(framing.pack({"t": "fail", "msg": str(exc), "tb": user_traceback(exc)}))
         return 2
     return run_worker(
         args.event_fd,

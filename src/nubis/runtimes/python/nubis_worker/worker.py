@@ -24,6 +24,7 @@ from nubis_worker import framing, outputs
 from nubis_worker.events import build_event
 from nubis_worker.logsink import make_logger
 from nubis_worker.platform import NubisPlatform
+from nubis_worker.tracebacks import user_traceback
 
 #: A response waits in the outgoing buffer at most this long for the next one to share its write.
 FLUSH_AFTER_SECONDS = 0.0005
@@ -101,8 +102,10 @@ class Worker:
                 if inspect.isawaitable(result):
                     self.run_coroutine(result)
             except BaseException as exc:
-                tb = traceback.format_exc()
-                self.logger.error_with("Exception raised while running init_context", exc=str(exc), traceback=tb)
+                # The traceback travels once, in the fail frame (the processor reports it); the
+                # user's frames only.
+                self.logger.error_with("Exception raised while running init_context", exc=str(exc))
+                tb = user_traceback(exc)
                 self.emit({"t": "fail", "msg": "Exception raised while running init_context: %s" % exc, "tb": tb})
                 self.flush()
                 return False

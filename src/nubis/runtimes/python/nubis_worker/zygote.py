@@ -3,6 +3,13 @@
 A worker start is then a fork (a few milliseconds), not an interpreter start plus imports. The
 control channel is a SOCK_SEQPACKET socket pair, one msgpack document per packet; a `fork`
 command carries the worker's end of its event socket as an SCM_RIGHTS file descriptor.
+
+The zygote dies with the processor (PR_SET_PDEATHSIG: SIGKILL). Its workers must outlive the
+zygote, since the processor replaces a dead zygote and the workers serve on meanwhile, yet die with
+the processor, which is not their parent. So a worker's parent-death signal is ZYGOTE_DEATH_SIGNAL,
+caught: it then watches the processor itself (a pidfd, in a thread that only waits) and kills itself
+when the processor is gone. A worker whose processor is already gone exits at once; idle workers
+also see their event socket close.
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ import traceback
 
 import msgpack
 from nubis_worker.loader import load_handler
+from nubis_worker.tracebacks import user_traceback
 from nubis_worker.worker import run_worker, set_parent_death_signal
+
+#: the parent-death signal of a worker (its zygote died): one that user code does not use
+ZYGOTE_DEATH_SIGNAL = getattr(signal, "SIGPWR", signal.SIGUSR2)
 
 
 def parse_args(argv=None):  # type: ignore[no-untyped-def]
@@ -36,7 +47,8 @@ def _send(ctl, message):  # type: ignore[no-untyped-def]
     ctl.send(msgpack.packb(message, use_bin_type=True))
 
 
-def _fork_worker(ctl, wakeup, command, fd, module, handler, args):  # type: ignore[no-untyped-def]
+def _fork_worker(ctl, wakeup, command, fd, module, handler, args, processor_pid):  # type: ignore[no-untyped-def]
+    zygote_pid = os.getpid()
     pid = os.fork()
     if pid:
         os.close(fd)
@@ -48,7 +60,7 @@ def _fork_worker(ctl, wakeup, command, fd, module, handler, args):  # type: igno
             os.close(end)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        set_parent_death_signal()
+        _outlive_zygote(zygote_pid, processor_pid)
         code = run_worker(
             fd,
             handler,
@@ -70,16 +82,52 @@ def _fork_worker(ctl, wakeup, command, fd, module, handler, args):  # type: igno
     return 0  # unreachable
 
 
+def _outlive_zygote(zygote_pid, processor_pid):  # type: ignore[no-untyped-def]
+    """In a new worker: on the zygote's death, follow the processor instead (see the docstring)."""
+    if not sys.platform.startswith("linux"):
+        return
+    signal.signal(ZYGOTE_DEATH_SIGNAL, lambda *_: _follow_processor(processor_pid))
+    _set_parent_death_signal(ZYGOTE_DEATH_SIGNAL)
+    if os.getppid() != zygote_pid:  # it died before the signal was armed
+        _follow_processor(processor_pid)
+
+
+def _follow_processor(processor_pid):  # type: ignore[no-untyped-def]
+    signal.signal(ZYGOTE_DEATH_SIGNAL, signal.SIG_IGN)
+    try:
+        watch = os.pidfd_open(processor_pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        return  # no pidfd (kernel < 5.3): the worker ends when its event socket closes
+
+    def wait():  # type: ignore[no-untyped-def]
+        select.select([watch], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=wait, name="nubis-processor-watch", daemon=True).start()
+
+
+def _set_parent_death_signal(signum):  # type: ignore[no-untyped-def]
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signum))  # PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - best effort
+        pass
+
+
 def main(argv=None):  # type: ignore[no-untyped-def]
     args = parse_args(argv)
     set_parent_death_signal()
+    processor_pid = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctl = socket.socket(fileno=args.control_fd)
     ctl.setblocking(True)
     try:
         module, handler = load_handler(args.handler, args.function_dir)
     except BaseException as exc:
-        _send(ctl, {"t": "fail", "msg": str(exc), "tb": traceback.format_exc()})
+        _send(ctl, {"t": "fail", "msg": str(exc), "tb": user_traceback(exc)})
         return 2
     _send(ctl, {"t": "loaded", "pid": os.getpid(), "threads": threading.active_count()})
 
@@ -94,13 +142,16 @@ def main(argv=None):  # type: ignore[no-untyped-def]
             _report_exits(ctl)
         if ctl not in readable:
             continue
-        data, fds, _, _ = socket.recv_fds(ctl, 65536, 4)
+        try:
+            data, fds, _, _ = socket.recv_fds(ctl, 65536, 4)
+        except ConnectionError:  # the processor closed its end with our reports unread
+            data = b""
         if not data:
             return 0  # the processor is gone; its workers see their sockets close
         command = msgpack.unpackb(data, raw=False)
         if command["t"] == "fork":
             threads = threading.active_count()
-            pid = _fork_worker(ctl, (wake_r, wake_w), command, fds[0], module, handler, args)
+            pid = _fork_worker(ctl, (wake_r, wake_w), command, fds[0], module, handler, args, processor_pid)
             _send(ctl, {"t": "forked", "wid": command["wid"], "pid": pid, "threads": threads})
         elif command["t"] == "term":
             _reap_before_exit(ctl)

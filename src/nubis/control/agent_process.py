@@ -1,0 +1,192 @@
+"""The local agent as `nubis server` keeps it: adopted or started, and started again when it dies.
+
+The agent runs in its own session, so a SIGKILL of the server leaves it (and the replicas)
+serving, and the next server adopts it through its socket. The other way round is handled here:
+an agent that dies (SIGKILL, OOM) is started again after a backoff, and the new agent adopts the
+replicas that kept serving meanwhile (see `nubis.platforms.local.process`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nubis.errors import NubisError
+from nubis.platforms.local import AgentClient, AgentUnavailable
+from nubis.platforms.local.paths import agent_dir, socket_path
+from nubis.platforms.local.process import describe_exit
+
+log = logging.getLogger("nubis.server")
+
+#: How long a freshly started agent may take to answer on its socket (seconds).
+AGENT_START_TIMEOUT = 30.0
+#: Delay before restarting a dead agent: doubles from the first up to the last (seconds).
+RESTART_FIRST = 0.2
+RESTART_MAX = 30.0
+#: An agent that lived this long before dying is restarted after the first delay again (seconds).
+RESTART_RESET_AFTER = 60.0
+#: How often an agent is checked where pidfds are missing (seconds).
+POLL_SECONDS = 0.5
+
+
+class AgentStartError(NubisError):
+    """The local agent could not be started (or did not answer)."""
+
+
+class AgentProcess:
+    """The local agent of a data dir: adopted when one already answers on its socket, else started."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        #: the agent's pid as it said itself (adopted) or as we started it
+        self.agent_pid: int | None = None
+        self.restarts = 0
+
+    @property
+    def log_file(self) -> Path:
+        return agent_dir(self.data_dir) / "agent.log"
+
+    async def ensure(self) -> None:
+        """Adopt the agent that answers, else start one and wait until it answers."""
+        pid = await self._answering_pid()
+        if pid is not None:
+            self.process, self.agent_pid = None, pid
+            log.info("adopted the running agent of %s (pid %d)", self.data_dir, pid)
+            return
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "nubis.platforms.local.agent", "--data-dir", str(self.data_dir)],
+                stdout=output,
+                stderr=output,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.agent_pid = self.process.pid
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + AGENT_START_TIMEOUT
+        while loop.time() < deadline:
+            if self.process.poll() is not None:
+                raise AgentStartError(f"the local agent {describe_exit(self.process.returncode)}; see {self.log_file}")
+            if await self._answering_pid() is not None:
+                return
+            await asyncio.sleep(0.05)
+        raise AgentStartError(f"the local agent did not answer within {AGENT_START_TIMEOUT:.0f} s; see {self.log_file}")
+
+    async def _answering_pid(self) -> int | None:
+        client = AgentClient(socket_path(self.data_dir), timeout=2.0)
+        try:
+            health = await client.health()
+        except AgentUnavailable:
+            return None
+        except NubisError as exc:  # it answers, but refuses us (e.g. another data dir's token)
+            log.warning("the agent on %s answers but refuses the server: %s", socket_path(self.data_dir), exc.message)
+            return None
+        finally:
+            await client.aclose()
+        pid = health.get("pid")
+        return pid if isinstance(pid, int) else -1
+
+    def pid(self) -> int | None:
+        if self.process is not None:
+            return self.process.pid
+        return self.agent_pid if self.agent_pid and self.agent_pid > 0 else None
+
+    async def wait_gone(self) -> str:
+        """Return once the agent process ended, saying how."""
+        if self.process is not None:
+            process = self.process
+            await _wait_pid(process.pid, lambda: process.poll() is not None)
+            return describe_exit(process.wait())
+        pid = self.pid()
+        if pid is None:
+            return "is not known"
+        await _wait_pid(pid, lambda: not _alive(pid))
+        return "ended"
+
+    async def supervise(self) -> None:
+        """Start the agent again, with backoff, each time it dies (runs until cancelled)."""
+        delay = RESTART_FIRST
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            pid = self.pid()
+            how = await self.wait_gone()
+            if loop.time() - started >= RESTART_RESET_AFTER:
+                delay = RESTART_FIRST
+            log.error(
+                "the local agent (pid %s) %s; its replicas keep serving; starting a new agent in %.1f s",
+                pid,
+                how,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(RESTART_MAX, delay * 2)
+            while True:
+                try:
+                    await self.ensure()
+                    break
+                except NubisError as exc:
+                    log.error("%s; trying again in %.1f s", exc.message, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(RESTART_MAX, delay * 2)
+            self.restarts += 1
+            log.warning("local agent started again (pid %s); it adopts the running replicas", self.pid())
+
+    async def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM: the agent drains its replicas, then exits (SIGKILL after `timeout` s)."""
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        process = self.process
+        gone = (lambda: process.poll() is not None) if process is not None else (lambda: not _alive(pid))
+        try:
+            await asyncio.wait_for(_wait_pid(pid, gone), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _wait_pid(pid: int, gone: Callable[[], bool]) -> None:
+    """Wait until `pid` ended: a pidfd where there is one, else poll `gone()`."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def on_readable() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(pidfd, on_readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return
+    while not gone():
+        await asyncio.sleep(POLL_SECONDS)
