@@ -10,8 +10,8 @@ import sys
 import pytest
 from harness import REPO
 
-#: Only `nubis server` and `nubis db` need these.
-SERVER_ONLY = ("sqlalchemy", "alembic", "uvicorn", "starlette")
+#: Only `nubis server` and `nubis db` need these (httpx: only commands that call a server).
+SERVER_ONLY = ("sqlalchemy", "alembic", "uvicorn", "starlette", "httpx")
 
 PROBE = """
 import json, sys

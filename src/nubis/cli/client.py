@@ -7,12 +7,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from nubis.auth.tokens import write_secret_file
 from nubis.errors import NubisError
+
+if TYPE_CHECKING:  # httpx costs ~0.3 s to import: only commands that talk to a server pay it
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8070"
 
@@ -51,6 +52,8 @@ class Api:
         self.url = (url or os.environ.get("NUBIS_URL") or login.get("url") or DEFAULT_URL).rstrip("/")
         self.token = token or os.environ.get("NUBIS_TOKEN") or login.get("token")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        import httpx
+
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -63,6 +66,8 @@ class Api:
         self.close()
 
     def request(self, method: str, path: str, *, ok: tuple[int, ...] = (), **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -75,6 +80,8 @@ class Api:
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
         """A streamed response (logs -f); the caller checks the status. A connection that fails
         or breaks off mid-body (while the caller reads it) is a `ClientError`, not an httpx one."""
+        import httpx
+
         try:
             with self._http.stream(method, path, **kwargs) as response:
                 yield response
@@ -82,6 +89,8 @@ class Api:
             raise self._failed(path, exc) from None
 
     def _failed(self, path: str, exc: httpx.HTTPError) -> ClientError:
+        import httpx
+
         if isinstance(exc, httpx.ConnectError):
             return ClientError(
                 f"cannot reach the Nubis server at {self.url}: is `nubis server` running? "
