@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 run: setup
 	@./scripts/run.sh
 
+# lint-imports checks the layers of DESIGN.md ([tool.importlinter] in pyproject.toml); --no-cache: no
+# cache dir in the tree, and a run takes well under a second.
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/lint-imports --no-cache
 
 typecheck: setup
 	$(BIN)/mypy
