@@ -154,6 +154,17 @@ class WorkerLink(asyncio.Protocol):
         self._out.clear()
 
     # -- control -----------------------------------------------------------------------------------
+    def pause_reading(self) -> bool:
+        """Read nothing more from the worker (it blocks in its own send once its socket is full)."""
+        if self._transport is None or self._transport.is_closing():
+            return False
+        self._transport.pause_reading()
+        return True
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
     def kill(self, reason: str) -> None:
         """SIGKILL the worker process (timeout, corrupt stream); the pool replaces it."""
         if self.killed_reason is None:

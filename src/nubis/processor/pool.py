@@ -182,6 +182,14 @@ class WorkerPool:
         response.logs = sub.capture
         sub.reply.respond(response)
 
+    def hold_stream(self, reply: object) -> Callable[[], None] | None:
+        """Stop reading the worker whose oldest event answers into `reply` (its body streams there)."""
+        for link in self.workers:
+            outstanding = link.outstanding
+            if outstanding and outstanding[0].reply is reply:
+                return link.resume_reading if link.pause_reading() else None
+        return None
+
     def submit(self, sub: Submission) -> None:
         """Hand an event to a worker now, queue it, or answer 503 at once."""
         if self._closing:

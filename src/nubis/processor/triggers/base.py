@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from nubis.processor.events import Submission
@@ -11,6 +12,11 @@ class Submitter(Protocol):
     """What a trigger feeds: a worker pool."""
 
     def submit(self, sub: Submission) -> None: ...
+
+    def hold_stream(self, reply: object) -> Callable[[], None] | None:
+        """Stop reading from the worker that streams a body into `reply` (back-pressure for a slow
+        client); returns what resumes it, or None when no worker streams into `reply`."""
+        ...
 
 
 class Trigger(Protocol):

@@ -2,7 +2,7 @@
 
 Responses are written in request order (pipelining): each request gets a slot in `slots`, and a
 slot's bytes go out only once every slot before it is complete. Streamed bodies (chunked) flow out
-as they arrive when their slot is at the front.
+as they arrive when their slot is at the front; http_flow bounds what slow or greedy clients hold.
 
 The trigger's `HttpLimits` are enforced here at little cost per request: a request pays a few
 attribute updates, no clock reading and no timer. The bytes of a head are counted as they arrive,
@@ -29,6 +29,7 @@ import httptools
 from nubis.logs import LEVELS
 from nubis.processor.events import Response, Submission, error_response
 from nubis.processor.ids import new_event_id
+from nubis.processor.triggers.http_flow import MAX_IN_FLIGHT, FlowControl
 from nubis.processor.triggers.http_limits import (
     HeadRejected,
     exact_head_size,
@@ -40,6 +41,8 @@ from nubis.processor.triggers.http_limits import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nubis.processor.triggers.http import HttpTrigger
 
 HEALTH_PATH = "/__internal/health"
@@ -125,7 +128,7 @@ def _logs_header(records: list[dict[str, Any]]) -> bytes:
 class Slot:
     """The answer to one request, in its place in the connection's response order."""
 
-    __slots__ = ("chunks", "conn", "done", "fatal", "head", "keep_alive", "origin")
+    __slots__ = ("chunks", "conn", "done", "fatal", "head", "held", "keep_alive", "origin")
 
     def __init__(self, conn: HttpConnection, keep_alive: bool, head: bool, origin: str | None) -> None:
         self.conn = conn
@@ -135,6 +138,7 @@ class Slot:
         self.chunks: list[bytes] = []
         self.done = False
         self.fatal = False
+        self.held: Callable[[], None] | None = None  # resumes a worker held back (http_flow.py)
 
     def respond(self, response: Response) -> None:
         self.chunks.append(self.conn.encode_head(response, self))
@@ -149,10 +153,17 @@ class Slot:
 
     def chunk(self, data: bytes) -> None:
         if data and not self.head:
+            conn = self.conn
+            if conn.closed:
+                return  # the client is gone: nothing keeps what it will never read
             self.chunks.append(b"%x\r\n%s\r\n" % (len(data), data))
-            self.conn.flush_slots()
+            conn.flush_slots()
+            if self.chunks and self.held is None:
+                conn.hold(self)
 
     def end(self, error: str | None) -> None:
+        if self.held is not None:
+            self.conn.release(self)  # the worker is done with this stream; it serves others now
         if error is None:
             self.chunks.append(b"0\r\n\r\n")
         else:
@@ -162,8 +173,8 @@ class Slot:
         self.conn.flush_slots()
 
 
-class HttpConnection(asyncio.Protocol):
-    """A client connection to the HTTP trigger."""
+class HttpConnection(FlowControl, asyncio.Protocol):
+    """A client connection to the HTTP trigger (flow control: see http_flow)."""
 
     def __init__(self, trigger: HttpTrigger) -> None:
         self.trigger = trigger
@@ -200,6 +211,7 @@ class HttpConnection(asyncio.Protocol):
         self.body_size = 0
         self.too_large = False
         self.closed = False
+        self.init_flow()
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -221,6 +233,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.trigger.connections.discard(self)
+        self.release_all()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -269,7 +282,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         phase = self.phase
-        if phase != _BUSY:
+        if phase != _BUSY and not self.read_paused:
             self.ticks += 1
             if self.ticks >= (self.head_ticks if phase == _HEAD else self.idle_ticks):
                 if phase == _HEAD and self.in_head:
@@ -399,7 +412,11 @@ class HttpConnection(asyncio.Protocol):
             level = min(level, LEVELS.get(level_name.lower(), 20))
         if level != 20:
             frame["lvl"] = level
-        self.trigger.pool.submit(Submission(frame, slot, capture=level_name is not None))
+        sub = Submission(frame, slot, capture=level_name is not None)
+        if self.write_paused or self.deferred or len(self.slots) > MAX_IN_FLIGHT:
+            self.defer(sub)
+        else:
+            self.trigger.pool.submit(sub)
 
     # -- writing -------------------------------------------------------------------------------------
     def encode_head(self, response: Response, slot: Slot) -> bytes:
@@ -426,15 +443,22 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             slots.clear()
+            self.release_all()
             return
         while slots:
             slot = slots[0]
             if slot.chunks:
+                if self.write_paused:
+                    return  # resume_writing flushes again
                 transport.write(b"".join(slot.chunks) if len(slot.chunks) > 1 else slot.chunks[0])
                 slot.chunks.clear()
+            if slot.held is not None and not self.write_paused:
+                self.release(slot)
             if not slot.done:
                 return
             slots.popleft()
+            if self.deferred:
+                self.schedule_submit()
             if slot.fatal:
                 transport.abort()
                 self.closed = True

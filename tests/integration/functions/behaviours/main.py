@@ -84,6 +84,33 @@ def _stream_exit(context, event):
     os._exit(3)
 
 
+def _progress(event):
+    """One line appended to the file named by the `progress` field (if any) per call."""
+    path = event.fields.get("progress")
+    if path:
+        with open(path, "a") as progress:
+            progress.write(str(os.getpid()) + "\n")
+
+
+def _chunks(context, event):
+    """`count` chunks of `size` bytes, chunk i all of the letter i % 26 (from A)."""
+    size, count = int(event.fields["size"]), int(event.fields["count"])
+
+    def chunks():
+        for i in range(count):
+            _progress(event)
+            yield bytes((65 + i % 26,)) * size
+
+    return chunks()
+
+
+def _blob(context, event):
+    """`size` bytes: the `tag` field, a colon, then dots."""
+    _progress(event)
+    head = event.fields.get("tag", "").encode() + b":"
+    return context.Response(body=head + b"." * (int(event.fields["size"]) - len(head)))
+
+
 async def _awaitable(context, event):
     await asyncio.sleep(0.01)
     return "awaited"
@@ -188,6 +215,8 @@ ROUTES = {
     "/stream-raise": _stream_raise,
     "/stream-exit": _stream_exit,
     "/big": lambda context, event: b"x" * int(event.fields["size"]),
+    "/chunks": _chunks,
+    "/blob": _blob,
     "/awaitable": _awaitable,
     "/raise": _raise,
     "/exit": _exit,
