@@ -4,6 +4,13 @@ Every error carries a message written for the user who has to act on it: what wa
 where (file, line, field), what was expected and what was found. Errors are grouped by what
 the caller does next: fix the input (`SpecError`), fix the environment (`BuildError`), or
 retry/restart (`WorkerError`).
+
+One branch decides retries, as kopf's does: a `TemporaryError` says "the same request may succeed
+later" (an agent restarting, a database blip) and the reconciler retries it with backoff, the
+function staying `building`; every other error is permanent, and `PermanentError` names that
+explicitly where a caller might otherwise guess (a deploy ends in `error` with the message).
+Control-plane errors carry the HTTP status the API answers with (`ApiError.status_code`); the
+API maps them in one place (`nubis.control.api.responses.from_exception`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,23 @@ class NubisError(Exception):
         self.message = message
 
 
-class SpecError(NubisError):
+class TemporaryError(NubisError):
+    """Retrying the same operation later may succeed: what failed is outside it and recovers.
+
+    `delay`: the seconds the caller should wait first when the error knows (a Retry-After), or
+    None to use the caller's own backoff.
+    """
+
+    def __init__(self, message: str, *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(NubisError):
+    """Retrying the same operation fails the same way: its input or environment must change."""
+
+
+class SpecError(PermanentError):
     """A function configuration is invalid; the message names file, line, field, expected and found."""
 
     exit_code = 2
@@ -56,7 +79,7 @@ class SpecError(NubisError):
         return "".join(parts)
 
 
-class BuildError(NubisError):
+class BuildError(PermanentError):
     """Building a function's environment failed (installer error, missing interpreter, timeout)."""
 
     exit_code = 3

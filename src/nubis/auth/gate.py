@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from nubis.auth.tokens import hash_token
+from nubis.errors import ApiError
 
 Action = Literal["read", "write", "invoke", "admin"]
 
@@ -27,12 +28,16 @@ class Principal:
 ANONYMOUS = Principal("anonymous", "anonymous")
 
 
-class AuthenticationError(Exception):
-    """No valid credentials: the API answers 401."""
+class AuthenticationError(ApiError):
+    """No valid credentials: the API answers 401 (with a `WWW-Authenticate` challenge)."""
+
+    status_code = 401
 
 
-class AuthorizationError(Exception):
+class AuthorizationError(ApiError):
     """Valid credentials, not allowed: the API answers 403."""
+
+    status_code = 403
 
 
 TokenLookup = Callable[[str], Awaitable[str | None]]

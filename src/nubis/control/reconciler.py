@@ -2,8 +2,10 @@
 
 Idempotent and restart-safe, in kopf's manner: a function whose `generation` differs from its
 `deployed_generation`, or whose state is still `building`, is (re)deployed; a server killed in the
-middle of a deploy finds it that way at its next start and deploys it again. A build failure ends
-in `error` with the installer's message; nothing else leaves a function stuck in `building`.
+middle of a deploy finds it that way at its next start and deploys it again. A permanent failure
+(a build error, a replica that crashes) ends in `error` with its message; a temporary one
+(`TemporaryError`: the agent restarting or hung) keeps the function `building` with a message that
+says so, and the deploy is retried with exponential backoff until it succeeds or fails for good.
 Status writes are compare-and-set on the generation, so a slow deploy of an old spec can never
 overwrite the status of a newer one.
 """
@@ -18,6 +20,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from nubis.control.deploy_log import DeployLog
 from nubis.control.settings import ServerSettings
 from nubis.control.sources import copy_directory, write_inline_source
 from nubis.control.store import FunctionRecord, Store
-from nubis.errors import NubisError
+from nubis.errors import NubisError, TemporaryError
 from nubis.platforms.base import BuildOutput, DeployFailed, FunctionDeployment, Platform
 from nubis.spec import parse_config, parse_runtime
 
@@ -38,6 +41,27 @@ log = logging.getLogger("nubis.reconciler")
 RESYNC_SECONDS = 2.0
 #: Nuclio's message for a function that lost its health
 UNHEALTHY_MESSAGE = "Function is not healthy"
+#: The wait before the first retry of a deploy that failed for a temporary reason (seconds); it
+#: doubles with each failure, up to `RETRY_MAX_SECONDS`.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class PendingRetry:
+    """A deploy of `generation` failed `attempts` times for a temporary reason; next try at `due`
+    (event-loop time). A newer generation does not wait for it."""
+
+    generation: int
+    attempts: int
+    due: float
+
+
+def retry_delay(exc: TemporaryError, attempts: int) -> float:
+    """The error's own delay when it knows one, else 1, 2, 4 ... s, at most `RETRY_MAX_SECONDS`."""
+    if exc.delay is not None:
+        return max(0.0, exc.delay)
+    return float(min(RETRY_FIRST_SECONDS * 2 ** (attempts - 1), RETRY_MAX_SECONDS))
 
 
 class Reconciler:
@@ -53,6 +77,8 @@ class Reconciler:
         self._seen_states: dict[str, str] = {}
         #: why the platform cannot be read right now (None while it answers): `/readyz` says it
         self.platform_problem: str | None = None
+        #: deploys waiting out the backoff of a temporary failure, by function
+        self._retries: dict[str, PendingRetry] = {}
 
     @property
     def ports_file(self) -> Path:
@@ -78,7 +104,7 @@ class Reconciler:
             except Exception:
                 log.exception("reconcile pass failed; retrying in %.0f s", RESYNC_SECONDS)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), self._until_next_pass())
             self._wake.clear()
 
     async def reconcile_once(self) -> None:
@@ -87,8 +113,19 @@ class Reconciler:
             running = self._deploys.get(record.name)
             if running is not None and not running.done():
                 continue  # the next pass picks up a newer generation once this deploy ends
+            retry = self._retries.get(record.name)
+            now = asyncio.get_running_loop().time()
+            if retry is not None and retry.generation == record.generation and retry.due > now:
+                continue  # waiting out the backoff of a temporary failure
             task = asyncio.create_task(self._deploy(record), name=f"deploy {record.name}")
             self._deploys[record.name] = task
+
+    def _until_next_pass(self) -> float:
+        """Seconds to the next look: the resync period, or sooner when a retry falls due."""
+        if not self._retries:
+            return RESYNC_SECONDS
+        soonest = min(r.due for r in self._retries.values()) - asyncio.get_running_loop().time()
+        return max(0.0, min(RESYNC_SECONDS, soonest))
 
     async def _sync_health(self) -> None:
         """Carry what the platform saw since the deploy (crashes, restarts, a crash loop) into the
@@ -167,6 +204,7 @@ class Reconciler:
         """Stop deploying a function that is being deleted."""
         self._seen_states.pop(name, None)
         self._event_marks.pop(name, None)
+        self._retries.pop(name, None)
         task = self._deploys.pop(name, None)
         if task is not None and not task.done():
             task.cancel()
@@ -176,9 +214,14 @@ class Reconciler:
     # -- one deploy ------------------------------------------------------------------------------
     async def _deploy(self, record: FunctionRecord) -> None:
         name, generation = record.name, record.generation
+        retry = self._retries.get(name)
+        if retry is not None and retry.generation != generation:
+            del self._retries[name]  # a newer spec supersedes the retried one
+            retry = None
         status: dict[str, Any] = dict(record.status or {})
         status["state"] = "building"
-        status.pop("message", None)
+        if retry is None:
+            status.pop("message", None)  # a retry keeps saying what it waits for
         await self.store.set_function_status(name, status, only_if_generation=generation)
         async with DeployLog(self.store, name, generation) as deploy_log:
             try:
@@ -188,11 +231,16 @@ class Reconciler:
                 await self.store.set_function_status(
                     name, status, deployed_generation=generation, only_if_generation=generation
                 )
+                self._retries.pop(name, None)
                 await self.write_ports()
                 await asyncio.to_thread(self._prune_code, name, generation)
             except asyncio.CancelledError:
                 raise
+            except TemporaryError as exc:
+                attempts = retry.attempts + 1 if retry is not None else 1
+                await self._retry_later(record, status, exc, attempts, deploy_log)
             except Exception as exc:
+                self._retries.pop(name, None)
                 message = exc.message if isinstance(exc, NubisError) else f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, NubisError):
                     log.error("deploy of %s failed unexpectedly\n%s", name, traceback.format_exc())
@@ -206,6 +254,20 @@ class Reconciler:
                     name, failed, deployed_generation=generation, only_if_generation=generation
                 )
         self.wake()
+
+    async def _retry_later(
+        self, record: FunctionRecord, status: dict[str, Any], exc: TemporaryError, attempts: int, deploy_log: DeployLog
+    ) -> None:
+        """Keep the function `building`, say what it waits for, and schedule the next try."""
+        name, generation = record.name, record.generation
+        delay = retry_delay(exc, attempts)
+        self._retries[name] = PendingRetry(generation, attempts, asyncio.get_running_loop().time() + delay)
+        message = f"waiting for the platform: {exc.message}; retrying in {delay:g} s"
+        log.warning("deploy of %s (generation %d, try %d) %s", name, generation, attempts, message)
+        deploy_log.add("warn", message, attempt=attempts)
+        await deploy_log.flush()
+        waiting = dict(status, state="building", message=message)
+        await self.store.set_function_status(name, waiting, only_if_generation=generation)
 
     async def _build_and_run(self, record: FunctionRecord, deploy_log: DeployLog) -> dict[str, Any]:
         config = parse_config(record.config).config

@@ -18,7 +18,11 @@ from nubis.errors import NubisError
 
 
 class PlatformError(NubisError):
-    """The platform could not do what was asked (unreachable, refused, failed deployment)."""
+    """The platform could not do what was asked (unreachable, refused, failed deployment).
+
+    Permanent unless a subclass is also a `TemporaryError` (the local agent's `AgentUnavailable`:
+    it restarts, or answers again once it is no longer hung), which the reconciler retries.
+    """
 
     exit_code = 6
 
@@ -32,7 +36,12 @@ class DeployFailed(PlatformError):
 
 
 class DeployTimeout(PlatformError):
-    """No verdict on a deployment within the time waited."""
+    """No verdict on a deployment within the time waited.
+
+    Permanent: the wait is the function's own `readinessTimeoutSeconds` plus a margin, so a retry
+    would start the same replicas and wait as long again; the user acts (a longer timeout, a faster
+    start). An agent that stops answering meanwhile raises `AgentUnavailable` instead.
+    """
 
 
 @dataclass(frozen=True)

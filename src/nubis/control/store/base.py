@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy import CursorResult
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from nubis.control.store.engine import SQLITE_BEGIN_OPTION
-from nubis.control.store.errors import StoreError
+from nubis.control.store.errors import StoreError, StoreUnavailable
 from nubis.errors import NubisError
 
 
@@ -45,7 +45,9 @@ class StoreBase:
                     yield session
         except NubisError:
             raise
-        except (SQLAlchemyError, OSError) as exc:
+        except (OperationalError, InterfaceError, OSError) as exc:  # unreachable, locked, connection lost
+            raise StoreUnavailable(f"Could not {operation}: {error_reason(exc)}") from exc
+        except SQLAlchemyError as exc:
             raise StoreError(f"Could not {operation}: {error_reason(exc)}") from exc
         except (TypeError, ValueError) as exc:
             # A value the driver cannot store (psycopg raises JSON encoding errors unwrapped).

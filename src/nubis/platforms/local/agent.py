@@ -141,7 +141,7 @@ class Agent:
         try:
             ResourceLimits.from_resources(deployment.resources)
         except ValueError as exc:
-            raise BadDeployment(str(exc)) from None
+            raise BadDeployment(str(exc)) from exc
         for other_name, other in self.functions.items():
             theirs = other.desired or other.active
             if other_name != name and theirs is not None and theirs.port == deployment.port:

@@ -11,20 +11,24 @@ from typing import Any, cast
 
 import httpx
 
+from nubis.errors import TemporaryError
 from nubis.platforms.base import DeployFailed, DeployTimeout, PlatformError
 from nubis.platforms.local.agent_token import TokenAuth
 from nubis.platforms.local.models import FunctionStateDict
 
 #: seconds a DELETE may take: replicas drain in-flight events first
 DELETE_TIMEOUT = 60.0
+#: seconds a PUT may take: the agent validates and answers before any replica starts
+APPLY_TIMEOUT = 10.0
 
 
-class AgentUnavailable(PlatformError):
-    """Nothing answers on the agent's socket."""
+class AgentUnavailable(PlatformError, TemporaryError):
+    """Nothing answers on the agent's socket (or not in time): temporary, since the server's
+    supervisor restarts a dead agent and a hung one may answer again."""
 
 
 class AgentRequestError(PlatformError):
-    """The agent refused a request; `status_code` is its HTTP status."""
+    """The agent refused a request; `status_code` is its HTTP status (permanent: it answered)."""
 
     def __init__(self, message: str, status_code: int) -> None:
         super().__init__(message)
@@ -74,11 +78,11 @@ class AgentClient:
         try:
             return await self._client.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            raise self._unavailable(exc) from None
+            raise self._unavailable(exc) from exc
         except httpx.TimeoutException as exc:
             raise AgentUnavailable(
                 f"the local agent at {self.socket_path} did not answer {method} {path} in time ({exc})"
-            ) from None
+            ) from exc
 
     @staticmethod
     def _error(response: httpx.Response) -> AgentRequestError:
@@ -103,8 +107,12 @@ class AgentClient:
         return cast(dict[str, Any], await self._json("GET", "/healthz"))
 
     async def apply(self, name: str, deployment: Mapping[str, Any]) -> FunctionStateDict:
-        """PUT the desired deployment; returns the observed state right after (usually `deploying`)."""
-        return cast(FunctionStateDict, await self._json("PUT", f"/v1/functions/{name}", json=dict(deployment)))
+        """PUT the desired deployment; returns the observed state right after (usually `deploying`).
+        The agent answers at once (the rollout runs in the background), so a hung one is given up on
+        after `APPLY_TIMEOUT` s and the deploy retried."""
+        body = dict(deployment)
+        timeout = httpx.Timeout(APPLY_TIMEOUT)
+        return cast(FunctionStateDict, await self._json("PUT", f"/v1/functions/{name}", json=body, timeout=timeout))
 
     async def get(self, name: str) -> FunctionStateDict | None:
         return cast(FunctionStateDict | None, await self._json("GET", f"/v1/functions/{name}", allow_404=True))
@@ -142,7 +150,7 @@ class AgentClient:
                 async for line in response.aiter_lines():
                     yield line
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise self._unavailable(exc) from None
+            raise self._unavailable(exc) from exc
 
     async def wait_ready(self, name: str, generation: int, timeout: float) -> FunctionStateDict:
         """Wait for the agent's verdict on `generation`: its observed state once it serves.

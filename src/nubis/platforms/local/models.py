@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
-from nubis.errors import SpecError
+from nubis.errors import PermanentError, SpecError
 from nubis.spec import parse_config, validate_function_name
 
 ReplicaStateName = Literal["starting", "ready", "failed", "exited"]
@@ -89,8 +89,9 @@ class FunctionStateDict(TypedDict):
     deployment: DeploymentDict
 
 
-class BadDeployment(ValueError):
-    """A PUT body the agent cannot run; the message names the field."""
+class BadDeployment(PermanentError, ValueError):
+    """A PUT body the agent cannot run; the message names the field (still a `ValueError`, as
+    validation errors of plain data are)."""
 
 
 class PortConflict(BadDeployment):
@@ -119,7 +120,7 @@ class Deployment:
         try:
             validate_function_name(name, field="name")
         except SpecError as exc:
-            raise BadDeployment(exc.message) from None
+            raise BadDeployment(exc.message) from exc
         if not isinstance(data, dict):
             raise BadDeployment("the body must be a JSON object")
         generation = _int(data, "generation", minimum=0)
@@ -131,7 +132,7 @@ class Deployment:
         try:
             parse_config(config)
         except SpecError as exc:
-            raise BadDeployment(f"config: {exc.message}") from None
+            raise BadDeployment(f"config: {exc.message}") from exc
         function_dir = _str(data, "function_dir")
         python = _str(data, "python")
         if check_paths:

@@ -109,7 +109,7 @@ class LocalPlatform:
             state = await self.client.wait_ready(function.name, function.generation, limit)
         except DeployFailed as exc:
             current = await self.client.get(function.name)
-            raise DeployFailed(exc.message, to_status(current) if current is not None else None) from None
+            raise DeployFailed(exc.message, to_status(current) if current is not None else None) from exc
         return to_status(state)
 
     async def scale(self, name: str, replicas: int) -> FunctionStatus:
