@@ -14,7 +14,7 @@ import pytest
 import nubis.runtimes.python
 from nubis.cli.deploy import project_of
 from nubis.cli.packing import pack_directory
-from nubis.control.api.function_objects import check_trigger_kinds
+from nubis.control.api.function_objects import check_triggers
 from nubis.control.deploy_failure import summarize_failure
 from nubis.errors import SpecError
 from nubis.processor.triggers.registry import TriggerRegistry
@@ -169,7 +169,7 @@ def test_unknown_trigger_kinds_name_the_field_the_kind_and_the_known_ones() -> N
     registry = TriggerRegistry({"http": "nubis.processor.triggers.http:create"})
     config = parse_config({"metadata": {"name": "f"}, "spec": {"triggers": {"tick": {"kind": "cron"}}}}).config
     with pytest.raises(SpecError) as raised:
-        check_trigger_kinds(config, registry)
+        check_triggers(config, registry)
     assert raised.value.message == (
         "spec.triggers.tick.kind: trigger kind 'cron' is not supported by Nubis yet "
         "(expected one of http, found 'cron')"
@@ -177,4 +177,4 @@ def test_unknown_trigger_kinds_name_the_field_the_kind_and_the_known_ones() -> N
     disabled = parse_config(
         {"metadata": {"name": "f"}, "spec": {"triggers": {"tick": {"kind": "cron", "disabled": True}}}}
     ).config
-    check_trigger_kinds(disabled, registry)  # not started, so not refused
+    check_triggers(disabled, registry)  # not started, so not refused

@@ -21,7 +21,7 @@ from pathlib import Path
 from nubis.errors import NubisError
 from nubis.platforms.local import AgentClient, AgentUnavailable
 from nubis.platforms.local.paths import agent_dir, socket_path
-from nubis.platforms.local.process import describe_exit
+from nubis.platforms.local.process import describe_exit, process_start_time
 
 log = logging.getLogger("nubis.server")
 
@@ -109,7 +109,7 @@ class AgentProcess:
         pid = self.pid()
         if pid is None:
             return "is not known"
-        await _wait_pid(pid, lambda: not _alive(pid))
+        await _wait_pid(pid, lambda: not _running(pid))
         return "ended"
 
     async def supervise(self) -> None:
@@ -149,22 +149,12 @@ class AgentProcess:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         process = self.process
-        gone = (lambda: process.poll() is not None) if process is not None else (lambda: not _alive(pid))
+        gone = (lambda: process.poll() is not None) if process is not None else (lambda: not _running(pid))
         try:
             await asyncio.wait_for(_wait_pid(pid, gone), timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def _wait_pid(pid: int, gone: Callable[[], bool]) -> None:
@@ -190,3 +180,8 @@ async def _wait_pid(pid: int, gone: Callable[[], bool]) -> None:
         return
     while not gone():
         await asyncio.sleep(POLL_SECONDS)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    return process_start_time(pid) is not None

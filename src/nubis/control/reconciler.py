@@ -32,6 +32,7 @@ from nubis.control.sources import copy_directory, write_inline_source
 from nubis.control.store import FunctionRecord, Store
 from nubis.errors import NubisError, TemporaryError
 from nubis.platforms.base import BuildOutput, DeployFailed, FunctionDeployment, Platform
+from nubis.processor.triggers.http_config import parse_port
 from nubis.spec import parse_config, parse_runtime
 
 log = logging.getLogger("nubis.reconciler")
@@ -354,10 +355,12 @@ class Reconciler:
     async def _http_port(self, record: FunctionRecord, config: Any) -> int:
         """The HTTP trigger's `attributes.port` when the function asks for one (as Nuclio's local
         platform publishes it), else a port allocated once from the server's range."""
-        for trigger in config.effective_triggers().values():
-            if trigger.kind == "http" and not trigger.disabled:
-                asked = {str(k).lower(): v for k, v in (trigger.attributes or {}).items()}.get("port")
-                if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        for key, trigger in config.effective_triggers().items():
+            attributes = trigger.attributes or {}
+            if trigger.kind == "http" and not trigger.disabled and any(str(k).lower() == "port" for k in attributes):
+                # The processor's own parser, so both read the same port (or refuse the same spec).
+                asked = parse_port(attributes, f"spec.triggers.{key}.attributes")
+                if asked > 0:
                     if record.http_port != asked:
                         await self.store.set_http_port(record.name, asked)
                     return asked

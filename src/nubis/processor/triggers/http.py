@@ -14,7 +14,7 @@ from nubis.errors import ProcessorError
 from nubis.processor import port_owner
 from nubis.processor.events import Response
 from nubis.processor.triggers.base import Submitter
-from nubis.processor.triggers.http_config import HttpTriggerConfig
+from nubis.processor.triggers.http_config import HttpTriggerConfig, trigger_config
 from nubis.processor.triggers.http_limits import RefusalLog
 from nubis.processor.triggers.http_protocol import HttpConnection
 
@@ -201,10 +201,7 @@ class HttpTrigger:
 def create(*, name: str, trigger: Any, field: str, options: Any) -> HttpTrigger:
     """Factory used by the trigger registry: `trigger` is the spec's Trigger, `options` the
     processor's overrides (port, host, log level)."""
-    attrs = dict(trigger.attributes or {})
-    if trigger.mode and "mode" not in {k.lower() for k in attrs}:
-        attrs["mode"] = trigger.mode
-    config = HttpTriggerConfig.from_attributes(attrs, f"{field}.attributes")
+    config = trigger_config(trigger, field)
     if options.port is not None:
         config.port = options.port
     if options.host is not None:

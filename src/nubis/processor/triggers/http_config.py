@@ -42,6 +42,26 @@ def _int(attrs: dict[str, Any], key: str, default: int, where: str) -> int:
         raise SpecError("must be an integer", field=f"{where}.{key}", expected="an integer", found=value) from None
 
 
+def parse_port(raw: Any, where: str) -> int:
+    """`attributes.port`, the one parser of it (the processor binds it, the control plane publishes it).
+
+    As in Nuclio, whose attributes are decoded by mapstructure into an `int`, the port must be a
+    JSON/YAML integer: a string such as "8080" is refused rather than converted. 0 means "any".
+    """
+    attrs = _lower_keys(raw, where)
+    value = attrs.get("port", DEFAULT_PORT)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(
+            'must be an integer TCP port (Nuclio decodes it as an int; write 8080, not "8080")',
+            field=f"{where}.port",
+            expected="an integer in 0..65535",
+            found=value,
+        )
+    if not 0 <= value <= 65535:
+        raise SpecError("is not a TCP port", field=f"{where}.port", expected="0..65535", found=value)
+    return value
+
+
 def _positive(attrs: dict[str, Any], key: str, default: int, where: str, unit: str) -> int:
     value = _int(attrs, key, default, where)
     if value <= 0:
@@ -143,14 +163,12 @@ class HttpTriggerConfig:
                 found=attrs.get("mode"),
             )
         config = cls(
-            port=_int(attrs, "port", DEFAULT_PORT, where),
+            port=parse_port(attrs, where),
             max_request_body_size=_int(attrs, "maxRequestBodySize", DEFAULT_MAX_REQUEST_BODY_SIZE, where),
             max_queued_events=_int(attrs, "maxQueuedEvents", DEFAULT_MAX_QUEUED_EVENTS, where),
             cors=CorsConfig.from_attributes(attrs.get("cors"), f"{where}.cors"),
             limits=_limits(attrs, where),
         )
-        if not 0 <= config.port <= 65535:
-            raise SpecError("is not a TCP port", field=f"{where}.port", expected="0..65535", found=config.port)
         if config.max_request_body_size <= 0:
             raise SpecError(
                 "must be positive",
@@ -166,3 +184,17 @@ class HttpTriggerConfig:
                 found=config.max_queued_events,
             )
         return config
+
+
+def trigger_config(trigger: Any, field: str) -> HttpTriggerConfig:
+    """The config of a spec `Trigger` of kind http at `field` (`spec.triggers.<name>`): its
+    attributes, plus the trigger-level `mode` when the attributes do not set one."""
+    attrs = dict(trigger.attributes or {})
+    if trigger.mode and "mode" not in {str(k).lower() for k in attrs}:
+        attrs["mode"] = trigger.mode
+    return HttpTriggerConfig.from_attributes(attrs, f"{field}.attributes")
+
+
+def validate(trigger: Any, field: str) -> None:
+    """The trigger registry's validator for kind http: parse everything a replica would, start nothing."""
+    trigger_config(trigger, field)

@@ -18,19 +18,38 @@ BUILTIN_TRIGGERS: dict[str, str] = {
     "http": "nubis.processor.triggers.http:create",
 }
 
+#: kind -> "module:validate", a `validate(trigger, field)` that parses the trigger's attributes as a
+#: replica would and starts nothing; kept apart from the factory so the control plane can check a
+#: spec at the API without importing the trigger's server or broker client.
+BUILTIN_VALIDATORS: dict[str, str] = {
+    "http": "nubis.processor.triggers.http_config:validate",
+}
+
 TriggerFactory = Callable[..., Trigger]
+#: `validate(trigger, field)`: raises `SpecError` naming `<field>.attributes.<attr>`.
+TriggerValidator = Callable[[Any, str], None]
+
+
+def _resolve(entry: str) -> Any:
+    module_name, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 class TriggerRegistry:
     """Kinds a processor can run. Registering a kind twice is a programming error."""
 
-    def __init__(self, builtins: dict[str, str] | None = None) -> None:
+    def __init__(self, builtins: dict[str, str] | None = None, validators: dict[str, str] | None = None) -> None:
         self._entries: dict[str, str | TriggerFactory] = dict(builtins or {})
+        self._validators: dict[str, str | TriggerValidator] = dict(validators or {})
 
-    def register(self, kind: str, factory: str | TriggerFactory) -> None:
+    def register(
+        self, kind: str, factory: str | TriggerFactory, validator: str | TriggerValidator | None = None
+    ) -> None:
         if kind in self._entries:
             raise ValueError(f"trigger kind {kind!r} is already registered")
         self._entries[kind] = factory
+        if validator is not None:
+            self._validators[kind] = validator
 
     def kinds(self) -> list[str]:
         return sorted(self._entries)
@@ -45,17 +64,37 @@ class TriggerRegistry:
                 found=kind,
             )
         if isinstance(entry, str):
-            module_name, _, attr = entry.partition(":")
-            factory: TriggerFactory = getattr(importlib.import_module(module_name), attr)
+            factory: TriggerFactory = _resolve(entry)
             self._entries[kind] = factory
             return factory
         return entry
+
+    def validate(self, kind: str, trigger: Any, *, field: str) -> None:
+        """Check a trigger of `kind` at `field` (`spec.triggers.<name>`) without starting it.
+
+        An unknown kind raises `SpecError` at `<field>.kind`; a bad attribute raises the kind's
+        own `SpecError` at `<field>.attributes.<attr>`. A kind without a validator is only
+        checked when a replica starts it.
+        """
+        if kind not in self._entries:
+            raise SpecError(
+                f"trigger kind {kind!r} is not supported by Nubis yet",
+                field=f"{field}.kind",
+                expected="one of " + ", ".join(self.kinds()),
+                found=kind,
+            )
+        entry = self._validators.get(kind)
+        if entry is None:
+            return
+        if isinstance(entry, str):
+            entry = self._validators[kind] = _resolve(entry)
+        entry(trigger, field)
 
     def create(self, kind: str, *, field: str | None = None, **kwargs: Any) -> Trigger:
         return self.factory(kind, field=field)(field=field or kind, **kwargs)
 
 
-_default = TriggerRegistry(BUILTIN_TRIGGERS)
+_default = TriggerRegistry(BUILTIN_TRIGGERS, BUILTIN_VALIDATORS)
 
 
 def get_default_registry() -> TriggerRegistry:
