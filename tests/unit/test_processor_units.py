@@ -9,7 +9,7 @@ import pytest
 from nubis.errors import SpecError
 from nubis.processor.ids import new_event_id
 from nubis.processor.triggers.http_config import HttpTriggerConfig
-from nubis.processor.triggers.http_protocol import canonical_header, status_line
+from nubis.processor.triggers.http_heads import canonical_header, status_line
 from nubis.processor.triggers.registry import BUILTIN_TRIGGERS, TriggerRegistry
 
 

@@ -15,12 +15,9 @@ only resets the count. So a head or idle timeout T cuts a connection after more 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections import deque
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -30,6 +27,13 @@ from nubis.logs import LEVELS
 from nubis.processor.events import Response, Submission, error_response
 from nubis.processor.ids import new_event_id
 from nubis.processor.triggers.http_flow import MAX_IN_FLIGHT, FlowControl
+from nubis.processor.triggers.http_heads import (
+    FRAMING_HEADERS,
+    METHODS,
+    canonical_header,
+    head_prefix,
+    logs_header,
+)
 from nubis.processor.triggers.http_limits import (
     HeadRejected,
     exact_head_size,
@@ -46,83 +50,10 @@ if TYPE_CHECKING:
     from nubis.processor.triggers.http import HttpTrigger
 
 HEALTH_PATH = "/__internal/health"
-#: Nuclio drops the captured-logs header when it would be this large or larger.
-MAX_LOGS_HEADER = 4096
-_CANONICAL: dict[bytes, str] = {}
-_METHODS: dict[bytes, str] = {}
-_STATUS_LINES: dict[int, bytes] = {}
-_date = [0, b""]
 #: A connection's phase: reading a head (or waiting for the first one), serving, idle keep-alive.
 _HEAD, _BUSY, _IDLE = 0, 1, 2
 #: How often a connection's timer ticks during its shortest timeout.
 TICKS_PER_TIMEOUT = 4
-
-
-def canonical_header(raw: bytes) -> str:
-    """Go's canonical MIME header key: `x-my-header` -> `X-My-Header` (cached)."""
-    name = _CANONICAL.get(raw)
-    if name is None:
-        text = raw.decode("latin-1")
-        name = "-".join(part[:1].upper() + part[1:].lower() for part in text.split("-"))
-        if len(_CANONICAL) < 4096:
-            _CANONICAL[raw] = name
-    return name
-
-
-def status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        line = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
-        _STATUS_LINES[status] = line
-    return line
-
-
-def date_header() -> bytes:
-    now = int(time.time())
-    if now != _date[0]:
-        _date[0] = now
-        _date[1] = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-    return _date[1]  # type: ignore[return-value]
-
-
-_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "content-type"))
-_prefixes: dict[tuple[int, str], bytes] = {}
-_prefix_second = [0]
-
-
-def _head_prefix(status: int, content_type: str) -> bytes:
-    """Status line, Server, Date and Content-Type, cached per (status, content type) per second."""
-    now = int(time.time())
-    if now != _prefix_second[0]:
-        _prefix_second[0] = now
-        _prefixes.clear()
-    key = (status, content_type)
-    prefix = _prefixes.get(key)
-    if prefix is None:
-        prefix = status_line(status) + b"Server: nuclio\r\n" + date_header()
-        if content_type:
-            prefix += b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n"
-        if len(_prefixes) < 64:
-            _prefixes[key] = prefix
-    return prefix
-
-
-def _logs_header(records: list[dict[str, Any]]) -> bytes:
-    """Captured logs as Nuclio's `X-Nuclio-Logs` header, or nothing when too large for a header."""
-    logs = json.dumps(
-        [
-            {"level": r.get("lvl"), "message": r.get("msg"), "with": r.get("with"), "time": r.get("time")}
-            for r in records
-        ],
-        default=str,
-    )
-    if len(logs) >= MAX_LOGS_HEADER:
-        return b""
-    return b"X-Nuclio-Logs: " + logs.encode("utf-8", "replace") + b"\r\n"
 
 
 class Slot:
@@ -351,9 +282,9 @@ class HttpConnection(FlowControl, asyncio.Protocol):
         self.reading_head = True
         parser = self.parser
         raw_method = parser.get_method()
-        method = _METHODS.get(raw_method)
+        method = METHODS.get(raw_method)
         if method is None:
-            method = _METHODS.setdefault(raw_method, raw_method.decode("latin-1"))
+            method = METHODS.setdefault(raw_method, raw_method.decode("latin-1"))
         headers: dict[str, str] = {}
         for raw_name, raw_value in self.headers:
             headers[canonical_header(raw_name)] = raw_value.decode("latin-1")
@@ -420,19 +351,19 @@ class HttpConnection(FlowControl, asyncio.Protocol):
 
     # -- writing -------------------------------------------------------------------------------------
     def encode_head(self, response: Response, slot: Slot) -> bytes:
-        parts = [_head_prefix(response.status or 200, response.content_type)]
+        parts = [head_prefix(response.status or 200, response.content_type)]
         if response.stream:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         else:
             parts.append(b"Content-Length: %d\r\n" % len(response.body))
         for name, value in response.headers.items():
             # Nuclio copies only string values; framing headers are ours to set.
-            if isinstance(value, str) and name.lower() not in _FRAMING_HEADERS:
+            if isinstance(value, str) and name.lower() not in FRAMING_HEADERS:
                 parts.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
         if slot.origin is not None and self.config.cors.enabled:
             parts.append(self.trigger.cors_response_headers(slot.origin))
         if response.logs is not None:
-            parts.append(_logs_header(response.logs))
+            parts.append(logs_header(response.logs))
         if not slot.keep_alive:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
