@@ -361,3 +361,35 @@ class RawReader:
         else:
             body = self._read_exactly(int(headers.get("content-length", "0")))
         return RawResponse(status, headers, body)
+
+
+class PidRequests(threading.Thread):
+    """GET /pid in a loop until stopped, recording (status, pid) or the error of each request: on one
+    keep-alive connection, or with `fresh_connections` on a new one each time (so a draining
+    replica's keep-alive connection cannot hide a refused new one)."""
+
+    def __init__(self, url: str, *, fresh_connections: bool = False) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.fresh_connections = fresh_connections
+        self.outcomes: list[tuple[int, int | None] | str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with http_client(self.url) as client:
+            while not self.halt.is_set():
+                headers = {"Connection": "close"} if self.fresh_connections else {}
+                try:
+                    if self.fresh_connections:
+                        with http_client(self.url) as fresh:
+                            response = fresh.get("/pid", headers=headers)
+                    else:
+                        response = client.get("/pid")
+                    pid = response.json().get("pid") if response.status_code == 200 else None
+                    self.outcomes.append((response.status_code, pid))
+                except (httpx.HTTPError, ValueError) as exc:
+                    self.outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from harness import FUNCTIONS, REPO, http_client, wait_until
+from harness import FUNCTIONS, REPO, PidRequests, http_client, wait_until
 
 from nubis.build import build_environment, find_python
 from nubis.platforms.base import BuildOutput, DeployFailed, FunctionDeployment
@@ -217,29 +217,6 @@ def serving_pids(url: str, want: int, attempts: int = 200) -> set[int]:
     return pids
 
 
-class RequestLoop(threading.Thread):
-    """Requests /pid on fresh connections until stopped; records every outcome."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.outcomes: list[tuple[int, int | None] | str] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            try:
-                response = fresh_get(self.url, "/pid")
-                pid = response.json().get("pid") if response.status_code == 200 else None
-                self.outcomes.append((response.status_code, pid))
-            except (httpx.HTTPError, ValueError) as exc:
-                self.outcomes.append(f"{type(exc).__name__}: {exc}")
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(30)
-
-
 def test_replicas_share_the_port_updates_switch_without_errors_and_a_failed_update_keeps_serving(
     start_agent: Callable[[], AgentProcess], python_env: Path, free_port: Callable[[], int]
 ) -> None:
@@ -255,7 +232,7 @@ def test_replicas_share_the_port_updates_switch_without_errors_and_a_failed_upda
     workers_1 = serving_pids(url, want=2)
     assert len(workers_1) == 2, "both replicas should serve the one port"
 
-    loop = RequestLoop(url)
+    loop = PidRequests(url, fresh_connections=True)
     loop.start()
     try:
         wait_until(lambda: len(loop.outcomes) >= 5, 10, "requests flowing before the update")

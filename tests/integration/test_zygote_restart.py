@@ -10,12 +10,11 @@ import os
 import re
 import shutil
 import signal
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from harness import FUNCTIONS, RunFunction, RunningFunction, http_client, wait_until
+from harness import FUNCTIONS, PidRequests, RunFunction, RunningFunction, http_client, wait_until
 
 BEHAVIOURS = FUNCTIONS / "behaviours"
 
@@ -91,30 +90,6 @@ def worker_pid(client: httpx.Client) -> int:
     return pid
 
 
-class Requests(threading.Thread):
-    """GET /pid in a loop on one keep-alive connection until stopped; records (status, pid) or the error."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url = url
-        self.outcomes: list[tuple[int, int | None] | str] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        with http_client(self.url) as client:
-            while not self.halt.is_set():
-                try:
-                    response = client.get("/pid")
-                    pid = response.json().get("pid") if response.status_code == 200 else None
-                    self.outcomes.append((response.status_code, pid))
-                except (httpx.HTTPError, ValueError) as exc:
-                    self.outcomes.append(f"{type(exc).__name__}: {exc}")
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(30)
-
-
 def test_workers_serve_on_while_the_zygote_is_replaced_and_new_workers_fork_from_the_new_one(
     run_function: RunFunction,
 ) -> None:
@@ -124,7 +99,7 @@ def test_workers_serve_on_while_the_zygote_is_replaced_and_new_workers_fork_from
         worker = worker_pid(client)
     assert parent_of(worker) == zygote
 
-    loop = Requests(function.url)
+    loop = PidRequests(function.url)
     loop.start()
     try:
         wait_until(lambda: len(loop.outcomes) >= 20, 10, "requests flowing before the kill")
