@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import Launcher, RunningFunction
+from harness import FUNCTIONS, Launcher, RunningFunction
 from server_harness import RunningServer, started_server
+
+from nubis.build import build_environment, find_python
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +40,12 @@ def run_function(nubis: Launcher) -> Iterator[Callable[..., RunningFunction]]:
 def server(tmp_path: Path, nubis_data_dir: Path, free_port: Callable[[], int]) -> Iterator[RunningServer]:
     """A real `nubis server` on a free port with its own data dir (sharing the environment cache)."""
     yield from started_server(tmp_path / "server", free_port(), env_cache=nubis_data_dir / "envs")
+
+
+@pytest.fixture(scope="module")
+def python_env(nubis_data_dir: Path) -> Path:
+    """The built environment of `behaviours` (no requirements: any such function can use it)."""
+    environment = build_environment(
+        FUNCTIONS / "behaviours", python=find_python(None), build_commands=[], cache_root=nubis_data_dir / "envs"
+    )
+    return environment.python

@@ -26,7 +26,6 @@ import pytest
 import yaml
 from harness import FUNCTIONS, REPO, PidRequests, http_client, wait_until
 
-from nubis.build import build_environment, find_python
 from nubis.platforms.base import BuildOutput, DeployFailed, FunctionDeployment
 from nubis.platforms.local import AgentClient, AgentUnavailable, LocalPlatform
 from nubis.platforms.local.agent_token import TokenAuth
@@ -145,15 +144,6 @@ class AgentProcess:
             self.process.wait(10)
         self.client.close()
         return self.process.returncode
-
-
-@pytest.fixture(scope="module")
-def python_env(nubis_data_dir: Path) -> Path:
-    """The built environment of `behaviours` (no requirements: any such function can use it)."""
-    environment = build_environment(
-        BEHAVIOURS, python=find_python(None), build_commands=[], cache_root=nubis_data_dir / "envs"
-    )
-    return environment.python
 
 
 @pytest.fixture

@@ -21,8 +21,6 @@ import yaml
 from harness import FUNCTIONS, RunningFunction, http_client, nubis_executable
 from server_harness import RunningServer, wait_state
 
-from nubis.build import build_environment, find_python
-
 BEHAVIOURS = FUNCTIONS / "behaviours"
 #: exit code of a replica that cannot start its processor (nubis.errors.ProcessorError)
 PROCESSOR_ERROR_EXIT = 5
@@ -33,15 +31,6 @@ import os
 def handler(context, event):
     return os.environ["NUCLIO_FUNCTION_NAME"]
 """
-
-
-@pytest.fixture(scope="module")
-def python_env(nubis_data_dir: Path) -> Path:
-    """The built environment of `behaviours`."""
-    environment = build_environment(
-        BEHAVIOURS, python=find_python(None), build_commands=[], cache_root=nubis_data_dir / "envs"
-    )
-    return environment.python
 
 
 @pytest.fixture
