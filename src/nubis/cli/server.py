@@ -10,7 +10,13 @@ import typer
 import uvloop
 
 from nubis.cli.options import setup_logging
-from nubis.control.settings import DEFAULT_ARCHIVE_MAX_BYTES, DEFAULT_ARCHIVE_MAX_MEMBERS, ServerSettings
+from nubis.control.settings import (
+    DEFAULT_ARCHIVE_MAX_BYTES,
+    DEFAULT_ARCHIVE_MAX_MEMBERS,
+    DEFAULT_FUNCTION_PORTS,
+    ServerSettings,
+    parse_port_range,
+)
 from nubis.errors import NubisError
 from nubis.processor.triggers.http_limits import (
     DEFAULT_HEADER_READ_TIMEOUT,
@@ -44,6 +50,13 @@ def server_command(
     advertise: Annotated[
         str | None, typer.Option(help="Address clients reach functions at (default: the API's host).")
     ] = None,
+    function_ports: Annotated[
+        str,
+        typer.Option(
+            help="Range of ports handed to functions, LOW-HIGH (one per function, kept across restarts).",
+            envvar="NUBIS_FUNCTION_PORTS",
+        ),
+    ] = f"{DEFAULT_FUNCTION_PORTS[0]}-{DEFAULT_FUNCTION_PORTS[1]}",
     log_level: Annotated[str, typer.Option(help="debug, info, warn or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
     allowed_host: Annotated[
@@ -98,12 +111,17 @@ def server_command(
     from nubis.control.server import serve
 
     setup_logging(log_level, log_format)
+    try:
+        port_range = parse_port_range(function_ports)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--function-ports") from None
     settings = ServerSettings(
         host=host,
         port=port,
         data_dir=data_dir or default_data_dir(),
         state_url=state_url,
         insecure_local=insecure_local,
+        function_port_range=port_range,
         tls_cert=tls_cert,
         tls_key=tls_key,
         advertised_address=advertise,

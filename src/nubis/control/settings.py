@@ -17,6 +17,17 @@ DEFAULT_ARCHIVE_MAX_BYTES = 1024**3
 DEFAULT_ARCHIVE_MAX_MEMBERS = 100_000
 
 
+def parse_port_range(text: str) -> tuple[int, int]:
+    """`LOW-HIGH` (inclusive, 1024-65535, LOW <= HIGH) as a tuple; ValueError says what is wrong."""
+    low, sep, high = text.strip().partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError(f"expected LOW-HIGH, e.g. 31000-31999, found {text!r}")
+    first, last = int(low), int(high)
+    if not 1024 <= first <= last <= 65535:
+        raise ValueError(f"expected 1024 <= LOW <= HIGH <= 65535, found {text!r}")
+    return first, last
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return host == "localhost"
