@@ -8,14 +8,12 @@ from typing import Annotated
 
 import typer
 
-from nubis.cli.options import setup_logging
+from nubis.cli.options import setting, setup_logging
 from nubis.errors import NubisError
 
 
 def agent_command(
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Data dir (default: NUBIS_DATA_DIR or ~/.local/share/nubis).")
-    ] = None,
+    data_dir: Annotated[Path | None, setting("data_dir")] = None,
     cgroup_root: Annotated[
         str,
         typer.Option(help="'auto' (cgroup v2 if writable), 'off' (rlimits only) or a delegated cgroup dir."),

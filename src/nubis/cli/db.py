@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from nubis.cli.options import resolve_settings, setting
 from nubis.errors import NubisError
-from nubis.settings import default_data_dir
 
 log = logging.getLogger("nubis.cli")
 
@@ -20,16 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-StateUrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--state-url",
-        envvar="NUBIS_STATE_URL",
-        help="Database URL: sqlite+aiosqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
-        "(default: SQLite nubis.db in the data dir).",
-        show_default=False,
-    ),
-]
+#: the server's own settings: the database is the one `nubis server` with the same options uses
+StateUrlOption = Annotated[str | None, setting("state_url")]
+DataDirOption = Annotated[Path | None, setting("data_dir")]
 
 
 @app.callback()
@@ -38,13 +32,14 @@ def db_group() -> None:
 
 
 @app.command("upgrade")
-def upgrade_command(state_url: StateUrlOption = None) -> None:
+def upgrade_command(ctx: typer.Context, state_url: StateUrlOption = None, data_dir: DataDirOption = None) -> None:
     """Apply pending schema migrations and print the database's revision."""
     # SQLAlchemy and Alembic take most of a second to import: only this command pays for them.
     from nubis.control.store import default_state_url, display_url, upgrade
 
+    settings = resolve_settings(ctx)
     try:
-        url = state_url or default_state_url(default_data_dir())
+        url = settings.state_url or default_state_url(settings.data_dir)
         revision = upgrade(url)
     except NubisError as exc:
         typer.echo(f"error: {exc.message}", err=True)

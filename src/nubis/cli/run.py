@@ -16,7 +16,8 @@ from nubis.cli.options import setup_logging
 from nubis.errors import NubisError
 from nubis.processor.processor import Processor, ProcessorOptions
 from nubis.processor.serve import serve
-from nubis.settings import Settings
+from nubis.runtimes.python.runtime import python_artifact
+from nubis.settings import default_data_dir, environments_dir
 from nubis.spec import LoadedFunction, Overrides, load_function, parse_env_items, parse_runtime
 
 log = logging.getLogger("nubis.cli")
@@ -56,14 +57,14 @@ def _build(loaded: LoadedFunction) -> Path:
     python = find_python(version)
     build = loaded.config.spec.build
     timeout = float(build.build_timeout_seconds) if build.build_timeout_seconds else None
-    settings = Settings()
+    cache_root = environments_dir(default_data_dir())
 
     def build_with(progress: Callable[[str], None]) -> Environment:
         return build_environment(
             loaded.directory,
             python=python,
             build_commands=list(build.commands or []),
-            cache_root=settings.environments_dir,
+            cache_root=cache_root,
             timeout_seconds=timeout,
             progress=progress,
         )
@@ -82,4 +83,4 @@ def _build(loaded: LoadedFunction) -> Path:
 
 
 async def _serve(loaded: LoadedFunction, python: Path, options: ProcessorOptions) -> int:
-    return await serve(Processor(loaded.config, loaded.directory, python, options))
+    return await serve(Processor(loaded.config, loaded.directory, python_artifact(python), options))

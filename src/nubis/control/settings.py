@@ -1,63 +1,171 @@
-"""Settings of `nubis server`, resolved once from the command line and `NUBIS_*` variables."""
+"""The settings of `nubis server`: one model, read from the command line and `NUBIS_*` variables.
+
+Each field is one setting, and its default, help and check are written here only. The CLI builds
+its options from these fields (`nubis.cli.options.setting`), and `load_settings` resolves them with
+pydantic-settings: a command-line value over the `NUBIS_<FIELD>` variable over the default. The
+environment is read there and nowhere else, so a `ServerSettings(...)` built in code or a test is
+exactly what it is given. pydantic-settings is imported only by `load_settings`: `nubis --help`
+builds the options from this model without it.
+"""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from nubis.processor.triggers.http_limits import HttpLimits
-from nubis.settings import default_data_dir
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+
+from nubis.errors import PermanentError
+from nubis.processor.triggers.http_limits import (
+    DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    HttpLimits,
+)
+from nubis.settings import ENV_PREFIX, environments_dir, user_data_dir
 
 #: Ports handed to functions (one per function, stable across restarts).
 DEFAULT_FUNCTION_PORTS = (31000, 31999)
 #: An uploaded archive may expand to at most this many bytes and entries (a gzip bomb is refused).
 DEFAULT_ARCHIVE_MAX_BYTES = 1024**3
 DEFAULT_ARCHIVE_MAX_MEMBERS = 100_000
+#: command-line flags that are not `--` and the field's name (a repeatable option is singular)
+OPTION_NAMES = {
+    "advertised_address": "--advertise",
+    "allowed_hosts": "--allowed-host",
+    "build_path_roots": "--build-path-root",
+}
 
 
-def parse_port_range(text: str) -> tuple[int, int]:
-    """`LOW-HIGH` (inclusive, 1024-65535, LOW <= HIGH) as a tuple; ValueError says what is wrong."""
-    low, sep, high = text.strip().partition("-")
-    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
-        raise ValueError(f"expected LOW-HIGH, e.g. 31000-31999, found {text!r}")
-    first, last = int(low), int(high)
-    if not 1024 <= first <= last <= 65535:
-        raise ValueError(f"expected 1024 <= LOW <= HIGH <= 65535, found {text!r}")
-    return first, last
+def option_name(field: str) -> str:
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
 
 
-@dataclass
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8070
-    data_dir: Path = field(default_factory=default_data_dir)
-    state_url: str | None = None
-    insecure_local: bool = False
-    namespace: str = "nuclio"
-    function_port_range: tuple[int, int] = DEFAULT_FUNCTION_PORTS
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    advertised_address: str | None = None
-    #: extra `Host` names the API answers to (`--allowed-host`; `*` turns the check off)
-    allowed_hosts: tuple[str, ...] = ()
-    #: directories `spec.build.path` may name besides the archive uploads (`--build-path-root`)
-    build_path_roots: tuple[Path, ...] = ()
-    #: most bytes an uploaded archive may expand to (`--archive-max-bytes`), and most entries
-    archive_max_bytes: int = DEFAULT_ARCHIVE_MAX_BYTES
-    archive_max_members: int = DEFAULT_ARCHIVE_MAX_MEMBERS
-    #: bounds on what one API client may hold (`--max-connections`, `--header-read-timeout`, `--idle-timeout`)
-    http_limits: HttpLimits = field(default_factory=HttpLimits)
+class ServerSettings(BaseModel):
+    """Everything `nubis server` is configured with; derived facts are properties."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    platform: str = Field(
+        default="local",
+        min_length=1,
+        description="Where functions run: local (processes on this machine), or memory (nothing runs: deployments "
+        "are only recorded, for trying the API and for tests).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address of the API.")
+    port: int = Field(default=8070, ge=1, le=65535, description="Port of the API.")
+    data_dir: Path = Field(
+        default_factory=user_data_dir,
+        description="Data directory (default: $XDG_DATA_HOME/nubis, else ~/.local/share/nubis).",
+    )
+    state_url: str | None = Field(
+        default=None,
+        description="State database: postgresql+psycopg://USER@HOST/DB or sqlite+aiosqlite:///PATH "
+        "(default: SQLite nubis.db in the data dir).",
+    )
+    insecure_local: bool = Field(default=False, description="Allow anonymous API access (loopback addresses only).")
+    namespace: str = Field(default="nuclio", min_length=1, description="The namespace the API reports and stores.")
+    function_ports: tuple[int, int] = Field(
+        default=DEFAULT_FUNCTION_PORTS,
+        description="Range of ports handed to functions, LOW-HIGH (one per function, kept across restarts).",
+    )
+    tls_cert: Path | None = Field(default=None, description="TLS certificate (PEM) for HTTPS.")
+    tls_key: Path | None = Field(default=None, description="TLS private key (PEM) for HTTPS.")
+    advertised_address: str | None = Field(
+        default=None, description="Address clients reach functions at (default: the API's host)."
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="Another Host name the API answers to, e.g. behind a proxy (repeatable; the variable takes "
+        "names separated by commas or spaces; '*' turns the DNS-rebinding check off). Loopback names, --host "
+        "and this machine's names are always allowed.",
+    )
+    build_path_roots: tuple[Path, ...] = Field(
+        default=(),
+        description="A directory spec.build.path may point into (repeatable; the variable takes directories "
+        "separated by spaces; default: only uploaded archives).",
+    )
+    archive_max_bytes: int = Field(
+        default=DEFAULT_ARCHIVE_MAX_BYTES, ge=1, description="Most bytes an uploaded archive may expand to."
+    )
+    archive_max_files: int = Field(
+        default=DEFAULT_ARCHIVE_MAX_MEMBERS, ge=1, description="Most entries an uploaded archive may hold."
+    )
+    max_connections: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS, ge=1, description="Most open API connections; more are refused with 503."
+    )
+    header_read_timeout: float = Field(
+        default=DEFAULT_HEADER_READ_TIMEOUT,
+        ge=0.001,
+        description="Seconds a client has to send a request head (408 after that).",
+    )
+    idle_timeout: int = Field(
+        default=int(DEFAULT_IDLE_TIMEOUT), ge=1, description="Seconds an idle keep-alive API connection stays open."
+    )
+
+    @field_validator("function_ports", mode="before")
+    @classmethod
+    def _port_range(cls, value: object) -> object:
+        return parse_port_range(value) if isinstance(value, str) else value
+
+    @field_validator("function_ports")
+    @classmethod
+    def _port_bounds(cls, value: tuple[int, int]) -> tuple[int, int]:
+        return check_port_range(*value)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_names(cls, value: object) -> object:
+        """Names separated by commas or spaces, in one value or in each repeated one."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        return tuple(name for item in items for name in str(item).replace(",", " ").split())
+
+    @field_validator("build_path_roots", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        return tuple(value.split()) if isinstance(value, str) else value
+
+    @field_validator("build_path_roots")
+    @classmethod
+    def _existing_directories(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        roots = tuple(path.expanduser().resolve() for path in value)
+        for given, root in zip(value, roots, strict=True):
+            if not root.is_dir():
+                raise ValueError(f"expected an existing directory, found {str(given)!r}")
+        return roots
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_user(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def function_port_range(self) -> tuple[int, int]:
+        return self.function_ports
+
+    @property
+    def archive_max_members(self) -> int:
+        return self.archive_max_files
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        """Bounds on what one API client may hold (the other limits keep their defaults)."""
+        return HttpLimits(
+            max_connections=self.max_connections,
+            header_read_timeout=self.header_read_timeout,
+            idle_timeout=self.idle_timeout,
+        )
 
     @property
     def sources_dir(self) -> Path:
@@ -71,7 +179,7 @@ class ServerSettings:
 
     @property
     def environments_dir(self) -> Path:
-        return self.data_dir / "envs"
+        return environments_dir(self.data_dir)
 
     @property
     def agent_dir(self) -> Path:
@@ -86,15 +194,69 @@ class ServerSettings:
             return _primary_address()
         return self.host
 
-    @staticmethod
-    def port_is_free(port: int) -> bool:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
+
+class SettingsError(PermanentError):
+    """Settings with values they cannot take: `problems` pairs the option or variable each value
+    came from (`--port`, `NUBIS_PORT`) with what was expected and what was found."""
+
+    exit_code = 2
+
+    def __init__(self, problems: tuple[tuple[str, str], ...]) -> None:
+        super().__init__("; ".join(f"{source}: {detail}" for source, detail in problems))
+        self.problems = problems
+
+
+def load_settings(given: Mapping[str, Any]) -> ServerSettings:
+    """`given` (command-line values by field name) over `NUBIS_*` variables over the defaults."""
+    try:
+        loaded = _from_environment()(**given)
+    except ValidationError as exc:
+        raise SettingsError(tuple(_describe(error, given) for error in exc.errors())) from exc
+    # Already checked: the plain model, so that it compares equal to one built in code.
+    return ServerSettings.model_construct(**dict(loaded))
+
+
+@functools.cache
+def _from_environment() -> type[ServerSettings]:
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class FromEnvironment(BaseSettings, ServerSettings):
+        # enable_decoding=False: list-like variables are split by the validators above, not read as JSON
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, enable_decoding=False)
+
+    return FromEnvironment
+
+
+def _describe(error: ErrorDetails, given: Mapping[str, Any]) -> tuple[str, str]:
+    field = str(error["loc"][0]) if error["loc"] else ""
+    source = option_name(field) if field in given else env_name(field)
+    if error["type"] == "value_error":  # the validators above say expected and found themselves
+        return source, error["msg"].removeprefix("Value error, ")
+    expected = error["msg"].partition(",")[0].removeprefix("Input should be ")
+    return source, f"expected {expected}, found {error['input']!r}"
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """`LOW-HIGH` (inclusive, 1024-65535, LOW <= HIGH) as a tuple; ValueError says what is wrong."""
+    low, sep, high = text.strip().partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError(f"expected LOW-HIGH, e.g. 31000-31999, found {text!r}")
+    return check_port_range(int(low), int(high), text)
+
+
+def check_port_range(first: int, last: int, text: str | None = None) -> tuple[int, int]:
+    if not 1024 <= first <= last <= 65535:
+        raise ValueError(f"expected 1024 <= LOW <= HIGH <= 65535, found {text or f'{first}-{last}'!r}")
+    return first, last
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _primary_address() -> str:
