@@ -148,3 +148,22 @@ def test_bad_length_is_a_value_error(unpack: Unpack, length: int) -> None:
 def test_bad_length_after_a_good_frame_is_still_an_error(unpack: Unpack) -> None:
     with pytest.raises(ValueError):
         unpack(bytearray(processor_frames.pack(RESPONSE) + struct.pack(">I", 0)))
+
+
+#: Every frame kind and key the processor names: the worker must spell each one alike.
+FRAME_NAMES = [
+    *("EVENT", "DRAIN", "TERMINATE", "READY", "FAIL", "RESPONSE", "CHUNK", "EXPIRED", "LOG", "ACK", "DRAINED"),
+    *("KIND", "SEQ", "DEADLINE", "LEVEL", "STATUS", "CONTENT_TYPE", "HEADERS", "BODY", "DURATION", "STREAM"),
+    *("END", "ERROR", "MESSAGE", "TRACEBACK", "LOG_VARS"),
+]
+
+
+@pytest.mark.parametrize("name", FRAME_NAMES)
+def test_both_sides_name_frame_kinds_and_keys_alike(name: str) -> None:
+    assert getattr(worker_framing, name) == getattr(processor_frames, name)
+
+
+def test_every_upper_case_string_constant_is_a_frame_name_listed_above() -> None:
+    for module in (processor_frames, worker_framing):
+        names = {n for n, v in vars(module).items() if n.isupper() and isinstance(v, str)}
+        assert names == set(FRAME_NAMES), module.__name__

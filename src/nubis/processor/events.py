@@ -1,14 +1,19 @@
-"""What travels between a trigger and a worker pool: submissions in, responses out."""
+"""What travels between a trigger and a worker pool: submissions in, responses (with outcomes) out."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from nubis.processor.outcomes import REFUSALS, Outcome, Refusal
+
+if TYPE_CHECKING:
+    from nubis.processor.frames import EventFrame
 
 
 class Response:
-    """A handler's answer as the worker reported it (or the processor's own error answer)."""
+    """A handler's answer as the worker reported it (or the processor's own answer), with its outcome."""
 
-    __slots__ = ("body", "content_type", "duration", "headers", "logs", "status", "stream")
+    __slots__ = ("body", "content_type", "duration", "headers", "logs", "outcome", "status", "stream")
 
     def __init__(
         self,
@@ -19,6 +24,7 @@ class Response:
         *,
         stream: bool = False,
         duration: float = 0.0,
+        outcome: Outcome = Outcome.HANDLED,
     ) -> None:
         self.status = status
         self.content_type = content_type
@@ -26,6 +32,7 @@ class Response:
         self.body = body
         self.stream = stream
         self.duration = duration
+        self.outcome = outcome
         self.logs: list[dict[str, Any]] | None = None
 
 
@@ -36,11 +43,22 @@ class Reply(Protocol):
 
     def chunk(self, data: bytes) -> None: ...
 
-    def end(self, error: str | None) -> None: ...
+    def end(self, error: str | None, outcome: Outcome) -> None:
+        """The streamed body is complete (`error` None) or cut short: by the handler raising
+        (HANDLER_ERROR) or by its worker dying (WORKER_LOST)."""
+        ...
+
+    def ack(self, message: Any) -> None:
+        """The handler called `context.platform.explicit_ack(...)` (stream triggers commit here;
+        triggers without explicit acknowledgement ignore it)."""
+        ...
 
 
 class Submission:
-    """One event on its way through a pool: the event frame plus where its answer goes."""
+    """One event on its way through a pool: the event frame plus where its answer goes.
+
+    Only the pool changes a submission once it is submitted (see pool.py / dispatch.py).
+    """
 
     __slots__ = (
         "answered",
@@ -54,7 +72,7 @@ class Submission:
         "timer",
     )
 
-    def __init__(self, frame: dict[str, Any], reply: Reply, capture: bool = False) -> None:
+    def __init__(self, frame: EventFrame, reply: Reply, capture: bool = False) -> None:
         self.frame = frame
         self.reply = reply
         self.seq = 0
@@ -74,3 +92,12 @@ def error_response(status: int, message: str, headers: dict[str, Any] | None = N
     """A processor-side failure in Nuclio's JSON error shape."""
     body = ('{"error": "' + message.replace("\\", "\\\\").replace('"', '\\"') + '"}').encode()
     return Response(status, "application/json", headers or {}, body)
+
+
+def refusal_response(refusal: Refusal, **fields: Any) -> Response:
+    """The processor's own answer for `refusal` (outcomes.REFUSALS), with its outcome."""
+    row = REFUSALS[refusal]
+    message = row.message.format(**fields) if fields else row.message
+    response = error_response(row.status, message, {"Retry-After": "1"} if row.retry else None)
+    response.outcome = row.outcome
+    return response

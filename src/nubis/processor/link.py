@@ -1,7 +1,10 @@
-"""The processor's end of one worker's socket: frames out, frames in, in-order bookkeeping.
+"""The processor's end of one worker's socket: frames out, frames in, the worker's lifecycle.
 
-A worker handles its events strictly in order, so the submission a response belongs to is always
-the oldest outstanding one; `n` in each frame is checked against it to catch a confused stream.
+The link parses what the worker sends and hands each event frame to the pool (dispatch.py), which
+alone keeps the worker's in-flight events and checks that each frame belongs to the oldest of them.
+Lifecycle frames (ready, fail, drained) settle the link's own futures. Nothing a worker sends makes
+`data_received` raise: a corrupt or malformed frame, or one of an unknown kind, kills the worker
+(the pool fails what it had and starts a replacement).
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from nubis.processor import frames
-from nubis.processor.events import Response, Submission, error_response
+from nubis.processor.events import Submission
+from nubis.processor.frames import ACK, CHUNK, DRAINED, EXPIRED, FAIL, KIND, LOG, MESSAGE, READY, RESPONSE
 
 if TYPE_CHECKING:
     from nubis.processor.pool import WorkerPool
@@ -33,7 +36,8 @@ class WorkerLink(asyncio.Protocol):
         self.wid = wid
         self.pid = started.pid
         self.started = started
-        self.outstanding: deque[Submission] = deque()
+        #: this worker's events, oldest first: read and changed by the pool's dispatch only
+        self.inflight: deque[Submission] = deque()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.drained: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -60,30 +64,37 @@ class WorkerLink(asyncio.Protocol):
         except ValueError as exc:
             self.kill(f"sent a corrupt frame ({exc})")
             return
+        pool = self.pool
         for message in messages:
-            kind = message["t"]
-            if kind == "r":
-                self._on_response(message)
-            elif kind == "l":
-                self._on_log(message)
-            elif kind == "k":
-                self._on_chunk(message)
-            elif kind == "x":
-                sub = self.outstanding.popleft()
-                response = error_response(503, "no worker became available in time", {"Retry-After": "1"})
-                self.pool.finish(self, sub, response, 0.0)
-            elif kind == "ready":
-                if not self.ready.done():
-                    self.ready.set_result(None)
-            elif kind == "fail":
-                self.pool.log_init_failure(self, message)
-                if not self.ready.done():
-                    self.ready.set_exception(RuntimeError(message["msg"]))
-            elif kind == "drained":
-                if self.drained is not None and not self.drained.done():
-                    self.drained.set_result(None)
-            elif kind == "ack":
-                self.pool.on_ack(self, message)
+            if self.killed_reason is not None:
+                return  # what a killed worker still said is not to be trusted
+            try:
+                kind = message[KIND]
+                if kind == RESPONSE:
+                    pool.on_response(self, message)
+                elif kind == LOG:
+                    pool.on_log(self, message)
+                elif kind == CHUNK:
+                    pool.on_chunk(self, message)
+                elif kind == EXPIRED:
+                    pool.on_expired(self, message)
+                elif kind == READY:
+                    if not self.ready.done():
+                        self.ready.set_result(None)
+                elif kind == FAIL:
+                    pool.log_init_failure(self, message)
+                    if not self.ready.done():
+                        self.ready.set_exception(RuntimeError(message[MESSAGE]))
+                elif kind == DRAINED:
+                    if self.drained is not None and not self.drained.done():
+                        self.drained.set_result(None)
+                elif kind == ACK:
+                    pool.on_ack(self, message)
+                else:
+                    pool.confused(self, f"sent a frame of unknown kind {kind!r}")
+            except (KeyError, TypeError, AttributeError) as exc:
+                log.exception("worker %d (pid %d) sent a malformed frame", self.wid, self.pid)
+                pool.confused(self, f"sent a malformed frame ({type(exc).__name__}: {exc})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
@@ -95,52 +106,8 @@ class WorkerLink(asyncio.Protocol):
             self.drained.set_result(None)
         self.pool.on_worker_lost(self)
 
-    # -- frames in ---------------------------------------------------------------------------------
-    def _on_response(self, message: dict[str, Any]) -> None:
-        sub = self.outstanding[0]
-        response = Response(
-            message["s"],
-            message["c"],
-            message["h"],
-            message["b"],
-            stream=message.get("stream", False),
-            duration=message.get("d", 0.0),
-        )
-        if not self.first_response_at:
-            self.first_response_at = time.monotonic()
-            self.pool.first_event_latencies.append(self.first_response_at - self.started.fork_time)
-        if response.stream:
-            if self.pool.stream_started(self, sub):
-                response.logs = sub.capture
-                sub.reply.respond(response)
-            return
-        self.outstanding.popleft()
-        self.pool.finish(self, sub, response, response.duration)
-
-    def _on_chunk(self, message: dict[str, Any]) -> None:
-        sub = self.outstanding[0]
-        if message.get("end"):
-            self.outstanding.popleft()
-            if sub.streaming:
-                sub.reply.end(message.get("err"))
-            self.pool.finish(self, sub, None, message.get("d", 0.0))
-        elif sub.streaming:
-            sub.reply.chunk(message["b"])
-
-    def _on_log(self, message: dict[str, Any]) -> None:
-        seq = message.get("n")
-        sub = None
-        if seq is not None:
-            for candidate in self.outstanding:
-                if candidate.seq == seq:
-                    sub = candidate
-                    break
-        if sub is not None and sub.capture is not None:
-            sub.capture.append(message)
-        self.pool.emit_log(self, sub, message)
-
     # -- frames out --------------------------------------------------------------------------------
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any] | frames.EventFrame) -> None:
         """Queue a frame; everything queued in one event-loop turn goes out in one write."""
         self._out.append(frames.pack(message))
         if not self._flush_scheduled:

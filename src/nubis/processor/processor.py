@@ -9,39 +9,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from nubis.errors import SpecError
+from nubis.processor.options import ProcessorOptions as ProcessorOptions  # re-exported: the replica's and CLI's
 from nubis.processor.pool import WorkerPool
-from nubis.processor.starters import SpawnStarter, WorkerCommand, worker_environment
+from nubis.processor.starters import SpawnStarter
 from nubis.processor.triggers.base import Trigger
 from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
 from nubis.processor.zygote import ZygoteStarter
-from nubis.runtimes.python import WORKER_PATH
+from nubis.runtimes.base import Artifact, WorkerRequest
+from nubis.runtimes.registry import runtime_for
 from nubis.spec import FunctionConfig
 
 log = logging.getLogger("nubis.processor")
 
 #: Annotation choosing how workers start: `fork` (default, from the zygote) or `spawn`.
 WORKER_START_ANNOTATION = "nubis.io/worker-start"
-
-
-@dataclass
-class ProcessorOptions:
-    """What `nubis run` (or the platform) may override on top of the function configuration."""
-
-    port: int | None = None
-    host: str | None = None
-    workers: int | None = None
-    log_level: int = logging.INFO
-    drain_timeout: float = 30.0
-    namespace: str = "nubis"
-    #: listen with SO_REUSEPORT, so several replicas of the function share its port
-    reuse_port: bool = False
-    #: identity of the function instance that owns the port ('<instance>:<function>', see
-    #: port_owner.py); with reuse_port, a port claimed by another identity is refused
-    port_owner: str | None = None
 
 
 class Processor:
@@ -51,13 +35,14 @@ class Processor:
         self,
         config: FunctionConfig,
         function_dir: Path,
-        python: Path,
+        artifact: Artifact,
         options: ProcessorOptions | None = None,
         registry: TriggerRegistry | None = None,
     ) -> None:
         self.config = config
         self.function_dir = function_dir
-        self.python = python
+        #: what the function's runtime built; the runtime turns it into the workers' command line
+        self.artifact = artifact
         self.options = options or ProcessorOptions()
         self.registry = registry or get_default_registry()
         self.pools: list[WorkerPool] = []
@@ -74,6 +59,7 @@ class Processor:
         return self.config.metadata.name
 
     def _environment(self) -> dict[str, str]:
+        """Inherited + spec env + Nuclio's NUCLIO_* variables (the runtime adds its own)."""
         spec = self.config.spec
         function_env: dict[str, str] = {}
         for var in spec.env:
@@ -87,19 +73,19 @@ class Processor:
             "NUCLIO_FUNCTION_VERSION": str(spec.version if spec.version is not None else -1),
             "NUCLIO_FUNCTION_HANDLER": spec.handler,
         }
-        return worker_environment(dict(os.environ), function_env, WORKER_PATH, self.function_dir, metadata)
+        return {**os.environ, **function_env, **metadata}
 
     def _make_starter(self) -> ZygoteStarter | SpawnStarter:
         mode = (self.config.metadata.annotations or {}).get(WORKER_START_ANNOTATION, "fork")
-        command = WorkerCommand(
-            python=self.python,
+        request = WorkerRequest(
             handler=self.config.spec.handler,
             function_dir=self.function_dir,
             function_name=self.name,
             env=self._environment(),
             namespace=self.options.namespace,
         )
-        if mode == "spawn":
+        command = runtime_for(self.artifact).worker(self.artifact, request)
+        if mode == "spawn" or (mode == "fork" and not command.supports("zygote")):
             return SpawnStarter(command)
         if mode != "fork":
             raise SpecError(
@@ -120,9 +106,7 @@ class Processor:
                 continue
             field = f"spec.triggers.{key}"
             instance = self.registry.create(trigger.kind, field=field, name=key, trigger=trigger, options=self.options)
-            size = trigger.num_workers or 1
-            if trigger.kind == "http" and self.options.workers:
-                size = self.options.workers
+            size = instance.workers
             pool = WorkerPool(
                 function_name=self.name,
                 trigger_kind=trigger.kind,
@@ -131,7 +115,7 @@ class Processor:
                 starter=self._starter,
                 availability_timeout=trigger.availability_timeout_seconds(),
                 event_timeout=event_timeout,
-                max_queued=getattr(getattr(instance, "config", None), "max_queued_events", 1024),
+                max_queued=instance.max_queued_events,
                 first_wid=next_wid,
             )
             next_wid += size

@@ -24,12 +24,12 @@ async def hand_off(processor: Processor, grace: float = HANDOFF_GRACE) -> None:
     request a moment later; serving it (rather than answering 503 "shutting down", or closing it as
     idle) is what makes a rolling update lose no request. Returns early once no connection is open.
     """
-    triggers = [t for t in processor.triggers if hasattr(t, "stop_listening")]
+    triggers = processor.triggers
     for trigger in triggers:
         trigger.stop_listening()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
-    while loop.time() < deadline and any(getattr(t, "open_connections", 0) for t in triggers):
+    while loop.time() < deadline and any(t.open_connections for t in triggers):
         await asyncio.sleep(0.05)
 
 
@@ -59,7 +59,7 @@ async def serve(processor: Processor, *, announce_without_url: bool = False, rea
     workers = sum(pool.size for pool in processor.pools)
     for trigger in processor.triggers:
         log.info("%s", trigger.describe())
-    urls = [getattr(t, "url", None) for t in processor.triggers if getattr(t, "url", None)]
+    urls = [t.url for t in processor.triggers if t.url]
     log.info("function %s ready (%d worker%s)", processor.name, workers, "" if workers == 1 else "s")
     line = f"{processor.name} ready at {urls[0]}" if urls else f"{processor.name} ready" if announce_without_url else ""
     if ready_fd is not None:

@@ -8,20 +8,37 @@ import errno
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from nubis.errors import ProcessorError
 from nubis.processor import port_owner
 from nubis.processor.events import Response
-from nubis.processor.triggers.base import Submitter
+from nubis.processor.options import ProcessorOptions
+from nubis.processor.triggers.base import Submitter, Trigger
 from nubis.processor.triggers.http_config import HttpTriggerConfig, trigger_config
 from nubis.processor.triggers.http_limits import RefusalLog
 from nubis.processor.triggers.http_protocol import HttpConnection
+from nubis.spec import Trigger as TriggerSpec
 
 log = logging.getLogger("nubis.processor")
 
 
-class HttpTrigger:
+@dataclass(frozen=True)
+class HttpOptions:
+    """What the processor's command line overrides of an HTTP trigger."""
+
+    port: int | None = None
+    host: str | None = None
+    #: workers of the pool, instead of the trigger's numWorkers
+    workers: int | None = None
+    log_level: int = logging.INFO
+    #: SO_REUSEPORT, for replicas sharing the port; `port_owner` says whose it is (port_owner.py)
+    reuse_port: bool = False
+    port_owner: str | None = None
+
+
+class HttpTrigger(Trigger):
     kind = "http"
 
     def __init__(
@@ -31,9 +48,12 @@ class HttpTrigger:
         log_level: int = logging.INFO,
         reuse_port: bool = False,
         owner: port_owner.PortOwner | None = None,
+        workers: int = 1,
     ) -> None:
         self.name = name
         self.config = config
+        self.workers = workers
+        self.max_queued_events = config.max_queued_events
         self.log_level = log_level
         #: SO_REUSEPORT: several replicas of one function listen on the same port
         self.reuse_port = reuse_port
@@ -198,13 +218,35 @@ class HttpTrigger:
         return "".join(lines).encode("latin-1", "replace")
 
 
-def create(*, name: str, trigger: Any, field: str, options: Any) -> HttpTrigger:
-    """Factory used by the trigger registry: `trigger` is the spec's Trigger, `options` the
-    processor's overrides (port, host, log level)."""
-    config = trigger_config(trigger, field)
-    if options.port is not None:
-        config.port = options.port
-    if options.host is not None:
-        config.host = options.host
-    owner = port_owner.PortOwner.parse(options.port_owner) if getattr(options, "port_owner", None) else None
-    return HttpTrigger(name, config, options.log_level, reuse_port=getattr(options, "reuse_port", False), owner=owner)
+class HttpTriggerFactory:
+    """The registry's factory for kind `http` (`TriggerFactory[HttpOptions]`)."""
+
+    def options(self, overrides: ProcessorOptions) -> HttpOptions:
+        return HttpOptions(
+            port=overrides.port,
+            host=overrides.host,
+            workers=overrides.workers,
+            log_level=overrides.log_level,
+            reuse_port=overrides.reuse_port,
+            port_owner=overrides.port_owner,
+        )
+
+    def create(self, *, name: str, trigger: TriggerSpec, field: str, options: HttpOptions) -> HttpTrigger:
+        config = trigger_config(trigger, field)
+        if options.port is not None:
+            config.port = options.port
+        if options.host is not None:
+            config.host = options.host
+        owner = port_owner.PortOwner.parse(options.port_owner) if options.port_owner else None
+        return HttpTrigger(
+            name,
+            config,
+            options.log_level,
+            reuse_port=options.reuse_port,
+            owner=owner,
+            workers=options.workers or trigger.num_workers or 1,
+        )
+
+
+#: what BUILTIN_TRIGGERS names for kind `http`
+create = HttpTriggerFactory()

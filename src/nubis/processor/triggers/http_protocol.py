@@ -18,14 +18,16 @@ import asyncio
 import math
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 import httptools
 
 from nubis.logs import LEVELS
-from nubis.processor.events import Response, Submission, error_response
+from nubis.processor.events import Response, Submission, error_response, refusal_response
+from nubis.processor.frames import EVENT, KIND, LEVEL, EventFrame
 from nubis.processor.ids import new_event_id
+from nubis.processor.outcomes import Outcome, Refusal
 from nubis.processor.triggers.http_flow import MAX_IN_FLIGHT, FlowControl
 from nubis.processor.triggers.http_heads import (
     FRAMING_HEADERS,
@@ -92,7 +94,8 @@ class Slot:
             if self.chunks and self.held is None:
                 conn.hold(self)
 
-    def end(self, error: str | None) -> None:
+    def end(self, error: str | None, outcome: Outcome) -> None:
+        # HTTP has one way to say a stream failed, whatever the outcome: a body cut short.
         if self.held is not None:
             self.conn.release(self)  # the worker is done with this stream; it serves others now
         if error is None:
@@ -102,6 +105,9 @@ class Slot:
             self.fatal = True
         self.done = True
         self.conn.flush_slots()
+
+    def ack(self, message: object) -> None:
+        """HTTP has no explicit acknowledgement: the answer is the acknowledgement."""
 
 
 class HttpConnection(FlowControl, asyncio.Protocol):
@@ -313,7 +319,7 @@ class HttpConnection(FlowControl, asyncio.Protocol):
             return
         trigger = self.trigger
         if trigger.draining:
-            slot.respond(error_response(503, "the function is shutting down", {"Retry-After": "1"}))
+            slot.respond(refusal_response(Refusal.SHUTTING_DOWN))
             return
         if self.config.cors.enabled and method == "OPTIONS" and "Access-Control-Request-Method" in headers:
             slot.origin = None  # the preflight answer carries its own CORS headers
@@ -323,8 +329,8 @@ class HttpConnection(FlowControl, asyncio.Protocol):
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         # Fields at their default (empty query, no content type, info level) are left out of the
         # frame; the worker fills them back in. Smaller frames pack and unpack faster.
-        frame: dict[str, Any] = {
-            "t": "e",
+        frame: EventFrame = {
+            KIND: EVENT,
             "id": new_event_id(),
             "method": method,
             "path": path,
@@ -342,7 +348,7 @@ class HttpConnection(FlowControl, asyncio.Protocol):
         if level_name is not None:
             level = min(level, LEVELS.get(level_name.lower(), 20))
         if level != 20:
-            frame["lvl"] = level
+            frame[LEVEL] = level
         sub = Submission(frame, slot, capture=level_name is not None)
         if self.write_paused or self.deferred or len(self.slots) > MAX_IN_FLIGHT:
             self.defer(sub)
@@ -426,8 +432,4 @@ def _ticks(timeout: float, step: float) -> float:
 
 
 def _refused_response(max_connections: int) -> Response:
-    return error_response(
-        503,
-        f"the function already has {max_connections} open connections, its HTTP trigger's maxConnections; retry later",
-        {"Retry-After": "1"},
-    )
+    return refusal_response(Refusal.TOO_MANY_CONNECTIONS, max_connections=max_connections)

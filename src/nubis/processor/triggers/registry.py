@@ -1,19 +1,24 @@
-"""The registry of trigger kinds: kind name -> import string, resolved lazily.
+"""The registry of trigger kinds: kind name -> import string of its `TriggerFactory`, resolved lazily.
 
 Lazy resolution keeps a broker's client library out of every processor that does not use it; the
-whole list of built-in kinds is the `BUILTIN_TRIGGERS` map below (one line per kind).
+whole list of built-in kinds is the `BUILTIN_TRIGGERS` map below (one line per kind). A new kind is
+one module with a factory (triggers/base.py says what it provides) plus one line here.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nubis.errors import SpecError
-from nubis.processor.triggers.base import Trigger
+from nubis.processor.triggers.base import Trigger, TriggerFactory
 
-#: kind -> "module:factory". Nuclio's aliases map to the same module.
+if TYPE_CHECKING:
+    from nubis.processor.options import ProcessorOptions
+    from nubis.spec import Trigger as TriggerSpec
+
+#: kind -> "module:factory" (a `TriggerFactory`). Nuclio's aliases map to the same module.
 BUILTIN_TRIGGERS: dict[str, str] = {
     "http": "nubis.processor.triggers.http:create",
 }
@@ -25,7 +30,6 @@ BUILTIN_VALIDATORS: dict[str, str] = {
     "http": "nubis.processor.triggers.http_config:validate",
 }
 
-TriggerFactory = Callable[..., Trigger]
 #: `validate(trigger, field)`: raises `SpecError` naming `<field>.attributes.<attr>`.
 TriggerValidator = Callable[[Any, str], None]
 
@@ -39,11 +43,11 @@ class TriggerRegistry:
     """Kinds a processor can run. Registering a kind twice is a programming error."""
 
     def __init__(self, builtins: dict[str, str] | None = None, validators: dict[str, str] | None = None) -> None:
-        self._entries: dict[str, str | TriggerFactory] = dict(builtins or {})
+        self._entries: dict[str, str | TriggerFactory[Any]] = dict(builtins or {})
         self._validators: dict[str, str | TriggerValidator] = dict(validators or {})
 
     def register(
-        self, kind: str, factory: str | TriggerFactory, validator: str | TriggerValidator | None = None
+        self, kind: str, factory: str | TriggerFactory[Any], validator: str | TriggerValidator | None = None
     ) -> None:
         if kind in self._entries:
             raise ValueError(f"trigger kind {kind!r} is already registered")
@@ -54,7 +58,7 @@ class TriggerRegistry:
     def kinds(self) -> list[str]:
         return sorted(self._entries)
 
-    def factory(self, kind: str, *, field: str | None = None) -> TriggerFactory:
+    def factory(self, kind: str, *, field: str | None = None) -> TriggerFactory[Any]:
         entry = self._entries.get(kind)
         if entry is None:
             raise SpecError(
@@ -64,7 +68,7 @@ class TriggerRegistry:
                 found=kind,
             )
         if isinstance(entry, str):
-            factory: TriggerFactory = _resolve(entry)
+            factory: TriggerFactory[Any] = _resolve(entry)
             self._entries[kind] = factory
             return factory
         return entry
@@ -90,8 +94,12 @@ class TriggerRegistry:
             entry = self._validators[kind] = _resolve(entry)
         entry(trigger, field)
 
-    def create(self, kind: str, *, field: str | None = None, **kwargs: Any) -> Trigger:
-        return self.factory(kind, field=field)(field=field or kind, **kwargs)
+    def create(
+        self, kind: str, *, name: str, trigger: TriggerSpec, options: ProcessorOptions, field: str | None = None
+    ) -> Trigger:
+        """Make the trigger `name` of `kind`, with the options its kind takes from `options`."""
+        factory = self.factory(kind, field=field)
+        return factory.create(name=name, trigger=trigger, field=field or kind, options=factory.options(options))
 
 
 _default = TriggerRegistry(BUILTIN_TRIGGERS, BUILTIN_VALIDATORS)

@@ -2,6 +2,10 @@
 
 Bodies travel as msgpack `bin`, never base64. Several frames written in one go are simply
 concatenated, which is how the processor batches a whole event-loop turn into one write.
+
+The names of frame kinds and keys mirror `nubis.processor.frames` (this package may import nothing
+of nubis); tests/unit/test_frames.py checks that both spell them alike. docs/processor-frames.md
+is the schema.
 """
 
 from __future__ import annotations
@@ -13,6 +17,36 @@ import msgpack
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
 MAX_FRAME = 1 << 30
+
+# Frame kinds (the value of KIND).
+EVENT = "e"
+DRAIN = "drain"
+TERMINATE = "term"
+READY = "ready"
+FAIL = "fail"
+RESPONSE = "r"
+CHUNK = "k"
+EXPIRED = "x"
+LOG = "l"
+ACK = "ack"
+DRAINED = "drained"
+
+# Keys.
+KIND = "t"
+SEQ = "n"
+DEADLINE = "dl"
+LEVEL = "lvl"
+STATUS = "s"
+CONTENT_TYPE = "c"
+HEADERS = "h"
+BODY = "b"
+DURATION = "d"
+STREAM = "stream"
+END = "end"
+ERROR = "err"
+MESSAGE = "msg"
+TRACEBACK = "tb"
+LOG_VARS = "with"
 
 
 def _fallback(value):  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import nuclio_sdk
+from nubis_worker.framing import KIND, LEVEL, LOG, LOG_VARS, MESSAGE, SEQ
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -41,11 +42,11 @@ class FrameLogHandler(logging.Handler):
             message = "%s (log formatting failed: %s)" % (record.msg, exc)
         self._emit_frame(
             {
-                "t": "l",
-                "n": self._state.current,
-                "lvl": _NAMES.get(record.levelno, "debug"),
-                "msg": message,
-                "with": getattr(record, "with", None) or {},
+                KIND: LOG,
+                SEQ: self._state.current,
+                LEVEL: _NAMES.get(record.levelno, "debug"),
+                MESSAGE: message,
+                LOG_VARS: getattr(record, "with", None) or {},
                 "time": record.created,
             }
         )

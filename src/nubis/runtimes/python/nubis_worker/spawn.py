@@ -34,7 +34,11 @@ def main(argv=None):  # type: ignore[no-untyped-def]
         module, handler = load_handler(args.handler, args.function_dir)
     except BaseException as exc:
         sock = socket.socket(fileno=args.event_fd)
-        sock.sendall(framing.pack({"t": "fail", "msg": str(exc), "tb": user_traceback(exc)}))
+        sock.sendall(
+            framing.pack(
+                {framing.KIND: framing.FAIL, framing.MESSAGE: str(exc), framing.TRACEBACK: user_traceback(exc)}
+            )
+        )
         return 2
     return run_worker(
         args.event_fd,

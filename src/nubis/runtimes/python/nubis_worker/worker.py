@@ -22,6 +22,32 @@ import types
 import nuclio_sdk
 from nubis_worker import framing, outputs
 from nubis_worker.events import build_event
+from nubis_worker.framing import (
+    ACK,
+    BODY,
+    CHUNK,
+    CONTENT_TYPE,
+    DEADLINE,
+    DRAIN,
+    DRAINED,
+    DURATION,
+    END,
+    ERROR,
+    EVENT,
+    EXPIRED,
+    FAIL,
+    HEADERS,
+    KIND,
+    LEVEL,
+    MESSAGE,
+    READY,
+    RESPONSE,
+    SEQ,
+    STATUS,
+    STREAM,
+    TERMINATE,
+    TRACEBACK,
+)
 from nubis_worker.logsink import make_logger
 from nubis_worker.platform import NubisPlatform
 from nubis_worker.tracebacks import user_traceback
@@ -84,7 +110,7 @@ class Worker:
 
     async def _control(self, message):  # type: ignore[no-untyped-def]
         # `context.platform.explicit_ack(...)`: the stream trigger commits on this frame.
-        self.emit({"t": "ack", "n": self.state.current, "msg": message})
+        self.emit({KIND: ACK, SEQ: self.state.current, MESSAGE: message})
 
     def run_coroutine(self, awaitable):  # type: ignore[no-untyped-def]
         if self.loop is None:
@@ -106,10 +132,10 @@ class Worker:
                 # user's frames only.
                 self.logger.error_with("Exception raised while running init_context", exc=str(exc))
                 tb = user_traceback(exc)
-                self.emit({"t": "fail", "msg": "Exception raised while running init_context: %s" % exc, "tb": tb})
+                self.emit({KIND: FAIL, MESSAGE: "Exception raised while running init_context: %s" % exc, TRACEBACK: tb})
                 self.flush()
                 return False
-        self.emit({"t": "ready", "pid": os.getpid()})
+        self.emit({KIND: READY, "pid": os.getpid()})
         self.flush()
         return True
 
@@ -128,16 +154,16 @@ class Worker:
             buffer += data
             batch_start = perf()
             for frame in framing.unpack_frames(buffer):
-                kind = frame["t"]
-                if kind == "e":
+                kind = frame[KIND]
+                if kind == EVENT:
                     self.handle_event(frame)
                     if perf() - batch_start > FLUSH_AFTER_SECONDS:
                         self.flush()
                         batch_start = perf()
-                elif kind == "drain":
+                elif kind == DRAIN:
                     self._call_callback("drain")
-                    self.emit({"t": "drained"})
-                elif kind == "term":
+                    self.emit({KIND: DRAINED})
+                elif kind == TERMINATE:
                     self._call_callback("termination")
                     self.flush()
                     return 0
@@ -155,13 +181,13 @@ class Worker:
 
     # -- events ---------------------------------------------------------------------------------
     def handle_event(self, frame):  # type: ignore[no-untyped-def]
-        seq = frame["n"]
-        deadline = frame.get("dl")
+        seq = frame[SEQ]
+        deadline = frame.get(DEADLINE)
         if deadline and time.monotonic() > deadline:
             # Not started within workerAvailabilityTimeout: the processor answers 503.
-            self.emit({"t": "x", "n": seq})
+            self.emit({KIND: EXPIRED, SEQ: seq})
             return
-        level = frame.get("lvl", logging.INFO)
+        level = frame.get(LEVEL, logging.INFO)
         if level != self.level:
             self.level = level
             self.logger._logger.setLevel(level)
@@ -183,22 +209,42 @@ class Worker:
                     return
                 status, content_type, headers, body = outputs.to_response(output)
         except BaseException as exc:
-            status, content_type, headers, body, tb = outputs.exception_response(exc)
-            self.logger.error_with("Exception caught in handler", exc=str(exc), traceback=tb)
+            self._emit_handler_error(seq, exc, started)
+            return
         finally:
             self.state.current = None
+        # Written out here rather than through a helper shared with _emit_handler_error: this is the
+        # hot path, and a call per event costs more than the repeated keys.
         self.out.append(
             framing.pack(
                 {
-                    "t": "r",
-                    "n": seq,
-                    "s": status,
-                    "c": content_type,
-                    "h": headers,
-                    "b": body,
-                    "d": time.perf_counter() - started,
+                    KIND: RESPONSE,
+                    SEQ: seq,
+                    STATUS: status,
+                    CONTENT_TYPE: content_type,
+                    HEADERS: headers,
+                    BODY: body,
+                    DURATION: time.perf_counter() - started,
                 }
             )
+        )
+
+    def _emit_handler_error(self, seq, exc, started):  # type: ignore[no-untyped-def]
+        """The handler raised (call it while handling `exc`): Nuclio's 500, with `err` so that the
+        trigger's outcome is "handler error", not "handled"."""
+        status, content_type, headers, body, tb = outputs.exception_response(exc)
+        self.logger.error_with("Exception caught in handler", exc=str(exc), traceback=tb)
+        self.emit(
+            {
+                KIND: RESPONSE,
+                SEQ: seq,
+                STATUS: status,
+                CONTENT_TYPE: content_type,
+                HEADERS: headers,
+                BODY: body,
+                DURATION: time.perf_counter() - started,
+                ERROR: str(exc),
+            }
         )
 
     def _items(self, body):  # type: ignore[no-untyped-def]
@@ -213,7 +259,17 @@ class Worker:
 
     def _emit_stream_head(self, seq, output, first_item):  # type: ignore[no-untyped-def]
         status, content_type, headers, first = outputs.first_of_stream(output, first_item)
-        self.emit({"t": "r", "n": seq, "s": status, "c": content_type, "h": headers, "b": first, "stream": True})
+        self.emit(
+            {
+                KIND: RESPONSE,
+                SEQ: seq,
+                STATUS: status,
+                CONTENT_TYPE: content_type,
+                HEADERS: headers,
+                BODY: first,
+                STREAM: True,
+            }
+        )
 
     def stream(self, seq, output, started):  # type: ignore[no-untyped-def]
         """Send a generator's items as they come: the first as the response head, the rest as chunks."""
@@ -226,18 +282,18 @@ class Worker:
                     self._emit_stream_head(seq, output, item)
                     sent_head = True
                 else:
-                    self.emit({"t": "k", "n": seq, "b": outputs.chunk_bytes(item)})
+                    self.emit({KIND: CHUNK, SEQ: seq, BODY: outputs.chunk_bytes(item)})
                 self.flush()
             if not sent_head:
                 self._emit_stream_head(seq, output, b"")
-            self.emit({"t": "k", "n": seq, "end": True, "d": time.perf_counter() - started})
+            self.emit({KIND: CHUNK, SEQ: seq, END: True, DURATION: time.perf_counter() - started})
         except BaseException as exc:
-            status, content_type, headers, body_bytes, tb = outputs.exception_response(exc)
-            self.logger.error_with("Exception caught in handler", exc=str(exc), traceback=tb)
             if sent_head:
-                self.emit({"t": "k", "n": seq, "end": True, "err": str(exc)})
+                tb = outputs.exception_response(exc)[4]
+                self.logger.error_with("Exception caught in handler", exc=str(exc), traceback=tb)
+                self.emit({KIND: CHUNK, SEQ: seq, END: True, ERROR: str(exc)})
             else:
-                self.emit({"t": "r", "n": seq, "s": status, "c": content_type, "h": headers, "b": body_bytes})
+                self._emit_handler_error(seq, exc, started)
         finally:
             self.state.current = None
         self.flush()

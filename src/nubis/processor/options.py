@@ -1,0 +1,25 @@
+"""What `nubis run` (or the platform's replica) may override on top of the function configuration."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+
+@dataclass
+class ProcessorOptions:
+    """The processor's command line. The general options are read by the processor; the HTTP
+    ones (port, host, workers, reuse_port, port_owner) only by the HTTP trigger kind, through its
+    factory's `options` (triggers/http.py): another kind never sees them."""
+
+    port: int | None = None
+    host: str | None = None
+    workers: int | None = None
+    log_level: int = logging.INFO
+    drain_timeout: float = 30.0
+    namespace: str = "nubis"
+    #: listen with SO_REUSEPORT, so several replicas of the function share its port
+    reuse_port: bool = False
+    #: identity of the function instance that owns the port ('<instance>:<function>', see
+    #: port_owner.py); with reuse_port, a port claimed by another identity is refused
+    port_owner: str | None = None
