@@ -43,6 +43,26 @@ def section(data: dict[str, Any], key: str) -> dict[str, Any]:
     return {}
 
 
+def text(data: dict[str, Any], key: str, *, field: str) -> str | None:
+    """A string value of `data` (None when absent, null or empty); any other type is a 400."""
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"'{field}' must be a string, found {type(value).__name__}")
+    return value
+
+
+def text_map(data: dict[str, Any], key: str, *, field: str) -> dict[str, str]:
+    """A map of strings (labels, annotations), as Go decodes `map[string]string`: else a 400."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
+        raise BadRequest(f"'{field}' must be a JSON object of strings, found {json.dumps(value)[:100]}")
+    return dict(value)
+
+
 def header_flag(request: Request, name: str) -> bool:
     return request.headers.get(name, "").strip().lower() == "true"
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nubis.control.api.bodies import PROJECT_LABEL, section
+from nubis.control.api.bodies import PROJECT_LABEL, section, text_map
 from nubis.control.sources import allowed_build_path, decode_source
 from nubis.control.store import FunctionRecord
 from nubis.errors import BadRequest
@@ -56,7 +56,7 @@ def validated_config(
         raise BadRequest("function name is missing: set metadata.name")
     validate_function_name(str(name))
     data = {"metadata": dict(metadata, name=name), "spec": copy.deepcopy(section(body, "spec"))}
-    labels = dict(data["metadata"].get("labels") or {})
+    labels = text_map(data["metadata"], "labels", field="metadata.labels")
     labels[PROJECT_LABEL] = project
     data["metadata"]["labels"] = labels
     # What the server sets, sent back by a client that PUTs what it read, is not part of the spec.

@@ -9,7 +9,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nubis.control.api.bodies import PROJECT_LABEL, header_flag, json_body, project_header, section
+from nubis.control.api.bodies import PROJECT_LABEL, header_flag, json_body, project_header, section, text
 from nubis.control.api.function_objects import (
     TERMINAL_STATES,
     export_object,
@@ -97,6 +97,7 @@ async def _project_for(request: Request, body: dict[str, object], current: str |
 async def create_function(request: Request) -> Response:
     control = request.app.state.control
     body = await json_body(request)
+    _wait_timeout(request)
     project = await _project_for(request, body)
     config = validated_config(body, name=None, project=project, code_roots=control.settings.code_roots)
     name = config["metadata"]["name"]
@@ -120,6 +121,7 @@ async def update_function(request: Request) -> Response:
     control = request.app.state.control
     name = request.path_params["name"]
     body = await json_body(request)
+    _wait_timeout(request)
     current = await control.store.get_function(name)
     if current is None:
         return await create_function_named(request, body, name)
@@ -179,13 +181,13 @@ async def delete_function(request: Request) -> Response:
     control = request.app.state.control
     body = await json_body(request, required=False)
     metadata = section(body, "metadata")
-    name = metadata.get("name") or request.path_params.get("name")
+    name = text(metadata, "name", field="metadata.name") or request.path_params.get("name")
     if not name:
         raise BadRequest('function name is missing: send {"metadata": {"name": ...}}')
     record = await control.store.get_function(name)
     if record is None:
         return empty(204)
-    expected = metadata.get("resourceVersion")
+    expected = text(metadata, "resourceVersion", field="metadata.resourceVersion")
     if expected and expected != record.resource_version:
         raise Conflict("resourceVersion does not match: the function changed since it was read")
     if is_provisioning(record) and not header_flag(request, "x-nuclio-delete-function-ignore-state-validation"):
@@ -204,9 +206,9 @@ async def function_replicas(request: Request) -> Response:
 
 async def _maybe_wait(request: Request, name: str, generation: int) -> None:
     """`X-Nuclio-Wait-Function-Action: true` blocks until the deploy ends (NUCLIO.md §4.2)."""
-    if not header_flag(request, "x-nuclio-wait-function-action"):
+    timeout = _wait_timeout(request)
+    if timeout is None:
         return
-    timeout = parse_duration(request.headers.get("x-nuclio-creation-state-updated-timeout") or "15m") or 900.0
     store = request.app.state.control.store
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
@@ -218,3 +220,12 @@ async def _maybe_wait(request: Request, name: str, generation: int) -> None:
         if record.generation == generation and record.status.get("state") in ("error", "unhealthy"):
             return
         await asyncio.sleep(0.1)
+
+
+def _wait_timeout(request: Request) -> float | None:
+    """How long `X-Nuclio-Wait-Function-Action: true` waits (None: not asked). Read before anything
+    is stored, so a malformed timeout is a 400 with nothing created."""
+    if not header_flag(request, "x-nuclio-wait-function-action"):
+        return None
+    value = request.headers.get("x-nuclio-creation-state-updated-timeout") or "15m"
+    return parse_duration(value, field="X-Nuclio-Creation-State-Updated-Timeout") or 900.0

@@ -7,7 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nubis.control.api.bodies import json_body, project_header, section
+from nubis.control.api.bodies import json_body, project_header, section, text, text_map
 from nubis.control.api.function_objects import SKIP_BUILD, SKIP_DEPLOY, export_object, validated_config
 from nubis.control.api.responses import empty, json_response
 from nubis.control.store import ProjectRecord
@@ -34,17 +34,20 @@ def project_object(record: ProjectRecord) -> dict[str, Any]:
 
 def _record_from_body(body: dict[str, Any], request: Request, name: str | None = None) -> ProjectRecord:
     metadata = section(body, "metadata")
-    name = name or metadata.get("name") or project_header(request)
+    name = name or text(metadata, "name", field="metadata.name") or project_header(request)
     if not name:
         raise BadRequest("project name is missing: set metadata.name")
     validate_project_name(str(name), field="metadata.name")
+    spec = section(body, "spec")
+    for key in ("description", "owner"):
+        text(spec, key, field=f"spec.{key}")  # strings in Nuclio's ProjectSpec
     control = request.app.state.control
     return ProjectRecord(
         name=str(name),
-        namespace=str(metadata.get("namespace") or control.settings.namespace),
-        labels=dict(metadata.get("labels") or {}),
-        annotations=dict(metadata.get("annotations") or {}),
-        spec=section(body, "spec"),
+        namespace=text(metadata, "namespace", field="metadata.namespace") or control.settings.namespace,
+        labels=text_map(metadata, "labels", field="metadata.labels"),
+        annotations=text_map(metadata, "annotations", field="metadata.annotations"),
+        spec=spec,
     )
 
 
@@ -97,7 +100,7 @@ async def update_project(request: Request) -> Response:
 
 async def delete_project(request: Request) -> Response:
     body = await json_body(request, required=False)
-    name = section(body, "metadata").get("name") or project_header(request)
+    name = text(section(body, "metadata"), "name", field="metadata.name") or project_header(request)
     if not name:
         raise BadRequest('project name is missing: send {"metadata": {"name": ...}}')
     strategy = (request.headers.get("x-nuclio-delete-project-strategy") or "restricted").lower()

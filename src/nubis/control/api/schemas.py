@@ -1,0 +1,256 @@
+"""Pydantic models of what the API reads and answers, beside the function configuration's own.
+
+They exist for the OpenAPI document (`openapi.py` turns them into JSON Schema): a client
+generator, a fuzzer and the dashboard read the shapes from here. The routes themselves build plain
+dicts (the shapes are Nuclio's, NUCLIO.md §4.3); `tests/integration/test_openapi_conformance.py`
+checks every answer against these schemas, so a route that drifts from them fails there.
+
+Objects the server may grow keep `extra="allow"` (Nuclio adds fields between versions, and clients
+must ignore what they do not know); request bodies are as lenient as the routes that read them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from nubis.control.api.function_objects import PROVISIONING_STATES, TERMINAL_STATES
+from nubis.spec import FunctionConfig, Meta, Spec
+
+#: Every state of `status.state`: a deploy is under way in the provisioning ones.
+_STATES: list[JsonValue] = [*sorted(PROVISIONING_STATES | TERMINAL_STATES)]
+
+
+class Open(BaseModel):
+    """An answer object that may carry more keys than these in a later version."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ErrorBody(Open):
+    """Nuclio's error answer; `errorStackTrace` is kept for clients that read it, never holds secrets."""
+
+    error: str
+    error_stack_trace: str = Field(default="", alias="errorStackTrace")
+
+
+class LogRecord(Open):
+    """One line of a deploy log: `time` in epoch milliseconds, as Nuclio's dashboard shows it."""
+
+    time: float
+    level: str
+    message: str
+    name: str = ""
+
+
+class FunctionStatus(Open):
+    state: str = Field(
+        description="NUCLIO.md §1.8; while a deploy is under way, updates and deletes answer 412",
+        json_schema_extra={"enum": _STATES},
+    )
+    message: str = ""
+    logs: list[LogRecord] = Field(default_factory=list, description="the current generation's deploy log")
+    http_port: int = Field(default=0, alias="httpPort")
+    internal_invocation_urls: list[str] = Field(default_factory=list, alias="internalInvocationUrls")
+    external_invocation_urls: list[str] = Field(default_factory=list, alias="externalInvocationUrls")
+    replicas: int = 0
+    observed_generation: int = Field(
+        alias="observedGeneration", description="the generation the status describes (the last deploy that ended)"
+    )
+
+
+class FunctionMetadata(Meta):
+    """`metadata` of a function as the API answers it: what the server sets is always there."""
+
+    name: str
+    namespace: str
+    resource_version: str = Field(alias="resourceVersion")
+    generation: int = Field(description="the spec's generation; a new one on every change of spec")
+
+
+class FunctionObject(Open):
+    metadata: FunctionMetadata
+    spec: Spec
+    status: FunctionStatus
+
+
+class ExportedMetadata(Meta):
+    name: str
+
+
+class ExportedFunction(Open):
+    """`?export=true`: no status, no namespace, trigger secrets blanked, and the `skip-build` /
+    `skip-deploy` annotations, so that creating it again imports it without building."""
+
+    metadata: ExportedMetadata
+    spec: Spec
+
+
+class NameAndVersion(Open):
+    name: str = ""
+    namespace: str = ""
+    resource_version: str = Field(default="", alias="resourceVersion")
+
+
+class DeleteBody(Open):
+    """`DELETE /api/functions` and `/api/projects`: the name in `metadata` (Nuclio's shape)."""
+
+    metadata: NameAndVersion = Field(default_factory=NameAndVersion)
+
+
+class PatchBody(Open):
+    desired_state: Literal["ready", "scaledToZero"] | None = Field(default=None, alias="desiredState")
+
+
+class Replicas(Open):
+    names: list[str]
+
+
+class ArchiveUploaded(Open):
+    path: str = Field(description="put this in spec.build.path of the function's create or update")
+    sha256: str
+    size: int
+
+
+class ProjectMetadata(Open):
+    name: str
+    namespace: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ProjectSpec(Open):
+    description: str = ""
+    owner: str = ""
+
+
+class ProjectObject(Open):
+    metadata: ProjectMetadata
+    spec: ProjectSpec
+    status: dict[str, Any]
+
+
+class ProjectMetadataInput(Open):
+    name: str = ""
+    namespace: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ProjectBody(Open):
+    """Create/update body; the name may come from the path or `X-Nuclio-Project-Name` instead."""
+
+    metadata: ProjectMetadataInput = Field(default_factory=ProjectMetadataInput)
+    spec: ProjectSpec = Field(default_factory=ProjectSpec)
+
+
+class ProjectImport(Open):
+    """`POST /api/projects?import=true`: a project export; each function is stored as `imported`."""
+
+    project: ProjectBody = Field(default_factory=ProjectBody)
+    functions: dict[str, ExportedFunction] = Field(default_factory=dict)
+    function_events: dict[str, Any] = Field(default_factory=dict, alias="functionEvents")
+    api_gateways: dict[str, Any] = Field(default_factory=dict, alias="apiGateways")
+
+
+class ProjectExport(Open):
+    project: ProjectObject
+    functions: dict[str, ExportedFunction]
+    function_events: dict[str, Any] = Field(alias="functionEvents")
+    api_gateways: dict[str, Any] = Field(alias="apiGateways")
+
+
+class FailedImport(Open):
+    function: str
+    error: str
+
+
+class ImportCount(Open):
+    created_amount: int = Field(alias="createdAmount")
+    failed_amount: int = Field(alias="failedAmount")
+
+
+class FunctionImportCount(ImportCount):
+    failed_functions: list[FailedImport] = Field(alias="failedFunctions")
+
+
+class ImportResult(Open):
+    function_import_result: FunctionImportCount = Field(alias="functionImportResult")
+    function_event_import_result: ImportCount = Field(alias="functionEventImportResult")
+    api_gateway_import_result: ImportCount = Field(alias="apiGatewayImportResult")
+
+
+class DashboardVersion(Open):
+    label: str = Field(description="the Nuclio dashboard version whose API is answered (MLRun semver-parses it)")
+    git_commit: str = Field(alias="gitCommit")
+    os: str
+    arch: str
+
+
+class Versions(Open):
+    dashboard: DashboardVersion
+
+
+class Addresses(Open):
+    addresses: list[str] = Field(min_length=1)
+
+
+class ExternalIPAddresses(Open):
+    external_ip_addresses: Addresses = Field(alias="externalIPAddresses")
+
+
+class NamespaceNames(Open):
+    names: list[str]
+
+
+class Namespaces(Open):
+    namespaces: NamespaceNames
+
+
+class FrontendSpec(Open):
+    """What the dashboard UI reads at start-up (NUCLIO.md §4.3, Misc)."""
+
+    external_ip_addresses: list[str] = Field(alias="externalIPAddresses")
+    namespace: str
+    platform_kind: str = Field(alias="platformKind")
+    default_function_config: dict[str, Any] = Field(alias="defaultFunctionConfig")
+
+
+class RenderedTemplate(Open):
+    rendered: dict[str, Any] = Field(description="a ready-to-deploy function configuration {metadata, spec}")
+
+
+class RenderRequest(Open):
+    name: str = ""
+    template: str = Field(default="", description="another spelling of `name`")
+
+
+class RenderAnswer(Open):
+    function_config: dict[str, Any] = Field(alias="functionConfig")
+
+
+#: Every model the document names in `components/schemas` (each one's JSON Schema `$defs` too).
+COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
+    FunctionConfig,
+    ErrorBody,
+    FunctionObject,
+    ExportedFunction,
+    DeleteBody,
+    PatchBody,
+    Replicas,
+    LogRecord,
+    ArchiveUploaded,
+    ProjectObject,
+    ProjectBody,
+    ProjectImport,
+    ProjectExport,
+    ImportResult,
+    Versions,
+    ExternalIPAddresses,
+    Namespaces,
+    FrontendSpec,
+    RenderedTemplate,
+    RenderRequest,
+    RenderAnswer,
+)
