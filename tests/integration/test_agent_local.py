@@ -29,6 +29,7 @@ from harness import FUNCTIONS, REPO, PidRequests, http_client, wait_until
 from nubis.platforms.base import BuildOutput, DeployFailed, FunctionDeployment
 from nubis.platforms.local import AgentClient, AgentUnavailable, LocalPlatform
 from nubis.platforms.local.agent_token import TokenAuth
+from nubis.runtimes.python.runtime import python_artifact
 
 BEHAVIOURS = FUNCTIONS / "behaviours"
 INIT_ERROR = FUNCTIONS / "init_error"
@@ -337,7 +338,7 @@ def test_memory_limit_is_enforced_and_logs_are_captured_and_served(
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-    time.sleep(0.2)  # let the follower subscribe; the handler is then called until the line arrives
+    # the follower may subscribe after the first calls: the handler is called until the line arrives
     deadline = time.monotonic() + 10
     while not followed.is_set() and time.monotonic() < deadline:
         assert fresh_get(url, "/log").text == "logged"
@@ -364,14 +365,14 @@ def test_agent_restart_brings_functions_back_and_delete_drains_and_cleans_up(
     agent = start_agent()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    platform = LocalPlatform(agent.sock)
+    platform = LocalPlatform(agent.data_dir)
     function = FunctionDeployment(
         name="behaviours",
         generation=1,
         config=yaml.safe_load((BEHAVIOURS / "function.yaml").read_text()),
         http_port=port,
     )
-    status = asyncio.run(_deploy(platform, function, BuildOutput(BEHAVIOURS, python_env)))
+    status = asyncio.run(_deploy(platform, function, BuildOutput(BEHAVIOURS, python_artifact(python_env))))
     assert status.state == "ready" and status.active_generation == 1
     assert status.limits["mechanism"] == "none"
     old_pid = agent.state("behaviours")["replicas"][0]["pid"]
@@ -415,7 +416,7 @@ def test_agent_restart_brings_functions_back_and_delete_drains_and_cleans_up(
     assert fresh_get(url, "/str").text == "hello"
 
     # scale through the platform (same generation: no rollout), then delete
-    scaled = asyncio.run(_scale(LocalPlatform(again.sock), "behaviours", 2))
+    scaled = asyncio.run(_scale(LocalPlatform(again.data_dir), "behaviours", 2))
     assert scaled.replicas_desired == 2
     again.wait_state("behaviours", lambda s: s["replicas_ready"] == 2, "the second replica")
     replica_pids = {r["pid"] for r in again.state("behaviours")["replicas"]}

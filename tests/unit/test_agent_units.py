@@ -31,19 +31,18 @@ from nubis.platforms.local.process import ReplicaProcess, describe_exit
 from nubis.platforms.local.slots import CRASH_LOOP_RESTARTS, Slot, backoff
 from nubis.platforms.local.state import DesiredStore, FunctionRecord
 from nubis.processor.replica import load_config, parse_args
+from nubis.runtimes.python.runtime import python_artifact
 from nubis.spec import Spec
 
 CONFIG = {"metadata": {"name": "fn"}, "spec": {"runtime": "python", "handler": "main:handler"}}
 
 
 def deployment_body(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    python = tmp_path / "python"
-    python.touch()
     body: dict[str, Any] = {
         "generation": 1,
         "config": CONFIG,
         "function_dir": str(tmp_path),
-        "python": str(python),
+        "artifact": {"runtime": "python", "details": {"python": str(tmp_path / "python")}},
         "port": 8100,
         "replicas": 2,
     }
@@ -199,6 +198,8 @@ def test_deployment_validation_names_the_field(tmp_path: Path) -> None:
         "function_dir": {"function_dir": str(tmp_path / "absent")},
         "env": {"env": {"A": 1}},
         "readiness_timeout": {"readiness_timeout": 0},
+        "artifact.runtime": {"artifact": {"runtime": "cobol"}},
+        "artifact.details": {"artifact": {"runtime": "python", "details": {"python": 3}}},
     }
     for field, change in cases.items():
         with pytest.raises(BadDeployment, match=field):
@@ -217,6 +218,37 @@ def test_desired_state_round_trips_and_survives_a_corrupt_file(tmp_path: Path) -
     assert not [p for p in store.path.parent.iterdir() if p.name.endswith(".tmp")]
     store.path.write_text("{broken")
     assert store.load() == {}
+
+
+def test_desired_state_written_by_the_previous_release_still_loads(tmp_path: Path) -> None:
+    """Before runtimes were pluggable a record named its interpreter (`python`), not an artifact:
+    an upgraded agent reads it as the Python runtime's artifact and adopts what it describes."""
+    previous = {
+        "generation": 3,
+        "config": CONFIG,
+        "function_dir": str(tmp_path),
+        "python": "/data/envs/py3.12-0123/bin/python",
+        "port": 31000,
+        "replicas": 1,
+        "env": {"NUBIS_FUNCTION_PORTS_FILE": "/data/functions/ports.json"},
+        "resources": {},
+        "readiness_timeout": 60.0,
+        "host": "127.0.0.1",
+    }
+    replica = {"slot": "g3-r0", "generation": 3, "pid": 4242, "start_time": 99, "spool": "/s", "offset": 0}
+    path = tmp_path / "agent" / "desired.json"
+    path.parent.mkdir()
+    document = {"desired": previous, "active": previous, "failure": None, "replicas": [dict(replica, state="ready")]}
+    path.write_text(json.dumps({"version": 1, "functions": {"fn": document}}))
+    record = DesiredStore(path).load()["fn"]
+    assert record.desired == record.active
+    assert record.desired.artifact == python_artifact("/data/envs/py3.12-0123/bin/python")
+    assert record.desired.name == "fn" and record.desired.generation == 3 and record.desired.port == 31000
+    assert [r.slot for r in record.replicas] == ["g3-r0"]
+    saved = DesiredStore(path)
+    saved.save({"fn": record})
+    assert saved.load() == {"fn": record}
+    assert "python" not in json.loads(path.read_text())["functions"]["fn"]["desired"]
 
 
 def test_replicas_follow_min_replicas_then_replicas_capped_by_max() -> None:
@@ -310,6 +342,10 @@ def test_replica_process_exit_before_ready_keeps_the_tail(tmp_path: Path) -> Non
 def test_replica_command_line_and_config_errors(tmp_path: Path) -> None:
     args = parse_args(["--config", "c.json", "--function-dir", "d", "--python", "p", "--port", "8080"])
     assert args.host == "127.0.0.1" and args.memory_limit is None and args.parent_pid is None
+    assert args.artifact == python_artifact("p")
+    artifact = '{"runtime": "python", "details": {"python": "/env/bin/python"}}'
+    args = parse_args(["--config", "c.json", "--function-dir", "d", "--artifact", artifact, "--port", "8080"])
+    assert args.artifact == python_artifact("/env/bin/python")
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     with pytest.raises(SpecError, match="not valid JSON"):
@@ -331,7 +367,7 @@ def test_client_reports_a_missing_agent_with_its_socket(tmp_path: Path) -> None:
 
     with pytest.raises(AgentUnavailable, match=str(sock)):
         asyncio.run(ask())
-    assert isinstance(LocalPlatform(sock), Platform)
+    assert isinstance(LocalPlatform(tmp_path), Platform)
 
 
 def test_api_refuses_bad_requests(tmp_path: Path) -> None:
@@ -355,7 +391,8 @@ def test_api_refuses_bad_requests(tmp_path: Path) -> None:
             assert (await client.delete("/v1/functions/fn")).status_code == 404
             assert (await client.get("/v1/functions/fn/logs")).status_code == 404
             refused = await client.put("/v1/functions/fn", json={"generation": 1})
-            assert refused.status_code == 400 and "port" in refused.json()["error"]
+            assert refused.status_code == 400
+            assert refused.json()["error"] == "config: a required field is missing"
             refused = await client.put("/v1/functions/fn", content=b"[")
             assert refused.status_code == 400
             limits = deployment_body(tmp_path, resources={"limits": {"cpu": "fast"}})

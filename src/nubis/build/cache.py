@@ -20,7 +20,11 @@ from pathlib import Path
 from nubis.build.commands import POST_COPY_MARKER, BuildStep, plan_build_commands
 from nubis.build.pythons import PythonInterpreter
 from nubis.errors import BuildError
-from nubis.runtimes.python import RUNTIME_REQUIREMENTS
+
+#: What every Python function environment gets on top of its own requirements (the worker's own
+#: imports). nuclio-sdk 0.6.3 is the first release with the streaming helpers (generators as response
+#: bodies); msgpack 1.1.0 ships wheels for CPython 3.9 to 3.13.
+RUNTIME_REQUIREMENTS: tuple[str, ...] = ("nuclio-sdk==0.6.3", "msgpack==1.1.0")
 
 #: Bump when the layout or the way an environment is built changes: old cache entries then miss.
 FORMAT_VERSION = 1

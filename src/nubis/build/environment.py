@@ -21,6 +21,7 @@ from pathlib import Path
 from nubis.build.cache import (
     FORMAT_VERSION,
     REQUIREMENTS_FILE,
+    RUNTIME_REQUIREMENTS,
     build_lock,
     environment_key,
     is_complete,
@@ -31,7 +32,6 @@ from nubis.build.commands import BuildStep, plan_build_commands
 from nubis.build.pythons import PythonInterpreter
 from nubis.build.runner import run_streaming
 from nubis.errors import BuildError
-from nubis.runtimes.python import RUNTIME_REQUIREMENTS
 
 
 @dataclass

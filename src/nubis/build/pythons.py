@@ -19,7 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nubis.errors import BuildError
-from nubis.runtimes.python import SUPPORTED_VERSIONS
+
+#: Oldest and newest Python a function may ask for with `runtime: python:3.X`.
+SUPPORTED_VERSIONS: tuple[str, ...] = ("3.9", "3.10", "3.11", "3.12", "3.13")
 
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.\d+)?")
 _PROBE = "import sys; print('%d.%d' % sys.version_info[:2])"

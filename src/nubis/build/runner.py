@@ -8,6 +8,7 @@ passes, so a shell command's children die with it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -89,6 +90,11 @@ def run_streaming(
         proc.stdout.close()
         if proc.poll() is None:
             _kill_group(proc)
+        else:
+            # What the step left running in the background (`cmd &`) ends with it: a build leaves
+            # no process behind (its session's group still exists while any member lives).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
     if timed_out:
         raise BuildError(
             f"build timed out after {timeout_seconds or 0:g} s (spec.build.buildTimeoutSeconds) "

@@ -3,36 +3,51 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from nubis.auth.gate import Gate
-from nubis.control.reconciler import Reconciler
+from nubis.control.reconciler import Reconciler, Timing
 from nubis.control.settings import ServerSettings
 from nubis.control.store import Store
 from nubis.platforms.base import Platform
 
 
+class StorePorts:
+    """The store as the platform's port book (`platforms.base.PortBook`): ports live with functions."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def claim(self, name: str, port: int) -> None:
+        record = await self.store.get_function(name)
+        if record is not None and record.http_port != port:
+            await self.store.set_http_port(name, port)
+
+    async def allocate(self, name: str, low: int, high: int, available: Callable[[int], bool]) -> int:
+        return await self.store.allocate_http_port(name, low, high, available=available)
+
+    async def assigned(self) -> dict[str, int]:
+        return {r.name: r.http_port for r in await self.store.list_functions() if r.http_port}
+
+
 class ControlPlane:
-    def __init__(self, settings: ServerSettings, store: Store, platform: Platform, gate: Gate) -> None:
+    def __init__(
+        self, settings: ServerSettings, store: Store, platform: Platform, gate: Gate, timing: Timing | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.platform = platform
         self.gate = gate
-        self.reconciler = Reconciler(store, platform, settings)
+        self.reconciler = Reconciler(store, platform, timing)
         #: set once the API serves and the reconciler runs (`/readyz`)
         self.ready = asyncio.Event()
         #: encoded function objects (plain / export form) by name, with the updated_at they show
         self.object_cache: dict[bool, dict[str, tuple[Any, bytes]]] = {}
 
     async def remove_function(self, name: str) -> None:
-        """Stop deploying, stop the replicas, forget the function, then free its code on disk."""
-        await self.reconciler.forget(name)
-        await self.platform.delete(name)
-        await self.store.delete_function(name)
-        await self.reconciler.write_ports()
-        await asyncio.to_thread(shutil.rmtree, self.settings.data_dir / "functions" / name, True)
+        """Stop deploying, stop the replicas, forget the function, then free its code."""
+        await self.reconciler.remove(name)
 
     async def replica_names(self, name: str) -> list[str]:
         status = await self.platform.status(name)

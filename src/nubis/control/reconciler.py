@@ -8,32 +8,31 @@ middle of a deploy finds it that way at its next start and deploys it again. A p
 says so, and the deploy is retried with exponential backoff until it succeeds or fails for good.
 Status writes are compare-and-set on the generation, so a slow deploy of an old spec can never
 overwrite the status of a newer one.
+
+It speaks only to the `Platform` and `Builder` protocols (platforms/base.py): where code is kept,
+which port a function gets, how replicas learn each other's ports and what its invocation URLs are
+belong to the platform, so the same reconciler drives the local platform and the in-memory one
+its unit tests use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import shutil
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from nubis.build import build_environment, find_python
 from nubis.control.deploy_failure import FailureReport, summarize_failure
 from nubis.control.deploy_log import DeployLog
-from nubis.control.settings import ServerSettings
-from nubis.control.sources import copy_directory, write_inline_source
 from nubis.control.store import FunctionRecord, Store
 from nubis.errors import NubisError, TemporaryError
-from nubis.platforms.base import BuildOutput, DeployFailed, FunctionDeployment, Platform
+from nubis.platforms.base import DeployFailed, Event, FunctionDeployment, Platform
 from nubis.processor.triggers.http_config import parse_port
-from nubis.spec import parse_config, parse_runtime
+from nubis.spec import FunctionConfig, parse_config
 
 log = logging.getLogger("nubis.reconciler")
 
@@ -49,6 +48,15 @@ RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
+class Timing:
+    """The reconciler's clock: tests shorten it, the server uses the defaults."""
+
+    resync_seconds: float = RESYNC_SECONDS
+    retry_first_seconds: float = RETRY_FIRST_SECONDS
+    retry_max_seconds: float = RETRY_MAX_SECONDS
+
+
+@dataclass(frozen=True)
 class PendingRetry:
     """A deploy of `generation` failed `attempts` times for a temporary reason; next try at `due`
     (event-loop time). A newer generation does not wait for it."""
@@ -58,18 +66,18 @@ class PendingRetry:
     due: float
 
 
-def retry_delay(exc: TemporaryError, attempts: int) -> float:
-    """The error's own delay when it knows one, else 1, 2, 4 ... s, at most `RETRY_MAX_SECONDS`."""
+def retry_delay(exc: TemporaryError, attempts: int, timing: Timing = Timing()) -> float:
+    """The error's own delay when it knows one, else 1, 2, 4 ... s, at most `retry_max_seconds`."""
     if exc.delay is not None:
         return max(0.0, exc.delay)
-    return float(min(RETRY_FIRST_SECONDS * 2 ** (attempts - 1), RETRY_MAX_SECONDS))
+    return float(min(timing.retry_first_seconds * 2 ** (attempts - 1), timing.retry_max_seconds))
 
 
 class Reconciler:
-    def __init__(self, store: Store, platform: Platform, settings: ServerSettings) -> None:
+    def __init__(self, store: Store, platform: Platform, timing: Timing | None = None) -> None:
         self.store = store
         self.platform = platform
-        self.settings = settings
+        self.timing = timing or Timing()
         self._wake = asyncio.Event()
         self._deploys: dict[str, asyncio.Task[None]] = {}
         #: newest platform event time (epoch ms) already copied into each function's status.logs
@@ -81,19 +89,6 @@ class Reconciler:
         #: deploys waiting out the backoff of a temporary failure, by function
         self._retries: dict[str, PendingRetry] = {}
 
-    @property
-    def ports_file(self) -> Path:
-        """name -> port of every function, for `context.platform.call_function` in replicas."""
-        return self.settings.data_dir / "functions" / "ports.json"
-
-    async def write_ports(self) -> None:
-        ports = {r.name: r.http_port for r in await self.store.list_functions() if r.http_port}
-        target = self.ports_file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.with_suffix(".tmp")
-        staging.write_text(json.dumps(ports, sort_keys=True))
-        staging.replace(target)
-
     def wake(self) -> None:
         """Something changed in the store: look now rather than at the next resync."""
         self._wake.set()
@@ -103,7 +98,7 @@ class Reconciler:
             try:
                 await self.reconcile_once()
             except Exception:
-                log.exception("reconcile pass failed; retrying in %.0f s", RESYNC_SECONDS)
+                log.exception("reconcile pass failed; retrying in %.0f s", self.timing.resync_seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._until_next_pass())
             self._wake.clear()
@@ -124,9 +119,9 @@ class Reconciler:
     def _until_next_pass(self) -> float:
         """Seconds to the next look: the resync period, or sooner when a retry falls due."""
         if not self._retries:
-            return RESYNC_SECONDS
+            return self.timing.resync_seconds
         soonest = min(r.due for r in self._retries.values()) - asyncio.get_running_loop().time()
-        return max(0.0, min(RESYNC_SECONDS, soonest))
+        return max(0.0, min(self.timing.resync_seconds, soonest))
 
     async def _sync_health(self) -> None:
         """Carry what the platform saw since the deploy (crashes, restarts, a crash loop) into the
@@ -145,26 +140,18 @@ class Reconciler:
             if running is not None and not running.done():
                 continue
             mark = self._event_marks.get(name, 0.0)
-            fresh = [e for e in status.events if float(e.get("time", 0)) > mark]
+            fresh = [e for e in status.events if e.time > mark]
             if not fresh and self._seen_states.get(name) == status.state:
                 continue  # nothing happened on the platform since the last look: no store read
             record = await self.store.get_function(name)
             if record is None or record.state not in ("ready", "unhealthy"):
                 continue
             if fresh:
-                self._event_marks[name] = max(float(e.get("time", 0)) for e in fresh)
+                self._event_marks[name] = max(e.time for e in fresh)
                 if mark:  # events before the first look were already reported by the deploy
                     await self.store.append_logs(
                         name,
-                        [
-                            {
-                                "time": float(e.get("time", 0)),
-                                "level": str(e.get("level", "info")),
-                                "name": "platform",
-                                "message": str(e.get("message", "")),
-                            }
-                            for e in fresh
-                        ],
+                        [{"time": e.time, "level": e.level, "name": "platform", "message": e.message} for e in fresh],
                     )
             state = record.state
             wanted = "unhealthy" if status.state == "unhealthy" else "ready" if status.state == "ready" else state
@@ -201,6 +188,11 @@ class Reconciler:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    async def settle(self) -> None:
+        """Wait until every deploy under way has ended (tests; a pass starts them in the background)."""
+        while running := [task for task in self._deploys.values() if not task.done()]:
+            await asyncio.wait(running)
+
     async def forget(self, name: str) -> None:
         """Stop deploying a function that is being deleted."""
         self._seen_states.pop(name, None)
@@ -233,8 +225,8 @@ class Reconciler:
                     name, status, deployed_generation=generation, only_if_generation=generation
                 )
                 self._retries.pop(name, None)
-                await self.write_ports()
-                await asyncio.to_thread(self._prune_code, name, generation)
+                await self.platform.publish_ports()
+                await self.platform.builder.prune(name, generation)
             except asyncio.CancelledError:
                 raise
             except TemporaryError as exc:
@@ -261,7 +253,7 @@ class Reconciler:
     ) -> None:
         """Keep the function `building`, say what it waits for, and schedule the next try."""
         name, generation = record.name, record.generation
-        delay = retry_delay(exc, attempts)
+        delay = retry_delay(exc, attempts, self.timing)
         self._retries[name] = PendingRetry(generation, attempts, asyncio.get_running_loop().time() + delay)
         message = f"waiting for the platform: {exc.message}; retrying in {delay:g} s"
         log.warning("deploy of %s (generation %d, try %d) %s", name, generation, attempts, message)
@@ -270,62 +262,38 @@ class Reconciler:
         waiting = dict(status, state="building", message=message)
         await self.store.set_function_status(name, waiting, only_if_generation=generation)
 
+    async def remove(self, name: str) -> None:
+        """Stop deploying, stop the replicas, forget the function, then free what its builds left."""
+        await self.forget(name)
+        await self.platform.delete(name)
+        await self.store.delete_function(name)
+        await self.platform.publish_ports()
+        await self.platform.builder.remove(name)
+
     async def _build_and_run(self, record: FunctionRecord, deploy_log: DeployLog) -> dict[str, Any]:
         config = parse_config(record.config).config
-        spec = config.spec
         deploy_log.add("info", "Deploying function", function=record.name, generation=record.generation)
-        code_dir = await asyncio.to_thread(self._materialise, record)
-        handler_module = spec.handler.partition(":")[0]
-        source_file = code_dir / (handler_module.split(".")[0] + ".py")
-        _, version = parse_runtime(spec.runtime or "python", source_file=source_file)
-        python = find_python(version)
-        deploy_log.add("info", "Building function environment", runtime=spec.runtime or "python", python=python.version)
-        timeout = float(spec.build.build_timeout_seconds) if spec.build.build_timeout_seconds else None
-        environment = await asyncio.to_thread(
-            build_environment,
-            code_dir,
-            python=python,
-            build_commands=list(spec.build.commands or []),
-            cache_root=self.settings.environments_dir,
-            timeout_seconds=timeout,
-            progress=deploy_log.line,
-        )
-        for warning in environment.warnings:
-            deploy_log.add("warn", warning)
-        for var in spec.env:
-            if var.value_from is not None:
-                deploy_log.add(
-                    "warn",
-                    f"env {var.name} uses valueFrom, which the local platform cannot resolve yet; it is left unset",
-                )
-        if spec.volumes:
-            deploy_log.add("warn", "spec.volumes are stored but not mounted by the local platform yet")
-        port = await self._http_port(record, config)
+        build = await self.platform.builder.build(record.name, record.generation, record.config, deploy_log)
+        endpoint = await self.platform.endpoint(record.name, asked_http_port(config))
+        port = endpoint.http_port
         deploy_log.add("info", "Starting replicas", httpPort=port)
         deployment = FunctionDeployment(
-            name=record.name,
-            generation=record.generation,
-            config=record.config,
-            http_port=port,
-            env={"NUBIS_FUNCTION_PORTS": str(self.ports_file)},
+            name=record.name, generation=record.generation, config=record.config, http_port=port
         )
         # Only the platform's events of this deploy belong in its log: the event list also holds
         # earlier generations' (an old failure's traceback must not follow "generation 4 ready").
         since = time.time() * 1000.0
         try:
-            observed = await self.platform.deploy(
-                deployment, BuildOutput(function_dir=code_dir, python=environment.python), wait=True
-            )
+            observed = await self.platform.deploy(deployment, build, wait=True)
         except DeployFailed as exc:
             self._log_platform_events(record.name, exc.status.events if exc.status else [], since, deploy_log)
             raise
         self._log_platform_events(record.name, observed.events, since, deploy_log)
-        address = self.settings.external_address
         status: dict[str, Any] = {
             "state": "ready",
             "httpPort": port,
-            "internalInvocationUrls": [f"127.0.0.1:{port}"],
-            "externalInvocationUrls": [f"{address}:{port}"],
+            "internalInvocationUrls": list(endpoint.internal_urls),
+            "externalInvocationUrls": list(endpoint.external_urls),
             "replicas": len(observed.replicas),
             "limits": dict(observed.limits),
         }
@@ -336,56 +304,31 @@ class Reconciler:
             )
         return status
 
-    def _log_platform_events(
-        self, name: str, events: list[Mapping[str, Any]], since: float, deploy_log: DeployLog
-    ) -> None:
+    def _log_platform_events(self, name: str, events: Sequence[Event], since: float, deploy_log: DeployLog) -> None:
         """Copy the platform's events since `since` (epoch ms) into the deploy log, one line each
         (a replica's output tail becomes its cause), and mark them as reported, so the health
         sync does not copy them a second time."""
-        fresh = [e for e in events if float(e.get("time", 0)) >= since]
+        fresh = [e for e in events if e.time >= since]
         for event in fresh:
-            message = str(event.get("message", ""))
+            message = event.message
             if "\n" in message:
                 message = summarize_failure(message).summary
-            deploy_log.add(str(event.get("level", "info")), message)
+            deploy_log.add(event.level, message)
         if fresh:
-            newest = max(float(e.get("time", 0)) for e in fresh)
+            newest = max(e.time for e in fresh)
             self._event_marks[name] = max(self._event_marks.get(name, 0.0), newest)
 
-    async def _http_port(self, record: FunctionRecord, config: Any) -> int:
-        """The HTTP trigger's `attributes.port` when the function asks for one (as Nuclio's local
-        platform publishes it), else a port allocated once from the server's range."""
-        for key, trigger in config.effective_triggers().items():
-            attributes = trigger.attributes or {}
-            if trigger.kind == "http" and not trigger.disabled and any(str(k).lower() == "port" for k in attributes):
-                # The processor's own parser, so both read the same port (or refuse the same spec).
-                asked = parse_port(attributes, f"spec.triggers.{key}.attributes")
-                if asked > 0:
-                    if record.http_port != asked:
-                        await self.store.set_http_port(record.name, asked)
-                    return asked
-        return await self.store.allocate_http_port(
-            record.name, *self.settings.function_port_range, available=self.settings.port_is_free
-        )
 
-    def _prune_code(self, name: str, serving: int) -> None:
-        """Keep the serving generation's code and the one before (replicas may still drain it)."""
-        root = self.settings.data_dir / "functions" / name
-        for path in root.glob("g*"):
-            number = path.name[1:]
-            if number.isdigit() and int(number) < serving - 1:
-                shutil.rmtree(path, ignore_errors=True)
-
-    def _materialise(self, record: FunctionRecord) -> Path:
-        """The function's code for this generation, in its own directory."""
-        spec = record.config.get("spec") or {}
-        build = spec.get("build") or {}
-        target = self.settings.data_dir / "functions" / record.name / f"g{record.generation}"
-        if build.get("functionSourceCode"):
-            if target.exists():
-                shutil.rmtree(target)
-            return write_inline_source(target, build["functionSourceCode"], spec.get("handler") or "")
-        return copy_directory(Path(build.get("path") or ""), target, self.settings.code_roots)
+def asked_http_port(config: FunctionConfig) -> int | None:
+    """The enabled HTTP trigger's `attributes.port` when the function asks for one, read by the
+    processor's own parser (so both read the same port, or refuse the same spec)."""
+    for key, trigger in config.effective_triggers().items():
+        attributes = trigger.attributes or {}
+        if trigger.kind == "http" and not trigger.disabled and any(str(k).lower() == "port" for k in attributes):
+            asked = parse_port(attributes, f"spec.triggers.{key}.attributes")
+            if asked > 0:
+                return asked
+    return None
 
 
 def _still_serving(exc: Exception, generation: int) -> str:

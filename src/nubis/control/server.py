@@ -1,8 +1,9 @@
-"""`nubis server`: the API + reconciler process, which starts (or adopts) the local agent.
+"""`nubis server`: the API + reconciler process, over the platform `--platform` names.
 
-The agent runs in its own session, so a SIGKILL of this process leaves the agent and the replicas
-serving; the next `nubis server` on the same data dir finds the agent's socket and adopts it.
-SIGTERM/SIGINT stop the API, then the agent, which drains every replica.
+The platform starts (or adopts) what it needs when the server starts; for the local platform that
+is the agent, which runs in its own session, so a SIGKILL of this process leaves the agent and the
+replicas serving; the next `nubis server` on the same data dir finds the agent's socket and adopts
+it. SIGTERM/SIGINT stop the API, then the platform (the local agent drains every replica).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import uvicorn
 
 from nubis.auth.gate import Gate
 from nubis.auth.tokens import ADMIN_TOKEN_FILE, hash_token, new_token, write_secret_file
-from nubis.control.agent_process import AgentProcess
 from nubis.control.api.app import create_app
 from nubis.control.api.http_limits import api_protocol_options
-from nubis.control.plane import ControlPlane
+from nubis.control.plane import ControlPlane, StorePorts
 from nubis.control.settings import ServerSettings, is_loopback
 from nubis.control.store import Store, default_state_url
 from nubis.errors import NubisError
-from nubis.platforms.local import LocalPlatform
+from nubis.platforms import registry as platforms
+from nubis.platforms.base import Platform, PlatformContext
 
 log = logging.getLogger("nubis.server")
 
@@ -54,6 +55,7 @@ def check_settings(settings: ServerSettings) -> None:
         )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ServerError("--tls-cert and --tls-key go together: give both or neither")
+    platforms.get_default_registry().factory(settings.platform)  # an unknown name fails before anything starts
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
@@ -112,6 +114,18 @@ async def ensure_admin_token(store: Store, data_dir: Path) -> str | None:
     return token
 
 
+def create_platform(settings: ServerSettings, store: Store) -> Platform:
+    """The platform `settings.platform` names (`local` unless told), over this server's data dir."""
+    context = PlatformContext(
+        data_dir=settings.data_dir,
+        ports=StorePorts(store),
+        function_ports=settings.function_port_range,
+        external_address=settings.external_address,
+        code_roots=settings.code_roots,
+    )
+    return platforms.create(settings.platform, context)
+
+
 async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
     check_settings(settings)
     # Before anything starts: a taken port is one line, with nothing left running.
@@ -125,9 +139,7 @@ async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
 
 async def _serve(settings: ServerSettings, listener: socket.socket, *, announce: bool) -> int:
     store = await Store.open(settings.state_url or default_state_url(settings.data_dir))
-    agent = AgentProcess(settings.data_dir)
-    platform = LocalPlatform.for_data_dir(settings.data_dir)
-    supervising: asyncio.Task[None] | None = None
+    platform = create_platform(settings, store)
     try:
         await store.ensure_default_project(settings.namespace)
         token = await ensure_admin_token(store, settings.data_dir)
@@ -136,8 +148,7 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
             record = await store.find_token(token_hash)
             return record.principal if record else None
 
-        await agent.ensure()
-        supervising = asyncio.create_task(agent.supervise(), name="agent supervisor")
+        await platform.start()
         control = ControlPlane(settings, store, platform, Gate(principal_for, allow_anonymous=settings.insecure_local))
         server = uvicorn.Server(
             uvicorn.Config(
@@ -180,12 +191,8 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
         await control.reconciler.stop()
-        supervising.cancel()
-        log.info("stopping the local agent (draining replicas)")
-        await agent.stop()
+        await platform.stop()
         return 0
     finally:
-        if supervising is not None:
-            supervising.cancel()
         await platform.aclose()
         await store.close()

@@ -1,20 +1,48 @@
-"""The Platform protocol: what the reconciler asks of wherever replicas run.
+"""The Platform and Builder protocols: what the reconciler asks of wherever replicas run.
 
-The reconciler converges desired state (the store) with actual state (the platform): it builds a
-function, then `deploy`s the build, then reads `status`. Platforms keep running what they were
-given when the control plane goes away, and answer `status` for it when a new one asks, so a
-restarted control plane adopts what runs. The autoscaler changes desired replicas (`scale`); it
-never starts processes itself.
+The reconciler converges desired state (the store) with actual state (the platform): it has the
+platform's `builder` make the function's code into a `BuildOutput` (code directory + the runtime's
+opaque artifact), asks the platform for the function's `endpoint` (its port and invocation URLs),
+then `deploy`s the build and reads `status`. Platforms keep running what they were given when the
+control plane goes away, and answer `status` for it when a new one asks, so a restarted control
+plane adopts what runs. The autoscaler changes desired replicas (`scale`); it never starts
+processes itself.
+
+Everything a platform needs besides the protocol (a data dir, host ports, an agent to supervise)
+is its own business: it gets a `PlatformContext` when created (`registry.py`), and starts, stops
+and lets go of what it runs through `start`/`stop`/`aclose`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from nubis.errors import NubisError
+from nubis.platforms.status import Event, Exit, FunctionStatus, ReplicaStatus
+from nubis.runtimes.base import Artifact
+from nubis.spec import Spec
+
+__all__ = [
+    "BuildLog",
+    "BuildOutput",
+    "Builder",
+    "DeployFailed",
+    "DeployTimeout",
+    "Endpoint",
+    "Event",
+    "Exit",
+    "FunctionDeployment",
+    "FunctionStatus",
+    "Platform",
+    "PlatformContext",
+    "PlatformError",
+    "PortBook",
+    "ReplicaStatus",
+    "desired_replicas",
+]
 
 
 class PlatformError(NubisError):
@@ -61,45 +89,121 @@ class FunctionDeployment:
 
 @dataclass(frozen=True)
 class BuildOutput:
-    """What the builder produced: where the code is and which interpreter runs it."""
+    """What the builder produced: where the code is, and the runtime's artifact (opaque here)."""
 
     function_dir: Path
-    python: Path
+    artifact: Artifact
 
 
 @dataclass(frozen=True)
-class ReplicaStatus:
-    name: str
-    pid: int | None
-    generation: int
-    #: starting | ready | failed | exited
-    state: str
-    restarts: int
-    last_exit: Mapping[str, Any] | None = None
+class Endpoint:
+    """Where a function's HTTP trigger listens and how clients reach it (Nuclio's status fields)."""
+
+    http_port: int
+    #: `internalInvocationUrls`, `externalInvocationUrls` (host:port, as Nuclio shows them)
+    internal_urls: list[str]
+    external_urls: list[str]
+
+
+class PortBook(Protocol):
+    """The control plane's record of each function's HTTP port, stable across restarts."""
+
+    async def claim(self, name: str, port: int) -> None:
+        """Record that the function uses `port` (it asked for it); `Conflict` if another has it."""
+        ...
+
+    async def allocate(self, name: str, low: int, high: int, available: Callable[[int], bool]) -> int:
+        """The function's port: the one it has, else the lowest free one in [low, high]."""
+        ...
+
+    async def assigned(self) -> dict[str, int]:
+        """Every function that has a port, with it."""
+        ...
+
+
+class BuildLog(Protocol):
+    """The deploy log of one generation (`control.deploy_log.DeployLog`)."""
+
+    def add(self, level: str, message: str, **extra: Any) -> None: ...
+
+    def line(self, text: str) -> None:
+        """One line of build output (callable from the building thread)."""
+        ...
 
 
 @dataclass(frozen=True)
-class FunctionStatus:
-    """The platform's view of one function."""
+class PlatformContext:
+    """What the control plane gives a platform when it creates it (see `registry.create`)."""
 
-    name: str
-    #: deploying | ready | failed | unhealthy
-    state: str
-    message: str
-    #: the generation last asked for, and the one serving (None: nothing serves)
-    generation: int
-    active_generation: int | None
-    replicas: list[ReplicaStatus]
-    replicas_desired: int
-    #: `{time: epoch ms, level, message}` records, oldest first
-    events: list[Mapping[str, Any]] = field(default_factory=list)
-    #: how resource limits are applied (`mechanism`: cgroup | rlimit | none, ...)
-    limits: Mapping[str, Any] = field(default_factory=dict)
-    port: int | None = None
+    #: the server's data dir (the local platform keeps code, environments and its agent there)
+    data_dir: Path
+    ports: PortBook
+    #: the range host ports are allocated from, when the platform allocates them
+    function_ports: tuple[int, int] = (31000, 31999)
+    #: the address clients reach functions at (`externalInvocationUrls`)
+    external_address: str = "127.0.0.1"
+    #: the directories `spec.build.path` may point into
+    code_roots: tuple[Path, ...] = ()
+
+
+def desired_replicas(spec: Spec) -> int:
+    """Replicas to run: `minReplicas` when set (0: none until a scaler asks), else `replicas`
+    (0 or unset: 1), at most `maxReplicas`."""
+    if spec.min_replicas is not None:
+        count = spec.min_replicas
+    elif spec.replicas:
+        count = spec.replicas
+    else:
+        count = 1
+    if spec.max_replicas:
+        count = min(count, spec.max_replicas)
+    return max(0, count)
+
+
+@runtime_checkable
+class Builder(Protocol):
+    """Makes a function's code into what the platform runs, and cleans up after it."""
+
+    async def build(self, name: str, generation: int, config: Mapping[str, Any], log: BuildLog) -> BuildOutput:
+        """Materialise the code of this generation and build it with its runtime. `TemporaryError`
+        when it may work later, any other `NubisError` when the function must change."""
+        ...
+
+    async def prune(self, name: str, serving: int) -> None:
+        """Free what builds older than the one before `serving` left (replicas may drain the one before)."""
+        ...
+
+    async def remove(self, name: str) -> None:
+        """Free everything the function's builds left (it was deleted)."""
+        ...
 
 
 @runtime_checkable
 class Platform(Protocol):
+    #: the builder whose outputs this platform runs
+    builder: Builder
+
+    async def start(self) -> None:
+        """Start (or adopt) what the platform needs to run functions (the local agent)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop what `start` started, draining what runs (a graceful shutdown of `nubis server`)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Let go of connections; what runs keeps running, for the next control plane to adopt."""
+        ...
+
+    async def endpoint(self, name: str, asked_port: int | None) -> Endpoint:
+        """The function's port (`asked_port`: the HTTP trigger's `attributes.port`, else one the
+        platform picks once and keeps) and its invocation URLs."""
+        ...
+
+    async def publish_ports(self) -> None:
+        """The functions or their ports changed: tell the replicas (`context.platform.call_function`)."""
+        ...
+
     async def deploy(self, function: FunctionDeployment, build: BuildOutput, *, wait: bool = True) -> FunctionStatus:
         """Run `build` as the function's new generation. With `wait`, return once it serves and
         raise `DeployFailed` (old generation still serving) or `DeployTimeout` otherwise."""

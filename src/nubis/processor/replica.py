@@ -2,9 +2,12 @@
 
 The local platform's agent starts one such process per replica, on an environment built before:
 
-    python -m nubis.processor.replica --config FILE.json --function-dir DIR --python PATH --port N
+    python -m nubis.processor.replica --config FILE.json --function-dir DIR --artifact JSON --port N
 
-FILE.json is the Nuclio function configuration (`{metadata, spec}`). The HTTP trigger listens with
+FILE.json is the Nuclio function configuration (`{metadata, spec}`); JSON is the artifact its
+runtime built (`{"runtime": "python", "details": {...}}`, see `nubis.runtimes.base.Artifact`), which
+the runtime turns into its workers' command line. `--python PATH` is the Python runtime's shorthand
+for its artifact (an environment whose interpreter is PATH). The HTTP trigger listens with
 SO_REUSEPORT, so every replica of a function serves the same port. When serving, the replica prints
 `<name> ready at <url>` (or `<name> ready` without an HTTP trigger) on stdout; SIGTERM drains and
 exits 0; a start-up failure exits non-zero with the error (init_context traceback included) on stderr.
@@ -28,12 +31,15 @@ import signal
 import sys
 from pathlib import Path
 
+import msgspec
 import uvloop
 
 from nubis import logs
 from nubis.errors import NubisError, SpecError
 from nubis.processor.processor import Processor, ProcessorOptions
 from nubis.processor.serve import serve
+from nubis.runtimes.base import Artifact
+from nubis.runtimes.python.runtime import python_artifact
 from nubis.spec import FunctionConfig, parse_config
 
 log = logging.getLogger("nubis.replica")
@@ -46,7 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m nubis.processor.replica", description=__doc__)
     parser.add_argument("--config", required=True, type=Path, help="function configuration (JSON)")
     parser.add_argument("--function-dir", required=True, type=Path, help="the function's source directory")
-    parser.add_argument("--python", required=True, type=Path, help="interpreter of the built environment")
+    built = parser.add_mutually_exclusive_group(required=True)
+    built.add_argument("--artifact", type=parse_artifact, help="the build's artifact (JSON)")
+    built.add_argument("--python", type=python_artifact, dest="artifact", help="Python runtime: the interpreter")
     parser.add_argument("--port", required=True, type=int, help="port of the HTTP trigger")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -64,6 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ready-fd", type=int, default=None, help="write the ready line on this pipe (not stdout), then close it"
     )
     return parser.parse_args(argv)
+
+
+def parse_artifact(text: str) -> Artifact:
+    try:
+        return msgspec.json.decode(text, type=Artifact)
+    except msgspec.ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"not an artifact: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -128,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             # without --port-owner, replicas started by hand share a port by function dir and name
             port_owner=args.port_owner or f"{args.function_dir.resolve()}:{config.metadata.name}",
         )
-        processor = Processor(config, args.function_dir.resolve(), args.python, options)
+        processor = Processor(config, args.function_dir.resolve(), args.artifact, options)
         code: int = uvloop.run(serve(processor, announce_without_url=True, ready_fd=args.ready_fd))
     except NubisError as exc:
         log.error("%s", exc.message)

@@ -1,5 +1,5 @@
 """How worker processes come to life: forked from a warm zygote (`nubis.processor.zygote`), or
-spawned fresh (here).
+spawned fresh (here), from the `WorkerCommand` the function's runtime made of its artifact.
 
 Both hand back the processor's end of a socket pair whose other end the worker owns; the pool
 does not care which way the worker was made.
@@ -7,36 +7,14 @@ does not care which way the worker was made.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
+from nubis.runtimes.base import WorkerCommand
 
-@dataclass
-class WorkerCommand:
-    """Everything needed to start a Python worker for one function."""
-
-    python: Path
-    handler: str
-    function_dir: Path
-    function_name: str
-    env: dict[str, str]
-    namespace: str = "nubis"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def argv(self, module: str) -> list[str]:
-        """The interpreter command line for a worker-side entry module (zygote or spawn)."""
-        return [
-            str(self.python), "-u", "-m", module,
-            "--handler", self.handler,
-            "--function-dir", str(self.function_dir),
-            "--function-name", self.function_name,
-            "--namespace", self.namespace,
-        ]  # fmt: skip
+__all__ = ["SpawnStarter", "StartedWorker", "WorkerCommand"]
 
 
 @dataclass
@@ -64,7 +42,7 @@ class SpawnStarter:
         cmd = self.command
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [
-            *cmd.argv("nubis_worker.spawn"),
+            *cmd.argv("spawn"),
             "--event-fd",
             str(theirs.fileno()),
             "--worker-id",
@@ -94,24 +72,3 @@ class SpawnStarter:
                 process.kill()
             process.wait()
         self._processes.clear()
-
-
-def worker_environment(
-    base: dict[str, str],
-    function_env: dict[str, str],
-    worker_path: Path,
-    function_dir: Path,
-    metadata: dict[str, str],
-) -> dict[str, str]:
-    """The environment of a function's processes: inherited + spec env + Nuclio's NUCLIO_* variables."""
-    env = dict(base)
-    env.update(function_env)
-    env.update(metadata)
-    python_path = [str(function_dir), str(worker_path)]
-    if env.get("PYTHONPATH"):
-        python_path.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(python_path)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.pop("VIRTUAL_ENV", None)
-    env.pop("PYTHONHOME", None)
-    return env

@@ -24,7 +24,8 @@ from typing import Any
 import msgpack
 
 from nubis.errors import WorkerError
-from nubis.processor.starters import StartedWorker, WorkerCommand
+from nubis.processor.starters import StartedWorker
+from nubis.runtimes.base import WorkerCommand
 
 log = logging.getLogger("nubis.processor")
 
@@ -72,12 +73,12 @@ class ZygoteProcess:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = self.command
-        argv = [*cmd.argv("nubis_worker.zygote"), "--control-fd", str(theirs.fileno())]
+        argv = [*cmd.argv("zygote"), "--control-fd", str(theirs.fileno())]
         try:
             self.process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env=cmd.env, cwd=cmd.function_dir)
         except OSError as exc:
             ours.close()
-            raise WorkerError(f"cannot start the zygote ({cmd.python}): {exc.strerror or exc}") from None
+            raise WorkerError(f"cannot start the zygote ({cmd.program}): {exc.strerror or exc}") from None
         finally:
             theirs.close()
         ours.setblocking(False)

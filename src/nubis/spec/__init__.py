@@ -8,7 +8,6 @@ from nubis.spec.load import CONFIG_FILE_NAMES, LoadedFunction, export_config, lo
 from nubis.spec.overrides import Overrides, parse_env_items
 from nubis.spec.parse import ParsedConfig, parse_config
 from nubis.spec.rules import (
-    SUPPORTED_PYTHON_VERSIONS,
     derive_function_name,
     parse_runtime,
     validate_function_name,
@@ -28,7 +27,6 @@ __all__ = [
     "CONFIG_FILE_NAMES",
     "DEFAULT_HTTP_TRIGGER_NAME",
     "MAX_NUM_WORKERS",
-    "SUPPORTED_PYTHON_VERSIONS",
     "Build",
     "EnvVar",
     "FunctionConfig",

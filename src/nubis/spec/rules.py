@@ -6,22 +6,7 @@ import re
 from pathlib import Path
 
 from nubis.errors import SpecError
-
-#: Python versions Nubis can build functions for; `python` alone means the platform default
-SUPPORTED_PYTHON_VERSIONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
-#: runtimes Nuclio has and Nubis does not (yet): a clearer error than "unknown runtime"
-NUCLIO_ONLY_RUNTIMES = frozenset({"golang", "nodejs", "java", "shell", "dotnetcore", "ruby"})
-#: source extension → Nuclio runtime, used when `spec.runtime` is empty (Nuclio infers it the same way)
-RUNTIME_BY_EXTENSION = {
-    ".py": "python",
-    ".go": "golang",
-    ".js": "nodejs",
-    ".java": "java",
-    ".sh": "shell",
-    ".cs": "dotnetcore",
-    ".rb": "ruby",
-}
-SUPPORTED_RUNTIMES_TEXT = f"python, python:{SUPPORTED_PYTHON_VERSIONS[0]} … python:{SUPPORTED_PYTHON_VERSIONS[-1]}"
+from nubis.runtimes import registry as runtimes
 
 # Nuclio's own handler pattern, kept verbatim (`|` inside the class is literal there too)
 _HANDLER = re.compile(r"^([\w|-]+(\.[\w|-]+)*):(\w+)$")
@@ -73,36 +58,12 @@ def validate_handler(handler: str, *, field: str = "spec.handler") -> tuple[str,
 def parse_runtime(
     runtime: str, *, source_file: str | Path | None = None, field: str = "spec.runtime"
 ) -> tuple[str, str | None]:
-    """Split `python[:X.Y]` into ("python", "X.Y" or None for the platform default).
+    """Split `kind[:version]` into (kind, version or None for the runtime's default), e.g.
+    ("python", "3.12"), through the runtime registry (`nubis.runtimes.registry`).
 
     An empty runtime is inferred from `source_file`'s extension, as Nuclio does. The interpreter for
-    a version is resolved by the builder, not here. Raises `SpecError` for anything Nubis cannot run.
+    a version is resolved by the runtime's build, not here. Raises `SpecError` for anything no
+    registered runtime runs, listing the ones that are.
     """
-    text = runtime.strip().lower()
-    shown = f"'{runtime}'"
-    if not text:
-        suffix = Path(source_file).suffix if source_file is not None else ""
-        inferred = RUNTIME_BY_EXTENSION.get(suffix)
-        if inferred is None:
-            raise SpecError(
-                "runtime must be specified",
-                field=field,
-                expected=f"one of {SUPPORTED_RUNTIMES_TEXT}",
-            )
-        text, shown = inferred, f"'{inferred}' (inferred from '{Path(str(source_file)).name}')"
-    name, _, version = text.partition(":")
-    if name == "python":
-        if not version:
-            return "python", None
-        if version in SUPPORTED_PYTHON_VERSIONS:
-            return "python", version
-        raise SpecError(
-            f"python version '{version}' is not supported by Nubis (supported: {SUPPORTED_RUNTIMES_TEXT})",
-            field=field,
-        )
-    if name in NUCLIO_ONLY_RUNTIMES:
-        raise SpecError(
-            f"runtime {shown} is not supported by Nubis yet (supported: {SUPPORTED_RUNTIMES_TEXT})",
-            field=field,
-        )
-    raise SpecError(f"unknown runtime '{runtime}' (supported: {SUPPORTED_RUNTIMES_TEXT})", field=field)
+    found, version = runtimes.parse(runtime, source_file=source_file, field=field)
+    return found.kind, version

@@ -38,7 +38,7 @@ from nubis.platforms.local.agent_token import ensure_token
 from nubis.platforms.local.environment import ReplicaEnvironment
 from nubis.platforms.local.limits import Cgroups, ResourceLimits
 from nubis.platforms.local.logstore import FunctionLogs
-from nubis.platforms.local.models import BadDeployment, Deployment, FunctionStateDict, PortConflict
+from nubis.platforms.local.models import BadDeployment, Deployment, FunctionState, PortConflict
 from nubis.platforms.local.paths import agent_dir, socket_path
 from nubis.platforms.local.state import DesiredStore, FunctionRecord
 from nubis.platforms.local.supervisor import FunctionSupervisor
@@ -98,7 +98,7 @@ class Agent:
                 for entry in parent.iterdir():
                     if entry.name not in records:
                         shutil.rmtree(entry, ignore_errors=True)
-        adoptable = {r["spool"] for record in records.values() for r in record.replicas}
+        adoptable = {r.spool for record in records.values() for r in record.replicas}
         spools = self.dir / "spool"
         for path in spools.glob("*/*") if spools.is_dir() else []:
             if str(path) not in adoptable:
@@ -135,7 +135,7 @@ class Agent:
             log.error("cannot save %s: %s", self.store.path, exc)
 
     # -- operations ---------------------------------------------------------------------------------
-    async def apply(self, name: str, body: Any) -> FunctionStateDict:
+    async def apply(self, name: str, body: Any) -> FunctionState:
         """PUT: validate and apply a desired deployment; raises BadDeployment."""
         deployment = Deployment.from_json(name, body)
         try:
@@ -151,11 +151,11 @@ class Agent:
         self.save()
         return supervisor.report()
 
-    def get(self, name: str) -> FunctionStateDict | None:
+    def get(self, name: str) -> FunctionState | None:
         supervisor = self.functions.get(name)
         return supervisor.report() if supervisor is not None else None
 
-    def list(self) -> dict[str, FunctionStateDict]:
+    def list(self) -> dict[str, FunctionState]:
         return {name: s.report() for name, s in sorted(self.functions.items())}
 
     async def delete(self, name: str) -> bool:

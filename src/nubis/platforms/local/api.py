@@ -21,13 +21,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from nubis.platforms.local.agent_token import RequireToken
-from nubis.platforms.local.models import BadDeployment, PortConflict
+from nubis.platforms.local.models import AGENT_PROTOCOL, BadDeployment, PortConflict
 
 if TYPE_CHECKING:
     from nubis.platforms.local.agent import Agent
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def encoded(body: Any, status: int = 200) -> Response:
+    """A JSON response of msgspec Structs (the observed states of `models.py`)."""
+    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
 
 
 def create_app(agent: Agent, token: str) -> Starlette:
@@ -49,17 +55,19 @@ def create_app(agent: Agent, token: str) -> Starlette:
             await agent.stop()
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "pid": os.getpid(), "functions": len(agent.functions)})
+        return JSONResponse(
+            {"status": "ok", "pid": os.getpid(), "functions": len(agent.functions), "protocol": AGENT_PROTOCOL}
+        )
 
     async def list_functions(request: Request) -> Response:
-        return JSONResponse(agent.list())
+        return encoded(agent.list())
 
     async def get_function(request: Request) -> Response:
         name = request.path_params["name"]
         state = agent.get(name)
         if state is None:
             return error(404, f"function {name!r} is not deployed here")
-        return JSONResponse(state)
+        return encoded(state)
 
     async def put_function(request: Request) -> Response:
         name = request.path_params["name"]
@@ -73,7 +81,7 @@ def create_app(agent: Agent, token: str) -> Starlette:
             return error(409, str(exc))
         except BadDeployment as exc:
             return error(400, str(exc))
-        return JSONResponse(state, status_code=202)
+        return encoded(state, status=202)
 
     async def delete_function(request: Request) -> Response:
         name = request.path_params["name"]

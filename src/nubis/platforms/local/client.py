@@ -10,11 +10,12 @@ from types import TracebackType
 from typing import Any, cast
 
 import httpx
+import msgspec
 
 from nubis.errors import TemporaryError
 from nubis.platforms.base import DeployFailed, DeployTimeout, PlatformError
 from nubis.platforms.local.agent_token import TokenAuth
-from nubis.platforms.local.models import FunctionStateDict
+from nubis.platforms.local.models import Deployment, FunctionState
 
 #: seconds a DELETE may take: replicas drain in-flight events first
 DELETE_TIMEOUT = 60.0
@@ -102,24 +103,40 @@ class AgentClient:
             raise self._error(response)
         return response.json()
 
+    async def _state(self, method: str, path: str, kind: Any, **kwargs: Any) -> Any:
+        """The agent's answer decoded as `kind` (None on 404), validated by msgspec."""
+        response = await self._request(method, path, **kwargs)
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise self._error(response)
+        try:
+            return msgspec.json.decode(response.content, type=kind)
+        except msgspec.ValidationError as exc:
+            raise PlatformError(f"agent: {method} {path}: an answer this server cannot read ({exc})") from exc
+
     # -- API ----------------------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
         return cast(dict[str, Any], await self._json("GET", "/healthz"))
 
-    async def apply(self, name: str, deployment: Mapping[str, Any]) -> FunctionStateDict:
+    async def apply(self, name: str, deployment: Deployment | Mapping[str, Any]) -> FunctionState:
         """PUT the desired deployment; returns the observed state right after (usually `deploying`).
         The agent answers at once (the rollout runs in the background), so a hung one is given up on
         after `APPLY_TIMEOUT` s and the deploy retried."""
-        body = dict(deployment)
+        body = deployment.to_json() if isinstance(deployment, Deployment) else dict(deployment)
         timeout = httpx.Timeout(APPLY_TIMEOUT)
-        return cast(FunctionStateDict, await self._json("PUT", f"/v1/functions/{name}", json=body, timeout=timeout))
+        state = await self._state("PUT", f"/v1/functions/{name}", FunctionState, json=body, timeout=timeout)
+        if state is None:
+            raise AgentRequestError(f"agent: PUT /v1/functions/{name}: not found", 404)
+        return cast(FunctionState, state)
 
-    async def get(self, name: str) -> FunctionStateDict | None:
-        return cast(FunctionStateDict | None, await self._json("GET", f"/v1/functions/{name}", allow_404=True))
+    async def get(self, name: str) -> FunctionState | None:
+        return cast(FunctionState | None, await self._state("GET", f"/v1/functions/{name}", FunctionState))
 
-    async def list(self, timeout: float | None = None) -> dict[str, FunctionStateDict]:
+    async def list(self, timeout: float | None = None) -> dict[str, FunctionState]:
         extra: dict[str, Any] = {"timeout": httpx.Timeout(timeout)} if timeout is not None else {}
-        return cast(dict[str, FunctionStateDict], await self._json("GET", "/v1/functions", **extra))
+        listed = await self._state("GET", "/v1/functions", dict[str, FunctionState], **extra)
+        return cast(dict[str, FunctionState], listed or {})
 
     async def delete(self, name: str) -> bool:
         """Drain and stop the function's replicas; False when the agent did not know it."""
@@ -152,7 +169,7 @@ class AgentClient:
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise self._unavailable(exc) from exc
 
-    async def wait_ready(self, name: str, generation: int, timeout: float) -> FunctionStateDict:
+    async def wait_ready(self, name: str, generation: int, timeout: float) -> FunctionState:
         """Wait for the agent's verdict on `generation`: its observed state once it serves.
 
         Raises `DeployFailed` when the generation failed (the previous one keeps serving) or was
@@ -164,19 +181,17 @@ class AgentClient:
             state = await self.get(name)
             if state is None:
                 raise DeployFailed(f"function {name!r} is no longer deployed on the agent")
-            if state["generation"] != generation:
-                raise DeployFailed(
-                    f"generation {generation} of {name!r} was replaced by generation {state['generation']}"
-                )
-            if state["state"] != "deploying":
-                if state["active_generation"] == generation and state["state"] != "failed":
+            if state.generation != generation:
+                raise DeployFailed(f"generation {generation} of {name!r} was replaced by generation {state.generation}")
+            if state.state != "deploying":
+                if state.active_generation == generation and state.state != "failed":
                     return state
-                if state["state"] == "failed":
-                    raise DeployFailed(state["message"])
+                if state.state == "failed":
+                    raise DeployFailed(state.message)
             if time.monotonic() >= deadline:
                 raise DeployTimeout(
                     f"generation {generation} of {name!r} was not ready within {timeout:g} s "
-                    f"(agent says: {state['state']}: {state['message']})"
+                    f"(agent says: {state.state}: {state.message})"
                 )
             await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(interval * 1.5, 0.1)  # a local socket round trip is cheap; answer fast

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
 from nubis.platforms.local.limits import Cgroups, LimitsPlan, ResourceLimits, plan_limits
 from nubis.platforms.local.models import Deployment
 
@@ -66,8 +68,8 @@ class ReplicaEnvironment:
             str(self.config_file(deployment)),
             "--function-dir",
             deployment.function_dir,
-            "--python",
-            deployment.python,
+            "--artifact",
+            msgspec.json.encode(deployment.artifact).decode(),
             "--port",
             str(deployment.port),
             "--host",

@@ -3,90 +3,27 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
+
+import msgspec
 
 from nubis.errors import PermanentError, SpecError
+from nubis.platforms.status import FunctionStatus
+from nubis.runtimes.base import Artifact
+from nubis.runtimes.python.runtime import python_artifact
+from nubis.runtimes.registry import get_default_registry
 from nubis.spec import parse_config, validate_function_name
-
-ReplicaStateName = Literal["starting", "ready", "failed", "exited"]
-FunctionStateName = Literal["deploying", "ready", "failed", "unhealthy"]
-LimitsMechanism = Literal["cgroup", "rlimit", "none"]
 
 #: seconds a new generation may take to become ready when the deployment does not say
 DEFAULT_READINESS_TIMEOUT = 60.0
+#: The version of the agent's HTTP bodies; `/healthz` says it. A server that finds an agent of
+#: another version running (left by the previous release) replaces it (agent_process.py). 2: the
+#: deployment carries a runtime `artifact` instead of a `python` path.
+AGENT_PROTOCOL = 2
 #: the most replicas one function may ask the local agent for
 MAX_REPLICAS = 64
-
-
-class DeploymentDict(TypedDict):
-    """Body of `PUT /v1/functions/{name}`."""
-
-    generation: int
-    config: dict[str, Any]
-    function_dir: str
-    python: str
-    port: int
-    replicas: int
-    env: NotRequired[dict[str, str]]
-    resources: NotRequired[dict[str, Any]]
-    readiness_timeout: NotRequired[float]
-    host: NotRequired[str]
-
-
-class EventDict(TypedDict):
-    time: int
-    level: str
-    message: str
-
-
-class ExitDict(TypedDict):
-    time: int
-    code: int | None
-    reason: str
-
-
-class ReplicaDict(TypedDict):
-    name: str
-    pid: int | None
-    generation: int
-    state: ReplicaStateName
-    restarts: int
-    last_exit: ExitDict | None
-
-
-class DrainingDict(TypedDict):
-    name: str
-    pid: int | None
-    generation: int
-
-
-class LimitsDict(TypedDict):
-    mechanism: LimitsMechanism
-    memory: int | None
-    cpu: float | None
-    memory_enforced: bool
-    cpu_enforced: bool
-    message: str
-
-
-class FunctionStateDict(TypedDict):
-    """What `GET /v1/functions/{name}` answers."""
-
-    name: str
-    state: FunctionStateName
-    message: str
-    generation: int
-    active_generation: int | None
-    port: int
-    replicas_desired: int
-    replicas_ready: int
-    replicas: list[ReplicaDict]
-    draining: list[DrainingDict]
-    limits: LimitsDict
-    events: list[EventDict]
-    deployment: DeploymentDict
 
 
 class BadDeployment(PermanentError, ValueError):
@@ -98,112 +35,115 @@ class PortConflict(BadDeployment):
     """Another function of the agent has the port."""
 
 
-@dataclass(frozen=True)
-class Deployment:
-    """One desired deployment of a function, validated."""
+class Deployment(msgspec.Struct, frozen=True, kw_only=True):
+    """One desired deployment of a function: the body of `PUT /v1/functions/{name}` and each
+    `desired`/`active` record of desired.json, validated by msgspec (`from_json`).
 
-    name: str
-    generation: int
+    `artifact` is the runtime's, opaque here: the replica hands it to the runtime to start workers.
+    """
+
+    generation: Annotated[int, msgspec.Meta(ge=0)]
     config: dict[str, Any]
-    function_dir: str
-    python: str
-    port: int
-    replicas: int
-    env: dict[str, str] = field(default_factory=dict)
-    resources: dict[str, Any] = field(default_factory=dict)
-    readiness_timeout: float = DEFAULT_READINESS_TIMEOUT
-    host: str = "127.0.0.1"
+    function_dir: Annotated[str, msgspec.Meta(min_length=1)]
+    artifact: Artifact
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=MAX_REPLICAS)]
+    env: dict[str, str] = {}
+    resources: dict[str, Any] = {}
+    readiness_timeout: Annotated[float, msgspec.Meta(gt=0)] = DEFAULT_READINESS_TIMEOUT
+    host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    #: the function's name: the path of the PUT, not part of its body
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.readiness_timeout):
+            raise ValueError("expected a finite number of seconds - at `$.readiness_timeout`")
 
     @classmethod
     def from_json(cls, name: str, data: Any, *, check_paths: bool = True) -> Deployment:
-        """Validate a PUT body; raises `BadDeployment` naming the wrong field."""
+        """Validate a PUT body (or a desired.json record); raises `BadDeployment` naming the field.
+
+        A record of a release before runtimes were pluggable (`python: PATH` instead of an
+        artifact) is read as the Python runtime's artifact, so an upgraded agent adopts it.
+        """
         try:
             validate_function_name(name, field="name")
         except SpecError as exc:
             raise BadDeployment(exc.message) from exc
         if not isinstance(data, dict):
             raise BadDeployment("the body must be a JSON object")
-        generation = _int(data, "generation", minimum=0)
-        port = _int(data, "port", minimum=1, maximum=65535)
-        replicas = _int(data, "replicas", minimum=0, maximum=MAX_REPLICAS)
-        config = data.get("config")
-        if not isinstance(config, dict):
-            raise BadDeployment("config: expected the function configuration {metadata, spec}")
+        data = dict(data, name=name)
+        if "python" in data and "artifact" not in data:
+            data["artifact"] = msgspec.to_builtins(python_artifact(data.pop("python")))
         try:
-            parse_config(config)
+            deployment = msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            raise _bad(exc) from exc
+        try:
+            parse_config(deployment.config)
         except SpecError as exc:
             raise BadDeployment(f"config: {exc.message}") from exc
-        function_dir = _str(data, "function_dir")
-        python = _str(data, "python")
-        if check_paths:
-            if not Path(function_dir).is_dir():
-                raise BadDeployment(f"function_dir: {function_dir} is not a directory")
-            if not Path(python).exists():
-                raise BadDeployment(f"python: {python} does not exist")
-        env = data.get("env") or {}
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise BadDeployment("env: expected an object of string values")
-        resources = data.get("resources") or {}
-        if not isinstance(resources, dict):
-            raise BadDeployment("resources: expected an object such as {limits: {memory, cpu}}")
-        timeout = data.get("readiness_timeout", DEFAULT_READINESS_TIMEOUT)
-        if timeout is None:
-            timeout = DEFAULT_READINESS_TIMEOUT
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise BadDeployment(f"readiness_timeout: expected a positive number of seconds, found {timeout!r}")
-        if not math.isfinite(timeout):
-            raise BadDeployment("readiness_timeout: expected a finite number of seconds")
-        host = data.get("host", "127.0.0.1")
-        if not isinstance(host, str) or not host:
-            raise BadDeployment("host: expected an address such as 127.0.0.1")
-        return cls(
-            name=name,
-            generation=generation,
-            config=config,
-            function_dir=function_dir,
-            python=python,
-            port=port,
-            replicas=replicas,
-            env=dict(env),
-            resources=dict(resources),
-            readiness_timeout=float(timeout),
-            host=host,
-        )
+        try:
+            get_default_registry().for_artifact(deployment.artifact)
+        except SpecError as exc:
+            raise BadDeployment(exc.message) from exc
+        if check_paths and not Path(deployment.function_dir).is_dir():
+            raise BadDeployment(f"function_dir: {deployment.function_dir} is not a directory")
+        return deployment
 
-    def to_json(self) -> DeploymentDict:
-        return {
-            "generation": self.generation,
-            "config": self.config,
-            "function_dir": self.function_dir,
-            "python": self.python,
-            "port": self.port,
-            "replicas": self.replicas,
-            "env": dict(self.env),
-            "resources": dict(self.resources),
-            "readiness_timeout": self.readiness_timeout,
-            "host": self.host,
-        }
+    def to_json(self) -> dict[str, Any]:
+        """The record as desired.json keeps it (the name is its key there)."""
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        data.pop("name", None)
+        return data
 
     def same_except_replicas(self, other: Deployment) -> bool:
-        mine = dict(self.to_json())
-        theirs = dict(other.to_json())
-        mine.pop("replicas")
-        theirs.pop("replicas")
-        return mine == theirs
+        return msgspec.structs.replace(other, replicas=self.replicas) == self
 
 
-def _int(data: dict[str, Any], key: str, *, minimum: int, maximum: int | None = None) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadDeployment(f"{key}: expected an integer, found {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bounds = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-        raise BadDeployment(f"{key}: expected {bounds}, found {value}")
-    return value
+_AT = re.compile(r"^(?P<what>.*) - at `\$\.?(?P<path>[^`]*)`$", re.DOTALL)
 
 
-def _str(data: dict[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadDeployment(f"{key}: expected a path, found {value!r}")
-    return value
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]*)`$")
+
+
+def _bad(exc: msgspec.ValidationError) -> BadDeployment:
+    """msgspec's "Expected `int` >= 1, got 0 - at `$.port`" as "port: expected `int` >= 1, got 0"."""
+    text = str(exc)
+    match = _AT.match(text)
+    what, path = (match["what"], match["path"]) if match is not None else (text, "")
+    missing = _MISSING.match(what)
+    if missing is not None:
+        return BadDeployment(f"{path + '.' if path else ''}{missing['field']}: a required field is missing")
+    return BadDeployment(f"{path or 'body'}: {what[:1].lower()}{what[1:]}")
+
+
+LimitsMechanism = Literal["cgroup", "rlimit", "none"]
+
+
+class LimitsDict(TypedDict):
+    """`FunctionState.limits` as the agent fills it (see `limits.LimitsPlan.report`)."""
+
+    mechanism: LimitsMechanism
+    memory: int | None
+    cpu: float | None
+    memory_enforced: bool
+    cpu_enforced: bool
+    message: str
+
+
+class Draining(msgspec.Struct, frozen=True, kw_only=True):
+    """A replica of an older generation that finishes its in-flight events before it stops."""
+
+    name: str
+    pid: int | None
+    generation: int
+
+
+class FunctionState(FunctionStatus, frozen=True, kw_only=True):
+    """What `GET /v1/functions/{name}` answers: the platform's `FunctionStatus` of the function,
+    plus what only the agent knows (the desired deployment, the replicas that drain)."""
+
+    replicas_ready: int
+    draining: list[Draining]
+    deployment: Deployment

@@ -1,23 +1,44 @@
-"""`LocalPlatform`: the Platform protocol on top of the local agent (replicas as processes)."""
+"""`LocalPlatform`: the Platform protocol on top of the local agent (replicas as processes).
+
+What is local about it lives here and in its builder: the agent it starts (or adopts) and
+supervises, host ports allocated from the server's range and probed free, `ports.json` for
+`context.platform.call_function`, invocation URLs on this machine's address, and the code and
+environments under the data dir.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from nubis.platforms.base import (
+    Builder,
     BuildOutput,
     DeployFailed,
+    Endpoint,
     FunctionDeployment,
     FunctionStatus,
+    Platform,
+    PlatformContext,
     PlatformError,
-    ReplicaStatus,
+    PortBook,
+    desired_replicas,
 )
+from nubis.platforms.local.agent_process import AgentProcess
+from nubis.platforms.local.builder import LocalBuilder
 from nubis.platforms.local.client import AgentClient
-from nubis.platforms.local.models import DEFAULT_READINESS_TIMEOUT, DeploymentDict, FunctionStateDict
+from nubis.platforms.local.models import DEFAULT_READINESS_TIMEOUT, Deployment
 from nubis.platforms.local.paths import socket_path
-from nubis.spec import Spec, parse_config
+from nubis.spec import parse_config
+
+log = logging.getLogger("nubis.server")
 
 #: seconds `deploy` waits beyond the readiness timeout (start-up of the processes themselves)
 WAIT_MARGIN = 30.0
@@ -25,72 +46,108 @@ WAIT_MARGIN = 30.0
 STATUS_TIMEOUT = 5.0
 
 
-def desired_replicas(spec: Spec) -> int:
-    """Replicas to run: `minReplicas` when set (0: none until a scaler asks), else `replicas`
-    (0 or unset: 1), at most `maxReplicas`."""
-    if spec.min_replicas is not None:
-        count = spec.min_replicas
-    elif spec.replicas:
-        count = spec.replicas
-    else:
-        count = 1
-    if spec.max_replicas:
-        count = min(count, spec.max_replicas)
-    return max(0, count)
-
-
-def to_status(state: FunctionStateDict) -> FunctionStatus:
-    return FunctionStatus(
-        name=state["name"],
-        state=state["state"],
-        message=state["message"],
-        generation=state["generation"],
-        active_generation=state["active_generation"],
-        replicas=[
-            ReplicaStatus(
-                name=r["name"],
-                pid=r["pid"],
-                generation=r["generation"],
-                state=r["state"],
-                restarts=r["restarts"],
-                last_exit=dict(r["last_exit"]) if r["last_exit"] is not None else None,
-            )
-            for r in state["replicas"]
-        ],
-        replicas_desired=state["replicas_desired"],
-        events=[dict(e) for e in state["events"]],
-        limits=dict(state["limits"]),
-        port=state["port"],
-    )
+def port_is_free(port: int) -> bool:
+    """Nothing listens on `port` of the loopback address (a port taken outside Nubis is skipped)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class LocalPlatform:
-    """Deploys functions as replica processes supervised by the agent of a data dir."""
+    """Deploys functions as replica processes supervised by the agent of a data dir.
 
-    def __init__(self, socket: Path | str, *, client: AgentClient | None = None) -> None:
-        self.client = client or AgentClient(socket)
+    `ports` is the control plane's port book; without one (a test that drives an agent directly)
+    the platform deploys what it is given but cannot hand out ports (`endpoint`).
+    """
 
-    @classmethod
-    def for_data_dir(cls, data_dir: Path) -> LocalPlatform:
-        return cls(socket_path(data_dir))
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        ports: PortBook | None = None,
+        function_ports: tuple[int, int] = (31000, 31999),
+        external_address: str = "127.0.0.1",
+        code_roots: tuple[Path, ...] = (),
+        client: AgentClient | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.ports = ports
+        self.function_ports = function_ports
+        self.external_address = external_address
+        self.client = client or AgentClient(socket_path(data_dir))
+        self.agent = AgentProcess(data_dir)
+        self.builder: Builder = LocalBuilder(data_dir, code_roots)
+        self._supervising: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Adopt the agent that answers on the data dir's socket, else start one; restart it when it dies."""
+        await self.agent.ensure()
+        self._supervising = asyncio.create_task(self.agent.supervise(), name="agent supervisor")
+
+    async def stop(self) -> None:
+        """Stop the agent, which drains every replica."""
+        await self._stop_supervising()
+        log.info("stopping the local agent (draining replicas)")
+        await self.agent.stop()
 
     async def aclose(self) -> None:
+        await self._stop_supervising()
         await self.client.aclose()
 
-    def deployment(self, function: FunctionDeployment, build: BuildOutput) -> DeploymentDict:
+    async def _stop_supervising(self) -> None:
+        task, self._supervising = self._supervising, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- where functions are reached ----------------------------------------------------------------
+    @property
+    def ports_file(self) -> Path:
+        """name -> port of every function, for `context.platform.call_function` in replicas."""
+        return self.data_dir / "functions" / "ports.json"
+
+    def _port_book(self) -> PortBook:
+        if self.ports is None:
+            raise PlatformError("this LocalPlatform was made without the control plane's port book")
+        return self.ports
+
+    async def endpoint(self, name: str, asked_port: int | None) -> Endpoint:
+        """The asked port (as Nuclio's local platform publishes it), else one allocated once from
+        the server's range among ports nothing else listens on."""
+        ports = self._port_book()
+        if asked_port:
+            await ports.claim(name, asked_port)
+            port = asked_port
+        else:
+            port = await ports.allocate(name, *self.function_ports, available=port_is_free)
+        return Endpoint(port, [f"127.0.0.1:{port}"], [f"{self.external_address}:{port}"])
+
+    async def publish_ports(self) -> None:
+        ports = await self._port_book().assigned()
+        await asyncio.to_thread(_write_atomically, self.ports_file, json.dumps(ports, sort_keys=True))
+
+    # -- deployments --------------------------------------------------------------------------------
+    def deployment(self, function: FunctionDeployment, build: BuildOutput) -> Deployment:
         """The agent's PUT body for this generation and build."""
         spec = parse_config(dict(function.config)).config.spec
-        return {
-            "generation": function.generation,
-            "config": dict(function.config),
-            "function_dir": str(build.function_dir),
-            "python": str(build.python),
-            "port": function.http_port,
-            "replicas": desired_replicas(spec),
-            "env": dict(function.env),
-            "resources": dict(spec.resources),
-            "readiness_timeout": float(spec.readiness_timeout_seconds or DEFAULT_READINESS_TIMEOUT),
-        }
+        return Deployment(
+            name=function.name,
+            generation=function.generation,
+            config=dict(function.config),
+            function_dir=str(build.function_dir),
+            artifact=build.artifact,
+            port=function.http_port,
+            replicas=desired_replicas(spec),
+            env=dict(function.env, NUBIS_FUNCTION_PORTS_FILE=str(self.ports_file)),
+            resources=dict(spec.resources),
+            readiness_timeout=float(spec.readiness_timeout_seconds or DEFAULT_READINESS_TIMEOUT),
+        )
 
     async def deploy(
         self,
@@ -100,39 +157,54 @@ class LocalPlatform:
         wait: bool = True,
         timeout: float | None = None,
     ) -> FunctionStatus:
-        body = self.deployment(function, build)
-        state = await self.client.apply(function.name, body)
+        deployment = self.deployment(function, build)
+        state = await self.client.apply(function.name, deployment)
         if not wait:
-            return to_status(state)
-        limit = timeout if timeout is not None else body.get("readiness_timeout", 60.0) + WAIT_MARGIN
+            return state
+        limit = timeout if timeout is not None else deployment.readiness_timeout + WAIT_MARGIN
         try:
             state = await self.client.wait_ready(function.name, function.generation, limit)
         except DeployFailed as exc:
             current = await self.client.get(function.name)
-            raise DeployFailed(exc.message, to_status(current) if current is not None else None) from exc
-        return to_status(state)
+            raise DeployFailed(exc.message, current) from exc
+        return state
 
     async def scale(self, name: str, replicas: int) -> FunctionStatus:
         state = await self.client.get(name)
         if state is None:
             raise PlatformError(f"function {name!r} is not deployed; deploy it before scaling it")
-        body: dict[str, Any] = dict(state["deployment"])
-        body["replicas"] = replicas
-        return to_status(await self.client.apply(name, body))
+        return await self.client.apply(name, msgspec.structs.replace(state.deployment, replicas=replicas))
 
     async def delete(self, name: str) -> bool:
         return await self.client.delete(name)
 
     async def status(self, name: str) -> FunctionStatus | None:
-        state = await self.client.get(name)
-        return to_status(state) if state is not None else None
+        return await self.client.get(name)
 
     async def statuses(self) -> dict[str, FunctionStatus]:
         """Every function's observed state; an agent that hangs counts as unreadable after
         `STATUS_TIMEOUT` s, as one that is gone does."""
-        listed = await self.client.list(timeout=STATUS_TIMEOUT)
-        return {name: to_status(state) for name, state in listed.items()}
+        return dict(await self.client.list(timeout=STATUS_TIMEOUT))
 
     async def logs(self, name: str, since: float | None = None, follow: bool = False) -> AsyncIterator[str]:
         async for line in self.client.logs(name, follow=follow, since=since):
             yield line
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_suffix(".tmp")
+    staging.write_text(text)
+    staging.replace(target)
+
+
+def create(context: PlatformContext) -> Platform:
+    """The registry's factory: the platform of `context.data_dir`'s agent."""
+    platform: Platform = LocalPlatform(
+        context.data_dir,
+        ports=context.ports,
+        function_ports=context.function_ports,
+        external_address=context.external_address,
+        code_roots=context.code_roots,
+    )
+    return platform

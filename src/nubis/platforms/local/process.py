@@ -23,7 +23,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypedDict
+
+import msgspec
 
 from nubis.platforms.local.spool import RELEASE_EVERY, SPOOL_POLL_SECONDS, Spool, open_for_replica
 
@@ -35,7 +36,7 @@ TAIL_LINES = 40
 POLL_EXIT_SECONDS = 0.2
 
 
-class ReplicaRecordDict(TypedDict):
+class ReplicaRecord(msgspec.Struct, frozen=True, kw_only=True):
     """What a later agent needs to adopt a running replica (saved in desired.json)."""
 
     slot: str
@@ -44,8 +45,9 @@ class ReplicaRecordDict(TypedDict):
     start_time: int
     spool: str
     offset: int
+    #: ready | starting | draining
     state: str
-    url: str | None
+    url: str | None = None
 
 
 def describe_exit(code: int | None) -> str:
@@ -149,47 +151,45 @@ class ReplicaProcess:
     def adopt(
         cls,
         name: str,
-        record: ReplicaRecordDict,
+        record: ReplicaRecord,
         *,
         on_output: Callable[[str], None],
         on_progress: Callable[[], None] = lambda: None,
     ) -> ReplicaProcess | None:
         """The replica `record` describes, if that very process still runs (else None)."""
-        pid, start_time = record["pid"], record["start_time"]
+        pid, start_time = record.pid, record.start_time
         if process_start_time(pid) != start_time:
             return None
-        process = cls(
-            name, [], env={}, cwd="", spool=Path(record["spool"]), on_output=on_output, on_progress=on_progress
-        )
-        process.spool = Spool(Path(record["spool"]), record["offset"])
+        process = cls(name, [], env={}, cwd="", spool=Path(record.spool), on_output=on_output, on_progress=on_progress)
+        process.spool = Spool(Path(record.spool), record.offset)
         process.pid, process.start_time, process.adopted = pid, start_time, True
         process.started_at = time.time()
         process._open_pidfd()
         if process_start_time(pid) != start_time:  # it ended (and its pid was reused) just now
             process._close_pidfd()
             return None
-        if record["state"] in ("ready", "draining"):
-            process.url = record.get("url")
+        if record.state in ("ready", "draining"):
+            process.url = record.url
             process.ready_at = time.time()
             process.ready.set()
         process._start_tasks()
         return process
 
-    def record(self, slot: str, generation: int, state: str) -> ReplicaRecordDict | None:
+    def record(self, slot: str, generation: int, state: str) -> ReplicaRecord | None:
         """What a later agent needs to adopt this replica; None once it ended."""
         if self.pid is None or self.start_time is None or self.exited.is_set():
             return None
         self.spool.saved_offset = self.spool.offset
-        return {
-            "slot": slot,
-            "generation": generation,
-            "pid": self.pid,
-            "start_time": self.start_time,
-            "spool": str(self.spool.path),
-            "offset": self.spool.offset,
-            "state": state,
-            "url": self.url,
-        }
+        return ReplicaRecord(
+            slot=slot,
+            generation=generation,
+            pid=self.pid,
+            start_time=self.start_time,
+            spool=str(self.spool.path),
+            offset=self.spool.offset,
+            state=state,
+            url=self.url,
+        )
 
     def _open_pidfd(self) -> None:
         assert self.pid is not None

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from nubis.platforms.local.environment import ReplicaEnvironment
 from nubis.platforms.local.limits import Cgroups, LimitsPlan
 from nubis.platforms.local.logstore import FunctionLogs
-from nubis.platforms.local.models import EventDict
 from nubis.platforms.local.process import ReplicaProcess
 from nubis.platforms.local.slots import (
     BACKOFF_WINDOW,
@@ -29,6 +28,7 @@ from nubis.platforms.local.slots import (
     halt,
     now_ms,
 )
+from nubis.platforms.status import Event, Exit
 
 log = logging.getLogger("nubis.agent")
 
@@ -52,14 +52,14 @@ class ReplicaSet:
         self.on_change = on_change
         self.slots: list[Slot] = []
         self.draining: list[Slot] = []
-        self.events: deque[EventDict] = deque(maxlen=MAX_EVENTS)
+        self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self.plan: LimitsPlan | None = None
         self._drains: set[asyncio.Task[None]] = set()
         self._unhealthy = False
 
     # -- events -------------------------------------------------------------------------------------
     def event(self, level: str, message: str) -> None:
-        self.events.append({"time": now_ms(), "level": level, "message": message})
+        self.events.append(Event(time=now_ms(), level=level, message=message))
         getattr(log, "warning" if level == "warn" else level, log.info)("%s: %s", self.name, message)
 
     # -- starting -----------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ class ReplicaSet:
         reason = process.exit_reason()
         if before_ready:
             reason += " before it was ready"
-        slot.last_exit = {"time": now_ms(), "code": process.returncode, "reason": reason}
+        slot.last_exit = Exit(time=now_ms(), code=process.returncode, reason=reason)
         tail = process.output_tail(20) if before_ready else ""
         self.event(
             "error" if before_ready else "warn",

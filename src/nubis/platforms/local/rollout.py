@@ -21,7 +21,7 @@ from collections.abc import Callable
 from nubis.platforms.local.environment import ReplicaEnvironment
 from nubis.platforms.local.logstore import FunctionLogs
 from nubis.platforms.local.models import Deployment
-from nubis.platforms.local.process import ReplicaProcess, ReplicaRecordDict
+from nubis.platforms.local.process import ReplicaProcess, ReplicaRecord
 from nubis.platforms.local.replicas import ReplicaSet
 from nubis.platforms.local.slots import Slot, generation_of, slot_names
 
@@ -73,7 +73,7 @@ class Rollouts(ReplicaSet):
         desired: Deployment,
         active: Deployment | None,
         failure: str | None,
-        replicas: list[ReplicaRecordDict] | None = None,
+        replicas: list[ReplicaRecord] | None = None,
     ) -> None:
         """Bring back what a previous agent ran: adopt its replicas that still run (the serving
         generation keeps serving through an agent restart), start what is missing, then finish a
@@ -106,12 +106,12 @@ class Rollouts(ReplicaSet):
             targets = [desired]
         self._start_rollout(targets, failure=failure if active is not None else None)
 
-    def _adopt(self, active: Deployment | None, records: list[ReplicaRecordDict]) -> list[Slot]:
+    def _adopt(self, active: Deployment | None, records: list[ReplicaRecord]) -> list[Slot]:
         """Adopt the replicas of `records` that still run: ready ones of the active generation serve
         on (up to its replica count), others drain; those that were still starting are stopped."""
         serving: list[Slot] = []
         for record in records:
-            slot_name = record["slot"]
+            slot_name = record.slot
             process = ReplicaProcess.adopt(
                 slot_name,
                 record,
@@ -122,16 +122,16 @@ class Rollouts(ReplicaSet):
                 continue
             deployment = active if active is not None else self.desired
             assert deployment is not None
-            slot = Slot(slot_name, record["generation"], deployment, process=process, state="ready")
+            slot = Slot(slot_name, record.generation, deployment, process=process, state="ready")
             keep = (
-                record["state"] == "ready"
+                record.state == "ready"
                 and active is not None
-                and record["generation"] == active.generation
+                and record.generation == active.generation
                 and len(serving) < active.replicas
             )
             if keep:
                 serving.append(slot)
-            elif record["state"] in ("ready", "draining"):
+            elif record.state in ("ready", "draining"):
                 self._drain([slot])
             else:
                 process.kill()

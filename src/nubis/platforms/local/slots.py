@@ -18,8 +18,9 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from nubis.platforms.local.models import Deployment, ExitDict, ReplicaDict, ReplicaStateName
+from nubis.platforms.local.models import Deployment
 from nubis.platforms.local.process import ReplicaProcess
+from nubis.platforms.status import Exit, ReplicaStateName, ReplicaStatus
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -60,7 +61,7 @@ class Slot:
     process: ReplicaProcess | None = None
     state: ReplicaStateName = "starting"
     restarts: int = 0
-    last_exit: ExitDict | None = None
+    last_exit: Exit | None = None
     start_failures: int = 0
     restart_times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     task: asyncio.Task[None] | None = None
@@ -75,17 +76,17 @@ class Slot:
             or self.recent_restarts(CRASH_LOOP_WINDOW) >= CRASH_LOOP_RESTARTS
         )
 
-    def report(self) -> ReplicaDict:
+    def report(self) -> ReplicaStatus:
         process = self.process
         running = process is not None and not process.exited.is_set()
-        return {
-            "name": self.name,
-            "pid": process.pid if running and process is not None else None,
-            "generation": self.generation,
-            "state": self.state,
-            "restarts": self.restarts,
-            "last_exit": self.last_exit,
-        }
+        return ReplicaStatus(
+            name=self.name,
+            pid=process.pid if running and process is not None else None,
+            generation=self.generation,
+            state=self.state,
+            restarts=self.restarts,
+            last_exit=self.last_exit,
+        )
 
 
 def slot_names(generation: int, count: int, taken: Iterable[Slot]) -> list[str]:

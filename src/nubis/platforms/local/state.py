@@ -12,32 +12,34 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from nubis.platforms.local.models import BadDeployment, Deployment
-from nubis.platforms.local.process import ReplicaRecordDict
+from nubis.platforms.local.process import ReplicaRecord
 
 log = logging.getLogger("nubis.agent")
 
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class FunctionRecord:
+class FunctionRecord(msgspec.Struct, frozen=True):
+    """One function of desired.json."""
+
     desired: Deployment
     active: Deployment | None
     failure: str | None
     #: replicas that run, for the next agent to adopt
-    replicas: tuple[ReplicaRecordDict, ...] = ()
+    replicas: tuple[ReplicaRecord, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "desired": self.desired.to_json(),
             "active": self.active.to_json() if self.active is not None else None,
             "failure": self.failure,
-            "replicas": list(self.replicas),
+            "replicas": msgspec.to_builtins(self.replicas),
         }
 
 
@@ -90,22 +92,25 @@ class DesiredStore:
         records: dict[str, FunctionRecord] = {}
         for name, entry in functions.items():
             try:
-                if not isinstance(entry, dict):
-                    raise BadDeployment("expected an object")
-                desired = Deployment.from_json(name, entry.get("desired"), check_paths=False)
-                active_data = entry.get("active")
-                active = Deployment.from_json(name, active_data, check_paths=False) if active_data is not None else None
-                failure = entry.get("failure")
-                replicas = tuple(r for r in entry.get("replicas") or [] if _is_replica_record(r))
-                records[name] = FunctionRecord(desired, active, failure if isinstance(failure, str) else None, replicas)
+                records[name] = _record(name, entry)
             except BadDeployment as exc:
                 log.error("%s: function %r left out: %s", self.path, name, exc)
         return records
 
 
-def _is_replica_record(data: Any) -> bool:
-    """A saved replica record with every field of the right type (anything else is ignored)."""
-    if not isinstance(data, dict):
-        return False
-    types = {"slot": str, "generation": int, "pid": int, "start_time": int, "spool": str, "offset": int, "state": str}
-    return all(isinstance(data.get(key), kind) for key, kind in types.items())
+def _record(name: str, entry: Any) -> FunctionRecord:
+    """One function's entry; its deployments as `Deployment.from_json` reads them (a previous
+    release's included), replicas whose record does not validate are left out one by one."""
+    if not isinstance(entry, dict):
+        raise BadDeployment("expected an object")
+    desired = Deployment.from_json(name, entry.get("desired"), check_paths=False)
+    active_data = entry.get("active")
+    active = Deployment.from_json(name, active_data, check_paths=False) if active_data is not None else None
+    failure = entry.get("failure")
+    replicas = []
+    for data in entry.get("replicas") or []:
+        try:
+            replicas.append(msgspec.convert(data, ReplicaRecord))
+        except msgspec.ValidationError as exc:
+            log.warning("function %r: a replica record is left out (%s)", name, exc)
+    return FunctionRecord(desired, active, failure if isinstance(failure, str) else None, tuple(replicas))

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 
 from nubis.platforms.local.limits import LimitsPlan, ResourceLimits
-from nubis.platforms.local.models import DrainingDict, FunctionStateDict, FunctionStateName
-from nubis.platforms.local.process import ReplicaRecordDict
+from nubis.platforms.local.models import Draining, FunctionState
+from nubis.platforms.local.process import ReplicaRecord
 from nubis.platforms.local.replicas import UNHEALTHY_MESSAGE
 from nubis.platforms.local.rollout import Rollouts
 from nubis.platforms.local.slots import Slot
+from nubis.platforms.status import FunctionStateName
 
 
 class FunctionSupervisor(Rollouts):
@@ -38,9 +39,9 @@ class FunctionSupervisor(Rollouts):
                 await asyncio.gather(*list(self._drains), return_exceptions=True)
             self.logs.close()
 
-    def replica_records(self) -> list[ReplicaRecordDict]:
+    def replica_records(self) -> list[ReplicaRecord]:
         """The running replicas, for a later agent to adopt (see `ReplicaProcess.adopt`)."""
-        records: list[ReplicaRecordDict] = []
+        records: list[ReplicaRecord] = []
         groups: list[tuple[list[Slot], str | None]] = [
             (self.slots, None),
             (self.pending, "starting"),
@@ -79,14 +80,14 @@ class FunctionSupervisor(Rollouts):
             return "no replica runs: 0 replicas desired (with minReplicas: 0 they start when scaled up)"
         return ""
 
-    def report(self) -> FunctionStateDict:
+    def report(self) -> FunctionState:
         desired = self.desired or self.active
         assert desired is not None
         state = self.state()
         serving = [s.report() for s in self.slots]
         replicas = serving + [s.report() for s in self.pending]
-        draining: list[DrainingDict] = [
-            {"name": s.name, "pid": s.process.pid if s.process else None, "generation": s.generation}
+        draining = [
+            Draining(name=s.name, pid=s.process.pid if s.process else None, generation=s.generation)
             for s in self.draining
         ]
         plan = self.plan
@@ -95,18 +96,18 @@ class FunctionSupervisor(Rollouts):
                 plan = self.environment.plan(desired)
             except ValueError as exc:
                 plan = LimitsPlan(ResourceLimits(), "none", str(exc))
-        return {
-            "name": self.name,
-            "state": state,
-            "message": self.message(state),
-            "generation": desired.generation,
-            "active_generation": self.active.generation if self.active is not None else None,
-            "port": desired.port,
-            "replicas_desired": desired.replicas,
-            "replicas_ready": sum(1 for r in serving if r["state"] == "ready"),
-            "replicas": replicas,
-            "draining": draining,
-            "limits": plan.report(),
-            "events": list(self.events),
-            "deployment": desired.to_json(),
-        }
+        return FunctionState(
+            name=self.name,
+            state=state,
+            message=self.message(state),
+            generation=desired.generation,
+            active_generation=self.active.generation if self.active is not None else None,
+            port=desired.port,
+            replicas_desired=desired.replicas,
+            replicas_ready=sum(1 for r in serving if r.state == "ready"),
+            replicas=replicas,
+            draining=draining,
+            limits=dict(plan.report()),
+            events=list(self.events),
+            deployment=desired,
+        )

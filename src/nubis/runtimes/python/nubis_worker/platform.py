@@ -2,7 +2,7 @@
 
 nuclio-sdk's Platform sends `call_function(name, event)` to `nuclio-<namespace>-<name>:8080`, a
 Docker network alias. Under `nubis server` each function has its own port on 127.0.0.1; the
-control plane keeps a name -> port map in the file named by `NUBIS_FUNCTION_PORTS`, read at each
+control plane keeps a name -> port map in the file named by `NUBIS_FUNCTION_PORTS_FILE`, read at each
 call so a function deployed later is found too.
 """
 
@@ -18,7 +18,10 @@ class NubisPlatform(nuclio_sdk.Platform):
     def _get_function_url(self, function_name, service_name_override=None):  # type: ignore[no-untyped-def]
         if service_name_override:
             return super()._get_function_url(function_name, service_name_override)
-        path = os.environ.get("NUBIS_FUNCTION_PORTS")
+        path = os.environ.get("NUBIS_FUNCTION_PORTS_FILE")
+        legacy = os.environ.get("NUBIS_FUNCTION_PORTS", "")
+        if not path and legacy.endswith(".json"):
+            path = legacy  # a replica deployed by the previous release (agent protocol 1)
         if path:
             try:
                 with open(path) as handle:

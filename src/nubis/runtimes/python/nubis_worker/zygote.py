@@ -44,7 +44,13 @@ def parse_args(argv=None):  # type: ignore[no-untyped-def]
 
 
 def _send(ctl, message):  # type: ignore[no-untyped-def]
-    ctl.send(msgpack.packb(message, use_bin_type=True))
+    """Report to the processor; a processor that is gone (it closed its end first, e.g. while
+    stopping a replica whose init failed) is not an error here: the next read sees it gone."""
+    try:
+        ctl.send(msgpack.packb(message, use_bin_type=True))
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
 
 
 def _fork_worker(ctl, wakeup, command, fd, module, handler, args, processor_pid):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""The local agent as `nubis server` keeps it: adopted or started, and started again when it dies.
+"""The local agent as the local platform keeps it: adopted or started, and started again when it dies.
 
 The agent runs in its own session, so a SIGKILL of the server leaves it (and the replicas)
 serving, and the next server adopts it through its socket. The other way round is handled here:
@@ -17,9 +17,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nubis.errors import NubisError
-from nubis.platforms.local import AgentClient, AgentUnavailable
+from nubis.platforms.local.client import AgentClient, AgentUnavailable
+from nubis.platforms.local.models import AGENT_PROTOCOL
 from nubis.platforms.local.paths import agent_dir, socket_path
 from nubis.platforms.local.process import describe_exit, process_start_time
 
@@ -55,12 +57,20 @@ class AgentProcess:
         return agent_dir(self.data_dir) / "agent.log"
 
     async def ensure(self) -> None:
-        """Adopt the agent that answers, else start one and wait until it answers."""
-        pid = await self._answering_pid()
-        if pid is not None:
-            self.process, self.agent_pid = None, pid
-            log.info("adopted the running agent of %s (pid %d)", self.data_dir, pid)
-            return
+        """Adopt the agent that answers, else start one and wait until it answers.
+
+        An agent of another release (another `AGENT_PROTOCOL`) is replaced: SIGKILL, so its
+        replicas keep serving, then a new agent adopts them from desired.json, which every release
+        reads (`nubis.platforms.local.state`)."""
+        health = await self._health()
+        if health is not None:
+            pid = health.get("pid")
+            pid = pid if isinstance(pid, int) else -1
+            if health.get("protocol") == AGENT_PROTOCOL or pid <= 0:
+                self.process, self.agent_pid = None, pid
+                log.info("adopted the running agent of %s (pid %d)", self.data_dir, pid)
+                return
+            await self._replace_outdated(pid, health.get("protocol"))
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as output:
             self.process = subprocess.Popen(
@@ -82,9 +92,17 @@ class AgentProcess:
         raise AgentStartError(f"the local agent did not answer within {AGENT_START_TIMEOUT:.0f} s; see {self.log_file}")
 
     async def _answering_pid(self) -> int | None:
+        health = await self._health()
+        if health is None:
+            return None
+        pid = health.get("pid")
+        return pid if isinstance(pid, int) else -1
+
+    async def _health(self) -> dict[str, Any] | None:
+        """The agent's `/healthz` answer, or None when no agent answers (or it refuses us)."""
         client = AgentClient(socket_path(self.data_dir), timeout=2.0)
         try:
-            health = await client.health()
+            return await client.health()
         except AgentUnavailable:
             return None
         except NubisError as exc:  # it answers, but refuses us (e.g. another data dir's token)
@@ -92,8 +110,22 @@ class AgentProcess:
             return None
         finally:
             await client.aclose()
-        pid = health.get("pid")
-        return pid if isinstance(pid, int) else -1
+
+    async def _replace_outdated(self, pid: int, protocol: object) -> None:
+        log.warning(
+            "the running agent of %s (pid %d) speaks protocol %s, this release %d: replacing it "
+            "(its replicas keep serving and are adopted)",
+            self.data_dir,
+            pid,
+            protocol if protocol is not None else 1,
+            AGENT_PROTOCOL,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(_wait_pid(pid, lambda: not _running(pid)), AGENT_START_TIMEOUT)
+        except TimeoutError:
+            raise AgentStartError(f"the outdated agent (pid {pid}) did not exit after SIGKILL") from None
 
     def pid(self) -> int | None:
         if self.process is not None:
