@@ -28,14 +28,21 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# pytest-xdist: integration tests mostly wait on the processes they start, so more workers than the
+# 2 cores of a developer's machine pay off; --dist loadfile keeps a module (and its module-scoped
+# server) on one worker. PYTHONDONTWRITEBYTECODE= lets pytest itself cache bytecode too (see
+# tests/conftest.py: bytecode_cache).
+PYTEST_WORKERS ?= 4
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
 unit: setup
-	$(BIN)/pytest -q tests/unit
+	$(PYTEST) tests/unit
 
 integration: setup
-	$(BIN)/pytest -q tests/integration
+	$(PYTEST) tests/integration
 
 test: setup lint typecheck
-	$(BIN)/pytest -q tests
+	$(PYTEST) tests
 
 bench: setup
 	$(BIN)/python benchmarks/http_invoke.py

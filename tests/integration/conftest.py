@@ -12,6 +12,12 @@ from server_harness import RunningServer, started_server
 from nubis.build import build_environment, find_python
 
 
+@pytest.fixture(scope="session", autouse=True)
+def offline_builds(wheel_cache: Path) -> Path:
+    """Every environment an integration test builds installs from the suite's wheel cache."""
+    return wheel_cache
+
+
 @pytest.fixture(scope="session")
 def nubis(nubis_data_dir: Path, free_port: Callable[[], int]) -> Launcher:
     """Starts `nubis run` processes sharing the session's environment cache (NUBIS_DATA_DIR)."""
@@ -40,6 +46,15 @@ def run_function(nubis: Launcher) -> Iterator[Callable[..., RunningFunction]]:
 def server(tmp_path: Path, nubis_data_dir: Path, free_port: Callable[[], int]) -> Iterator[RunningServer]:
     """A real `nubis server` on a free port with its own data dir (sharing the environment cache)."""
     yield from started_server(tmp_path / "server", free_port(), env_cache=nubis_data_dir / "envs")
+
+
+@pytest.fixture(scope="module")
+def module_server(
+    tmp_path_factory: pytest.TempPathFactory, nubis_data_dir: Path, free_port: Callable[[], int]
+) -> Iterator[RunningServer]:
+    """One real `nubis server` for a whole module: for tests that only deploy uniquely named functions
+    and leave the server itself as they found it (no killed agent, no changed settings)."""
+    yield from started_server(tmp_path_factory.mktemp("server"), free_port(), env_cache=nubis_data_dir / "envs")
 
 
 @pytest.fixture(scope="module")

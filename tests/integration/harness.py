@@ -27,6 +27,8 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from leaks import processes
+
 REPO = Path(__file__).resolve().parents[2]
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 EXAMPLES = REPO / "examples"
@@ -179,18 +181,7 @@ class RunningFunction:
 
         Zombies do not count: a worker whose zygote exited first is reaped by init, in its own time.
         """
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # the command name may hold spaces and parentheses; the fields after the last ")" do not
-            state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-            if int(pgrp) == self.pid and state != "Z":
-                return True
-        return False
+        return any(proc.group == self.pid for proc in processes().values())
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM the process, wait up to `timeout` s, then SIGKILL whatever is left of its group.

@@ -16,8 +16,12 @@ from pathlib import Path
 import httpx
 from harness import REPO, nubis_executable
 
+from ports import function_ports
+
 READY = re.compile(r"^nubis server ready at (?P<url>\S+)$")
 SERVER_READY_TIMEOUT = 60.0
+#: --function-ports of each data dir a server ran on (see RunningServer)
+_PORT_SLICES: dict[Path, str] = {}
 
 
 class RunningServer:
@@ -39,6 +43,11 @@ class RunningServer:
         self.stderr_path = data_dir / "server.stderr"
         self._stderr = self.stderr_path.open("ab")
         env = dict(os.environ, NUBIS_DATA_DIR=str(data_dir), **(extra_env or {}))
+        if not any(arg.startswith("--function-ports") for arg in args):
+            # A slice of this xdist worker's ports: servers of other workers never hand out the same one.
+            # Per data dir: a server restarted on the same data dir keeps the ports it handed out.
+            ports = _PORT_SLICES.setdefault(data_dir.resolve(), function_ports())
+            args = ("--function-ports", ports, *args)
         self.process = subprocess.Popen(
             [str(nubis_executable()), "server", "--port", str(port), "--data-dir", str(data_dir), *args],
             stdout=subprocess.PIPE,

@@ -1,6 +1,7 @@
-"""Real environment builds: uv against PyPI, with the machine's pyenv interpreters.
+"""Real environment builds by uv, with the machine's pyenv interpreters.
 
-Uses uv's normal download cache, so after the first run each build takes about a second.
+Packages come from the suite's wheel cache (tests/wheels.py: no index, so no network after the first
+run), except where a test asks the package index itself; each build takes about a second.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def test_the_second_call_is_a_cache_hit(built: Built) -> None:
     assert again.warnings == built.env.warnings
 
 
-def test_a_failing_install_raises_and_leaves_no_env(tmp_path: Path) -> None:
+def test_a_failing_install_raises_and_leaves_no_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the package registry answers for a name it does not know: this test asks the index itself.
+    monkeypatch.delenv("UV_OFFLINE", raising=False)
     with pytest.raises(BuildError) as caught:
         build_environment(
             tmp_path,

@@ -18,6 +18,12 @@ from server_harness import RunningServer, wait_state
 HELLO = REPO / "examples" / "hello"
 
 
+@pytest.fixture(scope="module")
+def server(module_server: RunningServer) -> RunningServer:
+    """The tests here deploy uniquely named functions and leave the server as it was: one for the module."""
+    return module_server
+
+
 def cli(server: RunningServer, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, NUBIS_URL=server.url, NUBIS_TOKEN=server.token or "", XDG_CONFIG_HOME=str(server.data_dir))
     return subprocess.run(

@@ -7,7 +7,15 @@ import signal
 import time
 
 import httpx
+import pytest
 from server_harness import RunningServer, inline_function, wait_state
+
+
+@pytest.fixture(scope="module")
+def server(module_server: RunningServer) -> RunningServer:
+    """The tests here deploy uniquely named functions and leave the server as it was: one for the module."""
+    return module_server
+
 
 CALLEE = b"""
 def handler(context, event):
@@ -74,7 +82,9 @@ def test_patch_ready_redeploys_and_an_import_is_not_deployed(server: RunningServ
         imported["metadata"]["annotations"] = {"skip-build": "true", "skip-deploy": "true"}  # type: ignore[index]
         assert api.post("/api/functions", json=imported).status_code == 202
         assert api.get("/api/functions/imported-fn").json()["status"]["state"] == "imported"
-        time.sleep(0.5)
+        # A function posted after it is deployed: the reconciler has had its look, and left it alone.
+        assert api.post("/api/functions", json=inline_function("after-import", CALLEE)).status_code == 202
+        assert wait_state(api, "after-import", {"ready", "error"})["status"]["state"] == "ready"
         assert api.get("/api/functions/imported-fn").json()["status"]["state"] == "imported"
         assert api.patch("/api/functions/imported-fn", json={"desiredState": "ready"}).status_code == 202
         ready = wait_state(api, "imported-fn", {"ready", "error"})

@@ -19,6 +19,8 @@ import pytest
 from harness import REPO, nubis_executable, wait_until
 from server_harness import RunningServer, inline_function, wait_state
 
+from leaks import alive
+
 ENVIRONMENT = b"""
 import os
 
@@ -43,14 +45,6 @@ def replica_records(server: RunningServer, name: str) -> list[dict[str, Any]]:
     desired = json.loads((server.data_dir / "agent" / "desired.json").read_text())
     records: list[dict[str, Any]] = desired["functions"][name]["replicas"]
     return records
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def deploy(server: RunningServer, api: httpx.Client, name: str, **spec: object) -> int:
@@ -155,7 +149,7 @@ def test_functions_see_only_their_own_environment_and_the_data_dir_is_private(se
     assert seen["OWN_SETTING"] == "mine"
     for name in SECRET_ENV:
         assert name not in seen, f"{name} leaked into the function's environment"
-    assert not any(name.startswith("NUBIS_") and name != "NUBIS_FUNCTION_PORTS" for name in seen), sorted(seen)
+    assert not any(name.startswith("NUBIS_") and name != "NUBIS_FUNCTION_PORTS_FILE" for name in seen), sorted(seen)
     assert "PATH" in seen
 
     def private(path: Path) -> bool:

@@ -130,7 +130,12 @@ def _sleep(context, event):
         with open(started, "w") as marker:
             marker.write(str(os.getpid()))
     seconds = float(event.fields.get("seconds", "1"))
-    time.sleep(seconds)
+    release = event.fields.get("release")
+    if release:
+        # held until the test creates the file (at most `seconds`): the test decides when it ends
+        _wait_for_file(release, seconds)
+    else:
+        time.sleep(seconds)
     _mark("slow-done")
     return {"pid": os.getpid(), "slept": seconds}
 
