@@ -6,16 +6,20 @@ import asyncio
 import statistics
 import sys
 import time
+from typing import Any
 
 import uvloop
 
-from nubis.build import build_environment, find_python
+from nubis.processor import frames
 from nubis.processor.events import Response, Submission
+from nubis.processor.outcomes import Outcome
 from nubis.processor.pool import WorkerPool
 from nubis.processor.processor import Processor
 from nubis.processor.zygote import ZygoteStarter
-from nubis.settings import Settings
-from nubis.spec import load_function, parse_runtime
+from nubis.runtimes.base import BuildRequest
+from nubis.runtimes.registry import DEFAULT_RUNTIME, parse
+from nubis.settings import default_data_dir, environments_dir
+from nubis.spec import load_function
 
 from _harness import ROOT
 
@@ -30,20 +34,25 @@ class _FutureReply:
     def chunk(self, data: bytes) -> None:
         pass
 
-    def end(self, error: str | None) -> None:
+    def end(self, error: str | None, outcome: Outcome) -> None:
+        pass
+
+    def ack(self, message: Any) -> None:
         pass
 
 
 async def _measure(count: int) -> list[float]:
     loaded = load_function(ROOT / "examples" / "hello")
-    _, version = parse_runtime(loaded.config.spec.runtime)
-    env = build_environment(
-        loaded.directory,
-        python=find_python(version),
-        build_commands=[],
-        cache_root=Settings().environments_dir,
+    runtime, version = parse(loaded.config.spec.runtime or DEFAULT_RUNTIME)
+    built = runtime.build(
+        BuildRequest(
+            function_dir=loaded.directory,
+            version=version,
+            commands=[],
+            cache_root=environments_dir(default_data_dir()),
+        )
     )
-    processor = Processor(loaded.config, loaded.directory, env.python)
+    processor = Processor(loaded.config, loaded.directory, built.artifact)
     starter = processor._make_starter()
     assert isinstance(starter, ZygoteStarter)
     await starter.start()
@@ -54,8 +63,8 @@ async def _measure(count: int) -> list[float]:
             reply = _FutureReply()
             start_task = asyncio.ensure_future(pool.start())
             await asyncio.sleep(0)
-            frame = {
-                "t": "e",
+            frame: frames.EventFrame = {
+                "t": frames.EVENT,
                 "id": "cold",
                 "method": "GET",
                 "path": "/",

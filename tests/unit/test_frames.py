@@ -155,6 +155,9 @@ FRAME_NAMES = [
     *("EVENT", "DRAIN", "TERMINATE", "READY", "FAIL", "RESPONSE", "CHUNK", "EXPIRED", "LOG", "ACK", "DRAINED"),
     *("KIND", "SEQ", "DEADLINE", "LEVEL", "STATUS", "CONTENT_TYPE", "HEADERS", "BODY", "DURATION", "STREAM"),
     *("END", "ERROR", "MESSAGE", "TRACEBACK", "LOG_VARS"),
+    # the zygote's control channel
+    *("FORK", "LOADED", "FORKED", "EXITED", "WORKER_ID", "PID", "THREADS", "EXIT_STATUS"),
+    *("TRIGGER_KIND", "TRIGGER_NAME"),
 ]
 
 

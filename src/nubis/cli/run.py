@@ -11,14 +11,15 @@ from typing import Annotated
 import typer
 import uvloop
 
-from nubis.build import Environment, build_environment, find_python
 from nubis.cli.options import setup_logging
 from nubis.errors import NubisError
 from nubis.processor.processor import Processor, ProcessorOptions
 from nubis.processor.serve import serve
-from nubis.runtimes.python.runtime import python_artifact
+from nubis.runtimes.base import Artifact, BuildRequest, Built
+from nubis.runtimes.registry import DEFAULT_RUNTIME
+from nubis.runtimes.registry import parse as parse_runtime_kind
 from nubis.settings import default_data_dir, environments_dir
-from nubis.spec import LoadedFunction, Overrides, load_function, parse_env_items, parse_runtime
+from nubis.spec import LoadedFunction, Overrides, load_function, parse_env_items
 
 log = logging.getLogger("nubis.cli")
 
@@ -42,31 +43,30 @@ def run_command(
         loaded = load_function(path, overrides)
         for warning in loaded.warnings:
             log.warning("%s", warning)
-        python_path = _build(loaded)
+        artifact = _build(loaded)
         options = ProcessorOptions(port=port, host=host, workers=workers, log_level=level)
-        code = uvloop.run(_serve(loaded, python_path, options))
+        code = uvloop.run(_serve(loaded, artifact, options))
     except NubisError as exc:
         log.error("%s", exc.message)
         raise typer.Exit(exc.exit_code) from None
     raise typer.Exit(code)
 
 
-def _build(loaded: LoadedFunction) -> Path:
-    """Find the interpreter and build (or reuse) the function's environment, showing progress."""
-    _, version = parse_runtime(loaded.config.spec.runtime)
-    python = find_python(version)
+def _build(loaded: LoadedFunction) -> Artifact:
+    """Build (or reuse) the function's artifact with its runtime, showing progress."""
+    runtime, version = parse_runtime_kind(loaded.config.spec.runtime or DEFAULT_RUNTIME)
     build = loaded.config.spec.build
-    timeout = float(build.build_timeout_seconds) if build.build_timeout_seconds else None
-    cache_root = environments_dir(default_data_dir())
 
-    def build_with(progress: Callable[[str], None]) -> Environment:
-        return build_environment(
-            loaded.directory,
-            python=python,
-            build_commands=list(build.commands or []),
-            cache_root=cache_root,
-            timeout_seconds=timeout,
-            progress=progress,
+    def build_with(progress: Callable[[str], None]) -> Built:
+        return runtime.build(
+            BuildRequest(
+                function_dir=loaded.directory,
+                version=version,
+                commands=list(build.commands or []),
+                cache_root=environments_dir(default_data_dir()),
+                timeout_seconds=float(build.build_timeout_seconds) if build.build_timeout_seconds else None,
+                progress=progress,
+            )
         )
 
     if sys.stderr.isatty():
@@ -74,13 +74,13 @@ def _build(loaded: LoadedFunction) -> Path:
 
         console = Console(stderr=True)
         with console.status(f"building environment for {loaded.config.metadata.name}") as status:
-            environment = build_with(lambda line: status.update(f"[dim]{line[:120]}[/dim]"))
+            built = build_with(lambda line: status.update(f"[dim]{line[:120]}[/dim]"))
     else:
-        environment = build_with(lambda line: log.info("build: %s", line))
-    for warning in environment.warnings:
+        built = build_with(lambda line: log.info("build: %s", line))
+    for warning in built.warnings:
         log.warning("%s", warning)
-    return environment.python
+    return built.artifact
 
 
-async def _serve(loaded: LoadedFunction, python: Path, options: ProcessorOptions) -> int:
-    return await serve(Processor(loaded.config, loaded.directory, python_artifact(python), options))
+async def _serve(loaded: LoadedFunction, artifact: Artifact, options: ProcessorOptions) -> int:
+    return await serve(Processor(loaded.config, loaded.directory, artifact, options))

@@ -76,6 +76,23 @@ TRACEBACK: Final = "tb"
 #: log: the record's bound variables
 LOG_VARS: Final = "with"
 
+# -- the zygote's control channel (processor/zygote.py <-> nubis_worker/zygote.py) ---------------------
+# One msgpack map per datagram, keyed by KIND; FAIL, TERMINATE and MESSAGE/TRACEBACK as above.
+#: processor -> zygote: fork a worker for the socket passed along (SCM_RIGHTS)
+FORK: Final = "fork"
+#: zygote -> processor: the handler is imported, workers may be forked
+LOADED: Final = "loaded"
+#: zygote -> processor: a worker was forked (WORKER_ID, PID)
+FORKED: Final = "forked"
+#: zygote -> processor: a worker ended (PID, EXIT_STATUS)
+EXITED: Final = "exited"
+WORKER_ID: Final = "wid"
+PID: Final = "pid"
+THREADS: Final = "threads"
+EXIT_STATUS: Final = "status"
+TRIGGER_KIND: Final = "trigger_kind"
+TRIGGER_NAME: Final = "trigger_name"
+
 
 class EventFrame(TypedDict, total=False):
     """processor -> worker `e`: one event. Fields at their default are left out (the worker fills

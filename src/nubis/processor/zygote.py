@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 
 from nubis.errors import WorkerError
+from nubis.processor import frames
 from nubis.processor.starters import StartedWorker
 from nubis.runtimes.base import WorkerCommand
 
@@ -95,10 +96,12 @@ class ZygoteProcess:
         except BaseException:
             self.stop()
             raise
-        if message["t"] == "fail":
+        if message[frames.KIND] == frames.FAIL:
             self.stop()
-            raise WorkerError(f"cannot load handler {cmd.handler!r}: {message['msg']}\n{message['tb']}")
-        self.on_threads(message.get("threads", 1))
+            raise WorkerError(
+                f"cannot load handler {cmd.handler!r}: {message[frames.MESSAGE]}\n{message[frames.TRACEBACK]}"
+            )
+        self.on_threads(message.get(frames.THREADS, 1))
 
     def _on_readable(self) -> None:
         assert self._ctl is not None
@@ -113,16 +116,16 @@ class ZygoteProcess:
                 self._on_closed()
                 return
             message = msgpack.unpackb(data, raw=False)
-            kind = message["t"]
-            if kind in ("loaded", "fail") and self._loaded is not None and not self._loaded.done():
+            kind = message[frames.KIND]
+            if kind in (frames.LOADED, frames.FAIL) and self._loaded is not None and not self._loaded.done():
                 self._loaded.set_result(message)
-            elif kind == "forked" and self._waiters:
-                self.on_threads(message.get("threads", 1))
+            elif kind == frames.FORKED and self._waiters:
+                self.on_threads(message.get(frames.THREADS, 1))
                 waiter = self._waiters.popleft()
                 if not waiter.done():
                     waiter.set_result(message)
-            elif kind == "exited":
-                self.exit_codes[message["pid"]] = message["status"]
+            elif kind == frames.EXITED:
+                self.exit_codes[message[frames.PID]] = message[frames.EXIT_STATUS]
 
     def _on_closed(self) -> None:
         if self._ctl is not None:
@@ -152,7 +155,12 @@ class ZygoteProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        command = {"t": "fork", "wid": wid, "trigger_kind": trigger_kind, "trigger_name": trigger_name}
+        command = {
+            frames.KIND: frames.FORK,
+            frames.WORKER_ID: wid,
+            frames.TRIGGER_KIND: trigger_kind,
+            frames.TRIGGER_NAME: trigger_name,
+        }
         fork_time = time.monotonic()
         try:
             socket.send_fds(self._ctl, [msgpack.packb(command)], [theirs.fileno()])
@@ -167,7 +175,7 @@ class ZygoteProcess:
         except BaseException:
             ours.close()  # a worker forked after all sees its socket close and exits
             raise
-        return StartedWorker(ours, reply["pid"], fork_time)
+        return StartedWorker(ours, reply[frames.PID], fork_time)
 
     def stop(self) -> None:
         self._stopping = True
@@ -176,7 +184,7 @@ class ZygoteProcess:
                 asyncio.get_running_loop().remove_reader(self._ctl.fileno())
             with contextlib.suppress(OSError):
                 # `term` lets the zygote collect its exiting workers before it goes.
-                self._ctl.send(msgpack.packb({"t": "term"}))
+                self._ctl.send(msgpack.packb({frames.KIND: frames.TERMINATE}))
             self._ctl.close()
             self._ctl = None
         if self.process is not None and self.process.poll() is None:

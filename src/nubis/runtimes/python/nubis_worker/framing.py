@@ -48,6 +48,23 @@ MESSAGE = "msg"
 TRACEBACK = "tb"
 LOG_VARS = "with"
 
+# -- the zygote's control channel (processor/zygote.py <-> nubis_worker/zygote.py) ---------------------
+# One msgpack map per datagram, keyed by KIND; FAIL, TERMINATE and MESSAGE/TRACEBACK as above.
+#: processor -> zygote: fork a worker for the socket passed along (SCM_RIGHTS)
+FORK = "fork"
+#: zygote -> processor: the handler is imported, workers may be forked
+LOADED = "loaded"
+#: zygote -> processor: a worker was forked (WORKER_ID, PID)
+FORKED = "forked"
+#: zygote -> processor: a worker ended (PID, EXIT_STATUS)
+EXITED = "exited"
+WORKER_ID = "wid"
+PID = "pid"
+THREADS = "threads"
+EXIT_STATUS = "status"
+TRIGGER_KIND = "trigger_kind"
+TRIGGER_NAME = "trigger_name"
+
 
 def _fallback(value):  # type: ignore[no-untyped-def]
     # Log variables and headers may hold anything; never fail a frame because of one value.

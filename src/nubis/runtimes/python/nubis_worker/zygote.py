@@ -25,6 +25,7 @@ import time
 import traceback
 
 import msgpack
+from nubis_worker import framing
 from nubis_worker.loader import load_handler
 from nubis_worker.tracebacks import user_traceback
 from nubis_worker.worker import run_worker, set_parent_death_signal
@@ -71,9 +72,9 @@ def _fork_worker(ctl, wakeup, command, fd, module, handler, args, processor_pid)
             fd,
             handler,
             module,
-            worker_id=command["wid"],
-            trigger_kind=command["trigger_kind"],
-            trigger_name=command["trigger_name"],
+            worker_id=command[framing.WORKER_ID],
+            trigger_kind=command[framing.TRIGGER_KIND],
+            trigger_name=command[framing.TRIGGER_NAME],
             function_name=args.function_name,
             namespace=args.namespace,
         )
@@ -133,9 +134,9 @@ def main(argv=None):  # type: ignore[no-untyped-def]
     try:
         module, handler = load_handler(args.handler, args.function_dir)
     except BaseException as exc:
-        _send(ctl, {"t": "fail", "msg": str(exc), "tb": user_traceback(exc)})
+        _send(ctl, {framing.KIND: framing.FAIL, framing.MESSAGE: str(exc), framing.TRACEBACK: user_traceback(exc)})
         return 2
-    _send(ctl, {"t": "loaded", "pid": os.getpid(), "threads": threading.active_count()})
+    _send(ctl, {framing.KIND: framing.LOADED, framing.PID: os.getpid(), framing.THREADS: threading.active_count()})
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -155,11 +156,19 @@ def main(argv=None):  # type: ignore[no-untyped-def]
         if not data:
             return 0  # the processor is gone; its workers see their sockets close
         command = msgpack.unpackb(data, raw=False)
-        if command["t"] == "fork":
+        if command[framing.KIND] == framing.FORK:
             threads = threading.active_count()
             pid = _fork_worker(ctl, (wake_r, wake_w), command, fds[0], module, handler, args, processor_pid)
-            _send(ctl, {"t": "forked", "wid": command["wid"], "pid": pid, "threads": threads})
-        elif command["t"] == "term":
+            _send(
+                ctl,
+                {
+                    framing.KIND: framing.FORKED,
+                    framing.WORKER_ID: command[framing.WORKER_ID],
+                    framing.PID: pid,
+                    framing.THREADS: threads,
+                },
+            )
+        elif command[framing.KIND] == framing.TERMINATE:
             _reap_before_exit(ctl)
             return 0
 
@@ -184,7 +193,10 @@ def _report_exits(ctl):  # type: ignore[no-untyped-def]
             return
         if pid == 0:
             return
-        _send(ctl, {"t": "exited", "pid": pid, "status": os.waitstatus_to_exitcode(status)})
+        _send(
+            ctl,
+            {framing.KIND: framing.EXITED, framing.PID: pid, framing.EXIT_STATUS: os.waitstatus_to_exitcode(status)},
+        )
 
 
 if __name__ == "__main__":
