@@ -12,6 +12,7 @@ from nubis.control.sources import allowed_build_path, decode_source
 from nubis.control.store import FunctionRecord
 from nubis.errors import BadRequest
 from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
+from nubis.runtimes.registry import DEFAULT_RUNTIME
 from nubis.spec import (
     FunctionConfig,
     export_config,
@@ -77,7 +78,7 @@ def validated_config(
     if not spec.handler:
         raise BadRequest("spec.handler is missing: expected 'module:function', e.g. 'main:handler'")
     validate_handler(spec.handler)
-    parse_runtime(spec.runtime or "python")
+    parse_runtime(spec.runtime or DEFAULT_RUNTIME)
     check_triggers(config)
     if code_roots is not None and build.path and not build.function_source_code:
         allowed_build_path(Path(build.path), code_roots)
