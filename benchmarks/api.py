@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from nubis.control.store import Store, default_state_url
+from nubis.store import Store, default_state_url
 
 from _harness import ROOT, VENV_BIN, free_port, pinned, start_server, stop, wrk
 

@@ -23,7 +23,7 @@ import pytest
 from harness import skip_or_fail
 from sqlalchemy.engine import URL, make_url
 
-from nubis.control.store import Store, StoreError
+from nubis.store import Store, StoreError
 
 SERVER = make_url(os.environ.get("NUBIS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432"))
 TABLES = ("function_logs", "functions", "projects", "api_tokens")

@@ -20,8 +20,8 @@ import pytest
 
 from nubis.control.plane import StorePorts
 from nubis.control.reconciler import UNHEALTHY_MESSAGE, Reconciler, Timing
-from nubis.control.store import FunctionRecord, Store, default_state_url
 from nubis.platforms.memory import MemoryPlatform, MemoryState, Outcome
+from nubis.store import FunctionRecord, Store, default_state_url
 
 T = TypeVar("T")
 

@@ -23,7 +23,8 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from nubis.cli.db import app as db_app
-from nubis.control.store import (
+from nubis.errors import Conflict, NotFound, PreconditionFailed
+from nubis.store import (
     FunctionRecord,
     ProjectRecord,
     Store,
@@ -33,10 +34,9 @@ from nubis.control.store import (
     parse_url,
     upgrade,
 )
-from nubis.control.store.engine import create_migration_engine
-from nubis.control.store.migrate import alembic_config
-from nubis.control.store.models import Base
-from nubis.errors import Conflict, NotFound, PreconditionFailed
+from nubis.store.engine import create_migration_engine
+from nubis.store.migrate import alembic_config
+from nubis.store.models import Base
 
 T = TypeVar("T")
 

@@ -35,7 +35,7 @@ def db_group() -> None:
 def upgrade_command(ctx: typer.Context, state_url: StateUrlOption = None, data_dir: DataDirOption = None) -> None:
     """Apply pending schema migrations and print the database's revision."""
     # SQLAlchemy and Alembic take most of a second to import: only this command pays for them.
-    from nubis.control.store import default_state_url, display_url, upgrade
+    from nubis.store import default_state_url, display_url, upgrade
 
     settings = resolve_settings(ctx)
     try:

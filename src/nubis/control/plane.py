@@ -9,8 +9,8 @@ from typing import Any
 from nubis.auth.gate import Gate
 from nubis.control.reconciler import Reconciler, Timing
 from nubis.control.settings import ServerSettings
-from nubis.control.store import Store
 from nubis.platforms.base import Platform
+from nubis.store import Store
 
 
 class StorePorts:

@@ -28,11 +28,11 @@ from typing import Any
 
 from nubis.control.deploy_failure import FailureReport, summarize_failure
 from nubis.control.deploy_log import DeployLog
-from nubis.control.store import FunctionRecord, Store
 from nubis.errors import NubisError, TemporaryError
 from nubis.platforms.base import DeployFailed, Event, FunctionDeployment, Platform
 from nubis.processor.triggers.http_config import parse_port
 from nubis.spec import FunctionConfig, parse_config
+from nubis.store import FunctionRecord, Store
 
 log = logging.getLogger("nubis.reconciler")
 

@@ -26,10 +26,10 @@ from nubis.control.api.app import create_app
 from nubis.control.api.http_limits import api_protocol_options
 from nubis.control.plane import ControlPlane, StorePorts
 from nubis.control.settings import ServerSettings, is_loopback
-from nubis.control.store import Store, default_state_url
 from nubis.errors import NubisError
 from nubis.platforms import registry as platforms
 from nubis.platforms.base import Platform, PlatformContext
+from nubis.store import Store, default_state_url
 
 log = logging.getLogger("nubis.server")
 

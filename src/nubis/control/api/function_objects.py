@@ -9,7 +9,6 @@ from typing import Any
 
 from nubis.control.api.bodies import PROJECT_LABEL, section, text_map
 from nubis.control.sources import allowed_build_path, decode_source
-from nubis.control.store import FunctionRecord
 from nubis.errors import BadRequest
 from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
 from nubis.runtimes.registry import DEFAULT_RUNTIME
@@ -21,6 +20,7 @@ from nubis.spec import (
     validate_function_name,
     validate_handler,
 )
+from nubis.store import FunctionRecord
 
 #: States in which a deploy is under way: updates and deletes are refused with 412 (NUCLIO.md §1.8).
 PROVISIONING_STATES = frozenset(

@@ -21,10 +21,10 @@ from nubis.control.api.function_objects import (
 )
 from nubis.control.api.responses import cached_json, empty, json_response
 from nubis.control.api.unchanged import is_unchanged
-from nubis.control.store.functions import function_not_found
-from nubis.control.store.projects import project_does_not_exist
 from nubis.errors import BadRequest, Conflict, PreconditionFailed
 from nubis.spec import parse_duration
+from nubis.store.functions import function_not_found
+from nubis.store.projects import project_does_not_exist
 
 DEFAULT_PROJECT = "default"
 

@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nubis.control.api.responses import error_response
-from nubis.control.store.functions import function_not_found
 from nubis.errors import BadRequest
 from nubis.spec import parse_duration
+from nubis.store.functions import function_not_found
 
 _HOP_BY_HOP = frozenset(
     {

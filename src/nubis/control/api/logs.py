@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from nubis.control.store.functions import function_not_found
 from nubis.errors import BadRequest, NotFound, NubisError
 from nubis.spec import parse_duration
+from nubis.store.functions import function_not_found
 
 log = logging.getLogger("nubis.api")
 

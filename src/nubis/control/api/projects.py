@@ -10,10 +10,10 @@ from starlette.responses import Response
 from nubis.control.api.bodies import json_body, project_header, section, text, text_map
 from nubis.control.api.function_objects import SKIP_BUILD, SKIP_DEPLOY, export_object, validated_config
 from nubis.control.api.responses import empty, json_response
-from nubis.control.store import ProjectRecord
-from nubis.control.store.projects import project_not_found
 from nubis.errors import BadRequest, NubisError, PreconditionFailed
 from nubis.spec import validate_project_name
+from nubis.store import ProjectRecord
+from nubis.store.projects import project_not_found
 
 DEFAULT_PROJECT = "default"
 DELETE_STRATEGIES = ("restricted", "cascading", "check")

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nubis.control.store import FunctionRecord
 from nubis.errors import NubisError
+from nubis.store import FunctionRecord
 
 
 async def is_unchanged(control: Any, current: FunctionRecord, config: dict[str, Any]) -> bool:

@@ -15,12 +15,12 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nubis.control.store.base import StoreBase, rowcount
-from nubis.control.store.errors import StoreError
-from nubis.control.store.models import FunctionLogRow, FunctionRow, ProjectRow
-from nubis.control.store.projects import project_does_not_exist
-from nubis.control.store.records import FunctionRecord, utc_now
 from nubis.errors import Conflict, NotFound
+from nubis.store.base import StoreBase, rowcount
+from nubis.store.errors import StoreError
+from nubis.store.models import FunctionLogRow, FunctionRow, ProjectRow
+from nubis.store.projects import project_does_not_exist
+from nubis.store.records import FunctionRecord, utc_now
 
 #: States in which a function's deploy is unfinished: the reconciler picks these up at start.
 RECONCILE_STATES = ("building", "waitingForResourceConfiguration")

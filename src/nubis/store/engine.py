@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from nubis.control.store.errors import StoreError
+from nubis.store.errors import StoreError
 
 
 def _encode_json(value: Any) -> str:

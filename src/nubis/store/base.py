@@ -18,9 +18,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from nubis.control.store.engine import SQLITE_BEGIN_OPTION
-from nubis.control.store.errors import StoreError, StoreUnavailable
 from nubis.errors import NubisError
+from nubis.store.engine import SQLITE_BEGIN_OPTION
+from nubis.store.errors import StoreError, StoreUnavailable
 
 
 class StoreBase:

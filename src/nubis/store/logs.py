@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 
-from nubis.control.store.base import StoreBase
-from nubis.control.store.errors import StoreError
-from nubis.control.store.functions import function_not_found
-from nubis.control.store.models import FunctionLogRow, FunctionRow
-from nubis.control.store.records import LogRecord
+from nubis.store.base import StoreBase
+from nubis.store.errors import StoreError
+from nubis.store.functions import function_not_found
+from nubis.store.models import FunctionLogRow, FunctionRow
+from nubis.store.records import LogRecord
 
 #: Deploy log records kept per function; the oldest beyond this are deleted.
 LOG_CAP_PER_FUNCTION = 2000

@@ -9,10 +9,10 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from nubis.control.store.base import StoreBase
-from nubis.control.store.models import FunctionRow, ProjectRow
-from nubis.control.store.records import ProjectRecord, utc_now
 from nubis.errors import Conflict, NotFound, PreconditionFailed
+from nubis.store.base import StoreBase
+from nubis.store.models import FunctionRow, ProjectRow
+from nubis.store.records import ProjectRecord, utc_now
 
 DEFAULT_PROJECT = "default"
 DEFAULT_NAMESPACE = "nuclio"

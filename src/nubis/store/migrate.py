@@ -17,13 +17,13 @@ from alembic.util import CommandError
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from nubis.control.store.engine import (
+from nubis.store.engine import (
     SQLITE_BEGIN_OPTION,
     create_migration_engine,
     display_url,
     parse_url,
 )
-from nubis.control.store.errors import StoreError
+from nubis.store.errors import StoreError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Key of the PostgreSQL advisory lock held while migrating (any constant shared by all Nubis processes).

@@ -11,10 +11,10 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from nubis.control.store.base import StoreBase, rowcount
-from nubis.control.store.models import ApiTokenRow
-from nubis.control.store.records import TokenRecord, utc_now
 from nubis.errors import Conflict
+from nubis.store.base import StoreBase, rowcount
+from nubis.store.models import ApiTokenRow
+from nubis.store.records import TokenRecord, utc_now
 
 #: `find_token` writes `last_used_at` at most this often per token (a read stays a read).
 TOKEN_TOUCH_INTERVAL = timedelta(seconds=60)

@@ -23,14 +23,14 @@ import asyncio
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nubis.control.store.base import error_reason
-from nubis.control.store.engine import create_store_engine, display_url, parse_url
-from nubis.control.store.errors import StoreError
-from nubis.control.store.functions import PORT_LOCK_KEY, RECONCILE_STATES, FunctionsMixin, new_resource_version
-from nubis.control.store.logs import LOG_CAP_PER_FUNCTION, LogsMixin
-from nubis.control.store.migrate import current_revision, head_revision, upgrade
-from nubis.control.store.projects import DEFAULT_NAMESPACE, DEFAULT_PROJECT, ProjectsMixin
-from nubis.control.store.tokens import TOKEN_TOUCH_INTERVAL, TokensMixin
+from nubis.store.base import error_reason
+from nubis.store.engine import create_store_engine, display_url, parse_url
+from nubis.store.errors import StoreError
+from nubis.store.functions import PORT_LOCK_KEY, RECONCILE_STATES, FunctionsMixin, new_resource_version
+from nubis.store.logs import LOG_CAP_PER_FUNCTION, LogsMixin
+from nubis.store.migrate import current_revision, head_revision, upgrade
+from nubis.store.projects import DEFAULT_NAMESPACE, DEFAULT_PROJECT, ProjectsMixin
+from nubis.store.tokens import TOKEN_TOUCH_INTERVAL, TokensMixin
 
 __all__ = [
     "DEFAULT_NAMESPACE",

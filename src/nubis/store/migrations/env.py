@@ -1,6 +1,6 @@
 """Alembic environment for the store's migrations.
 
-`nubis.control.store.migrate.upgrade` runs these programmatically and hands over an open
+`nubis.store.migrate.upgrade` runs these programmatically and hands over an open
 connection (in `config.attributes["connection"]`), already inside the transaction that holds the
 migration lock. Without one (the `alembic` CLI), the URL comes from `sqlalchemy.url`.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from nubis.control.store.engine import create_migration_engine, parse_url
-from nubis.control.store.models import Base
+from nubis.store.engine import create_migration_engine, parse_url
+from nubis.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

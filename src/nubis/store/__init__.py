@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-from nubis.control.store.engine import default_state_url, display_url, parse_url
-from nubis.control.store.errors import StoreError
-from nubis.control.store.migrate import head_revision, upgrade
-from nubis.control.store.records import FunctionRecord, LogRecord, ProjectRecord, TokenRecord
-from nubis.control.store.store import (
+from nubis.store.engine import default_state_url, display_url, parse_url
+from nubis.store.errors import StoreError
+from nubis.store.migrate import head_revision, upgrade
+from nubis.store.records import FunctionRecord, LogRecord, ProjectRecord, TokenRecord
+from nubis.store.store import (
     DEFAULT_NAMESPACE,
     DEFAULT_PROJECT,
     LOG_CAP_PER_FUNCTION,
