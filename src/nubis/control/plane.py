@@ -46,7 +46,10 @@ class ControlPlane:
         self.object_cache: dict[bool, dict[str, tuple[Any, bytes]]] = {}
 
     async def remove_function(self, name: str) -> None:
-        """Stop deploying, stop the replicas, forget the function, then free its code."""
+        """Delete the API gateways routing to it (none may point at a missing function), stop
+        deploying, stop the replicas, forget the function, then free its code."""
+        for gateway in await self.store.api_gateways_using(name):
+            await self.store.delete_api_gateway(gateway.name)
         await self.reconciler.remove(name)
 
     async def replica_names(self, name: str) -> list[str]:

@@ -28,6 +28,7 @@ from typing import Any
 
 from nubis.control.deploy_failure import FailureReport, summarize_failure
 from nubis.control.deploy_log import DeployLog
+from nubis.control.gateway_rules import provision_pending
 from nubis.errors import NubisError, TemporaryError
 from nubis.platforms.base import DeployFailed, Event, FunctionDeployment, Platform
 from nubis.processor.triggers.http_config import parse_port
@@ -115,6 +116,7 @@ class Reconciler:
                 continue  # waiting out the backoff of a temporary failure
             task = asyncio.create_task(self._deploy(record), name=f"deploy {record.name}")
             self._deploys[record.name] = task
+        await provision_pending(self.store)  # API gateways: waitingForProvisioning -> ready | error
 
     def _until_next_pass(self) -> float:
         """Seconds to the next look: the resync period, or sooner when a retry falls due."""

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -112,3 +113,23 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
+
+
+class ApiGatewayRow(Base):
+    """A Nuclio API gateway (NUCLIO.md §9): `config` is `{metadata, spec}` without the basic-auth
+    password, whose PBKDF2 hash alone is kept (`password_hash`); one gateway per host + path."""
+
+    __tablename__ = "api_gateways"
+    __table_args__ = (UniqueConstraint("host", "path"),)
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    project: Mapped[str] = mapped_column(String(255), ForeignKey("projects.name"), index=True)
+    namespace: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(String(1024))
+    config: Mapped[dict[str, Any]]
+    status: Mapped[dict[str, Any]]
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    generation: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

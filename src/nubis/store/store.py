@@ -12,8 +12,9 @@ savepoint rollback.
 
 This module holds the store's lifecycle (open, migrate or check the schema, close); the methods
 live with their tables, one mixin each, and `Store` inherits them all: `projects.ProjectsMixin`,
-`functions.FunctionsMixin` (with HTTP ports), `logs.LogsMixin` and `tokens.TokensMixin`, over the
-shared transaction plumbing in `base.StoreBase`.
+`functions.FunctionsMixin` (with HTTP ports), `logs.LogsMixin`, `tokens.TokensMixin` and
+`api_gateways.ApiGatewaysMixin` (with the gateway's routing data), over the shared transaction
+plumbing in `base.StoreBase`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from nubis.store.api_gateways import ApiGatewaysMixin
 from nubis.store.base import error_reason
 from nubis.store.engine import create_store_engine, display_url, parse_url
 from nubis.store.errors import StoreError
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 
-class Store(ProjectsMixin, FunctionsMixin, LogsMixin, TokensMixin):
+class Store(ProjectsMixin, FunctionsMixin, LogsMixin, TokensMixin, ApiGatewaysMixin):
     """Async repository over the state database. Create with `await Store.open(url)`."""
 
     @classmethod

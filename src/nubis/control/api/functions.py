@@ -4,6 +4,7 @@ background; the function is readable in state `building` before the 202 goes out
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -27,6 +28,7 @@ from nubis.store.functions import function_not_found
 from nubis.store.projects import project_does_not_exist
 
 DEFAULT_PROJECT = "default"
+ENRICH_GATEWAYS = "x-nuclio-function-enrich-apigateways"
 
 
 async def list_functions(request: Request) -> Response:
@@ -55,7 +57,32 @@ async def list_functions(request: Request) -> Response:
         for name in [n for n in cache if n not in present]:
             del cache[name]
     parts = [msgspec.json.encode(name) + b":" + cache[name][1] for name, _ in versions if name in cache]
+    if not export and header_flag(request, ENRICH_GATEWAYS):
+        parts = await _with_gateways(control, [name for name, _ in versions if name in cache], parts)
     return cached_json(b"{" + b",".join(parts) + b"}\n")
+
+
+async def _with_gateways(control: Any, names: list[str], parts: list[bytes]) -> list[bytes]:
+    """`X-Nuclio-Function-Enrich-Apigateways: true`: functions used by API gateways are encoded
+    again with `status.apiGateways` (the cached bytes of the others stay as they are)."""
+    used = await gateways_by_function(control.store)
+    if not used:
+        return parts
+    enriched = dict(zip(names, parts, strict=True))
+    for record in await control.store.functions_named([n for n in names if n in used]):
+        obj = function_object(record)
+        obj["status"]["apiGateways"] = used[record.name]
+        enriched[record.name] = msgspec.json.encode(record.name) + b":" + msgspec.json.encode(obj, enc_hook=str)
+    return list(enriched.values())
+
+
+async def gateways_by_function(store: Any) -> dict[str, list[str]]:
+    """The names of the API gateways routing to each function."""
+    used: dict[str, list[str]] = {}
+    for gateway in await store.list_api_gateways():
+        for function in dict.fromkeys(gateway.functions):
+            used.setdefault(function, []).append(gateway.name)
+    return used
 
 
 async def get_function(request: Request) -> Response:
@@ -67,7 +94,10 @@ async def get_function(request: Request) -> Response:
     if request.query_params.get("export", "").lower() == "true":
         return json_response(export_object(record))
     # status.logs: the current generation's deploy only (older ones: /deploy_logs).
-    return json_response(function_object(record, await control.store.get_logs(record.name)))
+    obj = function_object(record, await control.store.get_logs(record.name))
+    if header_flag(request, ENRICH_GATEWAYS):
+        obj["status"]["apiGateways"] = [g.name for g in await control.store.api_gateways_using(name)]
+    return json_response(obj)
 
 
 async def function_deploy_logs(request: Request) -> Response:
@@ -192,7 +222,13 @@ async def delete_function(request: Request) -> Response:
         raise Conflict("resourceVersion does not match: the function changed since it was read")
     if is_provisioning(record) and not header_flag(request, "x-nuclio-delete-function-ignore-state-validation"):
         raise PreconditionFailed(f"Function {name} is being deployed; retry once it is done")
-    await control.remove_function(name)
+    gateways = [g.name for g in await control.store.api_gateways_using(name)]
+    if gateways and not header_flag(request, "x-nuclio-delete-function-with-api-gateways"):
+        raise PreconditionFailed(
+            f"Function is used by api gateways: {', '.join(gateways)}; delete them first, or send "
+            "X-Nuclio-Delete-Function-With-API-Gateways: true to delete them with the function"
+        )
+    await control.remove_function(name)  # its API gateways go first
     return empty(204)
 
 

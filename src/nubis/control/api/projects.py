@@ -118,8 +118,16 @@ async def delete_project(request: Request) -> Response:
             f"Project contains functions: project {name!r} still has {names}; delete them first, "
             "or delete with the cascading strategy"
         )
+    gateways = await control.store.list_api_gateways(name)
+    if gateways and strategy in ("restricted", "check"):
+        raise PreconditionFailed(
+            f"Project contains api gateways: project {name!r} still has {', '.join(g.name for g in gateways)}; "
+            "delete them first, or delete with the cascading strategy"
+        )
     if strategy == "check":
         return empty(204)
+    for gateway in gateways:
+        await control.store.delete_api_gateway(gateway.name)
     for function in functions:
         await control.remove_function(function.name)
     await control.store.delete_project(name)
