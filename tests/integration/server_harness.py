@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -107,6 +108,12 @@ class RunningServer:
         except (OSError, ValueError):
             return None
 
+    def gateway_pid(self) -> int | None:
+        try:
+            return int(json.loads((self.data_dir / "gateway" / "gateway.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
     def kill(self) -> None:
         """SIGKILL the API process only (the agent and replicas are meant to survive)."""
         with contextlib.suppress(ProcessLookupError):
@@ -133,6 +140,16 @@ class RunningServer:
             if _alive(agent):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(agent, signal.SIGKILL)
+        gateway = self.gateway_pid()
+        if gateway is not None and _alive(gateway):
+            # An adopted gateway, or one whose server was killed: this test's too.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(gateway, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _alive(gateway) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(gateway, signal.SIGKILL)
         self._stderr.close()
         if self.process.stdout is not None:
             self._reader.join(5)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import typer
 
 from nubis import __version__
-from nubis.cli import db, resources
+from nubis.cli import certs, db, resources
 from nubis.cli.agent import agent_command
 from nubis.cli.deploy import deploy_command
+from nubis.cli.gateway import gateway_command
 from nubis.cli.invoke import invoke_command, logs_command
 from nubis.cli.login import login_command
 from nubis.cli.run import run_command
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.command("run")(run_command)
 app.command("server")(server_command)
 app.command("agent")(agent_command)
+app.command("gateway")(gateway_command)
 app.command("deploy")(deploy_command)
 app.command("invoke")(invoke_command)
 app.command("logs")(logs_command)
@@ -34,6 +36,7 @@ app.add_typer(resources.get_app, name="get")
 app.add_typer(resources.delete_app, name="delete")
 app.add_typer(resources.create_app, name="create")
 app.add_typer(db.app, name="db", help="State database: migrations.")
+app.add_typer(certs.app, name="certs")
 
 
 @app.command("version")

@@ -31,6 +31,7 @@ def server_command(
     tls_key: Annotated[Path | None, setting("tls_key")] = None,
     advertised_address: Annotated[str | None, setting("advertised_address")] = None,
     function_ports: Annotated[str | None, setting("function_ports")] = None,
+    gateway_port: Annotated[int | None, setting("gateway_port")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warn or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
     allowed_hosts: Annotated[list[str] | None, setting("allowed_hosts")] = None,
@@ -41,7 +42,7 @@ def server_command(
     header_read_timeout: Annotated[float | None, setting("header_read_timeout")] = None,
     idle_timeout: Annotated[int | None, setting("idle_timeout")] = None,
 ) -> None:
-    """Run the platform: the Nuclio-compatible API, the reconciler and the local agent."""
+    """Run the platform: the Nuclio-compatible API, the reconciler, the local agent and the gateway."""
     # uvicorn, Starlette, SQLAlchemy and Alembic load only for this command, not for `nubis --help`.
     from nubis.control.server import serve
 

@@ -24,6 +24,7 @@ from nubis.auth.gate import Gate
 from nubis.auth.tokens import ADMIN_TOKEN_FILE, hash_token, new_token, write_secret_file
 from nubis.control.api.app import create_app
 from nubis.control.api.http_limits import api_protocol_options
+from nubis.control.gateway_process import GatewayProcess
 from nubis.control.plane import ControlPlane, StorePorts
 from nubis.control.settings import ServerSettings, is_loopback
 from nubis.errors import NubisError
@@ -114,7 +115,7 @@ async def ensure_admin_token(store: Store, data_dir: Path) -> str | None:
     return token
 
 
-def create_platform(settings: ServerSettings, store: Store) -> Platform:
+def create_platform(settings: ServerSettings, store: Store, gateway_port: int | None = None) -> Platform:
     """The platform `settings.platform` names (`local` unless told), over this server's data dir."""
     context = PlatformContext(
         data_dir=settings.data_dir,
@@ -122,6 +123,7 @@ def create_platform(settings: ServerSettings, store: Store) -> Platform:
         function_ports=settings.function_port_range,
         external_address=settings.external_address,
         code_roots=settings.code_roots,
+        gateway_address=f"{settings.external_address}:{gateway_port}" if gateway_port else None,
     )
     return platforms.create(settings.platform, context)
 
@@ -139,7 +141,14 @@ async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
 
 async def _serve(settings: ServerSettings, listener: socket.socket, *, announce: bool) -> int:
     store = await Store.open(settings.state_url or default_state_url(settings.data_dir))
-    platform = create_platform(settings, store)
+    gateway = GatewayProcess(settings.data_dir, settings.host, settings.state_url)
+    try:
+        gateway_note = await gateway.choose_port(settings.gateway_port)
+    except NubisError:
+        await store.close()
+        raise
+    platform = create_platform(settings, store, gateway.port)
+    keeping_gateway: asyncio.Task[None] | None = None
     try:
         await store.ensure_default_project(settings.namespace)
         token = await ensure_admin_token(store, settings.data_dir)
@@ -149,6 +158,11 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
             return record.principal if record else None
 
         await platform.start()
+        # After the agent: a gateway started again by a later server must find the replicas serving.
+        if gateway_note:
+            log.warning("%s", gateway_note)
+        await gateway.ensure()
+        keeping_gateway = asyncio.create_task(gateway.supervise(), name="gateway supervisor")
         control = ControlPlane(settings, store, platform, Gate(principal_for, allow_anonymous=settings.insecure_local))
         server = uvicorn.Server(
             uvicorn.Config(
@@ -185,14 +199,28 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
             if token:
                 token_file = settings.data_dir / ADMIN_TOKEN_FILE
                 print(f"admin API token (shown once; also in {token_file}):\n  {token}", flush=True)
+            if gateway_note:
+                print(gateway_note, flush=True)
+            print(f"gateway at http://{settings.host}:{gateway.port} (functions at /<name>)", flush=True)
             print(f"nubis server ready at {url}", flush=True)
         await serving
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
         await control.reconciler.stop()
+        await _stop_task(keeping_gateway)
+        keeping_gateway = None
+        await gateway.stop()
         await platform.stop()
         return 0
     finally:
+        await _stop_task(keeping_gateway)
         await platform.aclose()
         await store.close()
+
+
+async def _stop_task(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

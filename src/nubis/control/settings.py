@@ -108,6 +108,13 @@ class ServerSettings(BaseModel):
         ge=0.001,
         description="Seconds a client has to send a request head (408 after that).",
     )
+    gateway_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the gateway, where every function answers at /<function> (default: 8080, or a free "
+        "port when 8080 is taken; a port given and taken is an error).",
+    )
     idle_timeout: int = Field(
         default=int(DEFAULT_IDLE_TIMEOUT), ge=1, description="Seconds an idle keep-alive API connection stays open."
     )

@@ -144,6 +144,8 @@ class PlatformContext:
     external_address: str = "127.0.0.1"
     #: the directories `spec.build.path` may point into
     code_roots: tuple[Path, ...] = ()
+    #: host:port of the gateway, where each function also answers at /<name> (None: no gateway)
+    gateway_address: str | None = None
 
 
 def desired_replicas(spec: Spec) -> int:

@@ -10,7 +10,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from nubis.control.api import archives, functions, invocations, logs, platform_info, projects, templates
+from nubis.control.api import (
+    api_gateways,
+    archives,
+    certs,
+    functions,
+    invocations,
+    logs,
+    platform_info,
+    projects,
+    templates,
+)
 from nubis.control.api.gatekeeping import route
 from nubis.control.api.openapi import openapi_document
 from nubis.control.api.responses import json_response
@@ -43,10 +53,19 @@ def api_routes() -> list[Route]:
         route("/api/projects", projects.delete_project, ["DELETE"], "write"),
         route("/api/projects/{name}", projects.get_project, ["GET"], "read"),
         route("/api/projects/{name}", projects.update_project, ["PUT"], "write"),
+        route("/api/api_gateways", api_gateways.list_api_gateways, ["GET"], "read"),
+        route("/api/api_gateways", api_gateways.create_api_gateway, ["POST"], "write"),
+        route("/api/api_gateways", api_gateways.update_api_gateway, ["PUT"], "write"),
+        route("/api/api_gateways", api_gateways.delete_api_gateway, ["DELETE"], "write"),
+        route("/api/api_gateways/{name}", api_gateways.get_api_gateway, ["GET"], "read"),
+        route("/api/api_gateways/{name}", api_gateways.update_api_gateway, ["PUT"], "write"),
         route("/api/versions", platform_info.versions, ["GET"], "read"),
         route("/api/external_ip_addresses", platform_info.external_ip_addresses, ["GET"], "read"),
         route("/api/namespaces", platform_info.namespaces, ["GET"], "read"),
         route("/api/frontend_spec", platform_info.frontend_spec, ["GET"], "read"),
+        route("/api/certs", certs.list_certificates, ["GET"], "admin"),
+        route("/api/certs", certs.issue_certificate, ["POST"], "admin"),
+        route("/api/certs/{serial}/revoke", certs.revoke_certificate, ["POST"], "admin"),
         route("/api/openapi.json", _openapi, ["GET"], "read"),
     ]
 

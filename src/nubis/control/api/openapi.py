@@ -103,6 +103,7 @@ def component_schemas() -> dict[str, Any]:
 
 def _operation(method: str, path: str, path_params: list[str], operation: Operation) -> dict[str, Any]:
     kind = "project" if path.startswith("/api/projects") else "function"
+    kind = "API gateway" if path.startswith("/api/api_gateways") else kind
     parameters = [
         {
             "name": name,

@@ -102,7 +102,10 @@ FUNCTION_BODY = Body("FunctionConfig")
 BAD_REQUEST = _error("the request is malformed or the configuration invalid; the message names the field")
 NOT_FOUND = _error("no such function or project")
 CONFLICT = _error("the name exists, or resourceVersion does not match")
-PRECONDITION = _error("a deploy is under way, or the project is missing, not empty, or the default one")
+PRECONDITION = _error(
+    "a deploy is under way, an API gateway routes to the function, or the project is missing, not empty, "
+    "or the default one"
+)
 TOO_LARGE = _error("the body is larger than the server reads")
 UNSUPPORTED = _error("the body's Content-Type is not what the operation reads")
 ACCEPTED = Answer("accepted; the deploy runs in the background (poll the function for its state)")
@@ -117,6 +120,10 @@ DEPLOY_ANSWERS: dict[int | str, Answer] = {202: ACCEPTED, 409: CONFLICT, 412: PR
 DEPLOY_PARAMS = (PROJECT, NAMESPACE, WAIT, WAIT_TIMEOUT)
 DELETE_ANSWERS: dict[int | str, Answer] = {204: NO_CONTENT, 409: CONFLICT, 412: PRECONDITION, **WRITE_ERRORS}
 IGNORE_STATE = _flag("X-Nuclio-Delete-Function-Ignore-State-Validation", "delete even while a deploy is under way")
+WITH_GATEWAYS = _flag(
+    "X-Nuclio-Delete-Function-With-API-Gateways", "delete the API gateways routing to it too (else 412 while any does)"
+)
+ENRICH = _flag("X-Nuclio-Function-Enrich-Apigateways", "fill status.apiGateways with the API gateways routing to it")
 LOGS = Operation(
     "The function's replica logs as text (?follow=true, ?since=, ?tailLines=)",
     {200: Answer("the log lines", schema={"type": "string"}, media=TEXT), 400: BAD_REQUEST, 404: NOT_FOUND},
@@ -153,13 +160,30 @@ def _deploy(summary: str) -> Operation:
     return Operation(summary, DEPLOY_ANSWERS, DEPLOY_PARAMS, FUNCTION_BODY)
 
 
+GATEWAY_NOT_FOUND = _error("no such API gateway")
+GATEWAY_PRECONDITION = _error(
+    "a reserved name, a missing project, host and path taken by another API gateway, or (when validated) "
+    "a missing upstream function"
+)
+GATEWAY_PARAMS = (
+    Param("X-Nuclio-Project-Name", "header", "the API gateway's project (default: the label, else default)"),
+    Param("X-Nuclio-Api-Gateway-Namespace", "header", "namespace of a new API gateway (default: the server's)"),
+    _flag("X-Nuclio-Agw-Validate-Functions-Existence", "refuse (412) upstream functions that do not exist"),
+)
+
+
+def _gateway_update(summary: str) -> Operation:
+    answers: dict[int | str, Answer] = {204: NO_CONTENT, 404: GATEWAY_NOT_FOUND, 412: GATEWAY_PRECONDITION}
+    return Operation(summary, {**answers, **WRITE_ERRORS}, GATEWAY_PARAMS, Body("ApiGatewayBody"))
+
+
 _INVOKE_METHODS = ("DELETE", "GET", "OPTIONS", "PATCH", "POST", "PUT")
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/functions"): Operation(
         "List functions, keyed by name (?export=true for the export form)",
         {200: Answer("functions by name", schema=_map_of(_either("FunctionObject", "ExportedFunction")))},
-        (PROJECT, FUNCTION_FILTER, EXPORT),
+        (PROJECT, FUNCTION_FILTER, EXPORT, ENRICH),
     ),
     ("POST", "/api/functions"): _deploy(
         "Create a function; 202 once it is stored (state building), deployed in the background"
@@ -167,13 +191,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", "/api/functions"): Operation(
         "Delete the function named in the body; 204, also when there is none",
         DELETE_ANSWERS,
-        (IGNORE_STATE,),
+        (IGNORE_STATE, WITH_GATEWAYS),
         Body("DeleteBody"),
     ),
     ("GET", "/api/functions/{name}"): Operation(
         "Get a function {metadata, spec, status}; status.logs is the current generation's deploy log",
         {200: Answer("the function", schema=_either("FunctionObject", "ExportedFunction")), 404: NOT_FOUND},
-        (EXPORT,),
+        (EXPORT, ENRICH),
     ),
     ("PUT", "/api/functions/{name}"): _deploy(
         "Replace a function's configuration (creates it if missing); 202, redeployed in the background"
@@ -186,7 +210,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", "/api/functions/{name}"): Operation(
         "Delete a function; 204, also when there is none",
         DELETE_ANSWERS,
-        (IGNORE_STATE,),
+        (IGNORE_STATE, WITH_GATEWAYS),
         Body("DeleteBody", required=False),
     ),
     ("GET", "/api/functions/{name}/replicas"): Operation(
@@ -271,6 +295,35 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("PUT", "/api/projects/{name}"): Operation(
         "Create or update a project; 204", {204: NO_CONTENT, **WRITE_ERRORS}, body=Body("ProjectBody")
     ),
+    ("GET", "/api/api_gateways"): Operation(
+        "List API gateways, keyed by name ({} when none; ?export=true: metadata and spec only)",
+        {200: Answer("API gateways by name", schema=_map_of(_ref("ApiGatewayObject")))},
+        (
+            Param("X-Nuclio-Project-Name", "header", "list only this project's API gateways"),
+            Param("X-Nuclio-Function-Name", "header", "list only API gateways routing to this function"),
+            EXPORT,
+        ),
+    ),
+    ("POST", "/api/api_gateways"): Operation(
+        "Create an API gateway; 201 with it (state waitingForProvisioning, then ready or error)",
+        {201: Answer("the API gateway", "ApiGatewayObject"), 409: CONFLICT, 412: GATEWAY_PRECONDITION, **WRITE_ERRORS},
+        GATEWAY_PARAMS,
+        Body("ApiGatewayBody"),
+    ),
+    ("PUT", "/api/api_gateways"): _gateway_update("Replace the API gateway named in the body (the UI's form); 204"),
+    ("DELETE", "/api/api_gateways"): Operation(
+        "Delete the API gateway named in the body; 204",
+        {204: NO_CONTENT, 404: GATEWAY_NOT_FOUND, **WRITE_ERRORS},
+        body=Body("DeleteBody", required=False),
+    ),
+    ("GET", "/api/api_gateways/{name}"): Operation(
+        "Get an API gateway (?export=true: metadata and spec only)",
+        {200: Answer("the API gateway", "ApiGatewayObject"), 404: GATEWAY_NOT_FOUND},
+        (EXPORT,),
+    ),
+    ("PUT", "/api/api_gateways/{name}"): _gateway_update(
+        "Replace an API gateway's configuration; 204 (provisioned again in the background)"
+    ),
     ("GET", "/api/versions"): Operation(
         "Versions; dashboard.label is the Nuclio API version answered", {200: Answer("versions", "Versions")}
     ),
@@ -280,6 +333,23 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/namespaces"): Operation("Namespaces", {200: Answer("namespaces", "Namespaces")}),
     ("GET", "/api/frontend_spec"): Operation(
         "What the dashboard UI reads at start-up", {200: Answer("the UI's settings", "FrontendSpec")}
+    ),
+    ("GET", "/api/certs"): Operation(
+        "Nubis extension: the platform CA's issued client certificates, keyed by serial (never a key)",
+        {200: Answer("certificates by serial", schema=_map_of(_ref("CertRecord")))},
+    ),
+    ("POST", "/api/certs"): Operation(
+        "Nubis extension: issue a client certificate for the mTLS tunnel; its private key is answered once",
+        {201: Answer("the certificate, its key and the CA's certificate", "IssuedCert"), **WRITE_ERRORS},
+        body=Body("CertRequest", required=False),
+    ),
+    ("POST", "/api/certs/{serial}/revoke"): Operation(
+        "Nubis extension: revoke a certificate (the tunnel refuses it from its next handshake); again: no change",
+        {
+            200: Answer("the revoked certificate's record", "CertRecord"),
+            400: _error("the serial is not hexadecimal"),
+            404: _error("no certificate of that serial was issued here"),
+        },
     ),
     ("GET", "/api/openapi.json"): Operation(
         "This document", {200: Answer("the OpenAPI document", schema={"type": "object"})}

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from nubis.auth.cert_rules import DEFAULT_DAYS, MAX_DAYS
 from nubis.control.api.function_objects import PROVISIONING_STATES, TERMINAL_STATES
 from nubis.spec import FunctionConfig, Meta, Spec
 
@@ -230,6 +231,93 @@ class RenderAnswer(Open):
     function_config: dict[str, Any] = Field(alias="functionConfig")
 
 
+class GatewayFunction(Open):
+    name: str = Field(default="", description="the function requests are routed to")
+
+
+class GatewayUpstream(Open):
+    kind: str = Field(default="nucliofunction", json_schema_extra={"enum": ["nucliofunction"]})
+    nucliofunction: GatewayFunction = Field(default_factory=GatewayFunction)
+    percentage: float = Field(default=0, description="on the canary upstream: its share of requests, 1-100")
+    port: int = 0
+    rewrite_target: str = Field(default="", alias="rewriteTarget")
+
+
+class GatewayBasicAuth(Open):
+    username: str = ""
+    password: str = Field(default="", description="write-only: answers show it masked")
+
+
+class GatewayAuthentication(Open):
+    basic_auth: GatewayBasicAuth | None = Field(default=None, alias="basicAuth")
+
+
+class ApiGatewaySpec(Open):
+    name: str = ""
+    host: str = Field(default="", description="generated from the name and project when empty")
+    path: str = ""
+    description: str = ""
+    authentication_mode: str = Field(
+        default="", alias="authenticationMode", json_schema_extra={"examples": ["none", "basicAuth"]}
+    )
+    authentication: GatewayAuthentication = Field(default_factory=GatewayAuthentication)
+    upstreams: list[GatewayUpstream] = Field(default_factory=list, description="1 or 2 (a primary and a canary)")
+
+
+class ApiGatewayBody(Open):
+    """Create/update body (NUCLIO.md §9): `metadata.name` and `spec.name` fill each other."""
+
+    metadata: ProjectMetadataInput = Field(default_factory=ProjectMetadataInput)
+    spec: ApiGatewaySpec = Field(default_factory=ApiGatewaySpec)
+
+
+class ApiGatewayMetadata(ProjectMetadataInput):
+    name: str
+    creation_timestamp: str = Field(default="", alias="creationTimestamp")
+
+
+class ApiGatewayStatus(Open):
+    name: str = ""
+    state: str = Field(json_schema_extra={"enum": ["", "waitingForProvisioning", "ready", "error"]})
+    last_error: str = Field(default="", description="why the state is `error`")
+
+
+class ApiGatewayObject(Open):
+    """An API gateway; `?export=true` leaves out `status`, the namespace and the timestamp."""
+
+    metadata: ApiGatewayMetadata
+    spec: ApiGatewaySpec
+    status: ApiGatewayStatus | None = None
+
+
+class CertRequest(Open):
+    """`POST /api/certs`: a client certificate of the platform CA for the mTLS tunnel."""
+
+    name: str = Field(
+        default="",
+        description="the certificate's CN (default: the caller's name)",
+        pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$",
+    )
+    days: int = Field(default=DEFAULT_DAYS, ge=1, le=MAX_DAYS, description="how long it is valid")
+
+
+class CertRecord(Open):
+    name: str
+    serial: str = Field(description="upper-case hex, as `openssl x509 -serial` prints it")
+    not_before: str = Field(alias="notBefore", description="ISO 8601, UTC")
+    not_after: str = Field(alias="notAfter", description="ISO 8601, UTC")
+    revoked: bool
+    revoked_at: str | None = Field(alias="revokedAt")
+
+
+class IssuedCert(CertRecord):
+    """The new certificate with its private key, answered once: the server does not keep the key."""
+
+    certificate: str = Field(description="PEM: the tunnel's tls.crt")
+    key: str = Field(description="PEM: the tunnel's tls.key")
+    ca: str = Field(description="PEM: the platform CA's certificate (ca.crt), to check the tunnel's server")
+
+
 #: Every model the document names in `components/schemas` (each one's JSON Schema `$defs` too).
 COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     FunctionConfig,
@@ -253,4 +341,9 @@ COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     RenderedTemplate,
     RenderRequest,
     RenderAnswer,
+    ApiGatewayBody,
+    ApiGatewayObject,
+    CertRequest,
+    CertRecord,
+    IssuedCert,
 )

@@ -15,27 +15,20 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nubis.errors import NubisError
 from nubis.platforms.local.client import AgentClient, AgentUnavailable
+from nubis.platforms.local.keeper import keep_running, running, wait_pid
 from nubis.platforms.local.models import AGENT_PROTOCOL
 from nubis.platforms.local.paths import agent_dir, socket_path
-from nubis.platforms.local.process import describe_exit, process_start_time
+from nubis.platforms.local.process import describe_exit
 
 log = logging.getLogger("nubis.server")
 
 #: How long a freshly started agent may take to answer on its socket (seconds).
 AGENT_START_TIMEOUT = 30.0
-#: Delay before restarting a dead agent: doubles from the first up to the last (seconds).
-RESTART_FIRST = 0.2
-RESTART_MAX = 30.0
-#: An agent that lived this long before dying is restarted after the first delay again (seconds).
-RESTART_RESET_AFTER = 60.0
-#: How often an agent is checked where pidfds are missing (seconds).
-POLL_SECONDS = 0.5
 
 
 class AgentStartError(NubisError):
@@ -123,7 +116,7 @@ class AgentProcess:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         try:
-            await asyncio.wait_for(_wait_pid(pid, lambda: not _running(pid)), AGENT_START_TIMEOUT)
+            await asyncio.wait_for(wait_pid(pid, lambda: not running(pid)), AGENT_START_TIMEOUT)
         except TimeoutError:
             raise AgentStartError(f"the outdated agent (pid {pid}) did not exit after SIGKILL") from None
 
@@ -136,42 +129,30 @@ class AgentProcess:
         """Return once the agent process ended, saying how."""
         if self.process is not None:
             process = self.process
-            await _wait_pid(process.pid, lambda: process.poll() is not None)
+            await wait_pid(process.pid, lambda: process.poll() is not None)
             return describe_exit(process.wait())
         pid = self.pid()
         if pid is None:
             return "is not known"
-        await _wait_pid(pid, lambda: not _running(pid))
+        await wait_pid(pid, lambda: not running(pid))
         return "ended"
 
     async def supervise(self) -> None:
         """Start the agent again, with backoff, each time it dies (runs until cancelled)."""
-        delay = RESTART_FIRST
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            pid = self.pid()
-            how = await self.wait_gone()
-            if loop.time() - started >= RESTART_RESET_AFTER:
-                delay = RESTART_FIRST
-            log.error(
-                "the local agent (pid %s) %s; its replicas keep serving; starting a new agent in %.1f s",
-                pid,
-                how,
-                delay,
-            )
-            await asyncio.sleep(delay)
-            delay = min(RESTART_MAX, delay * 2)
-            while True:
-                try:
-                    await self.ensure()
-                    break
-                except NubisError as exc:
-                    log.error("%s; trying again in %.1f s", exc.message, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(RESTART_MAX, delay * 2)
+
+        async def ensure() -> None:
+            await self.ensure()
             self.restarts += 1
-            log.warning("local agent started again (pid %s); it adopts the running replicas", self.pid())
+
+        await keep_running(
+            "local agent",
+            self.pid,
+            self.wait_gone,
+            ensure,
+            gone_note="; its replicas keep serving",
+            again="starting a new agent",
+            started_note="; it adopts the running replicas",
+        )
 
     async def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM: the agent drains its replicas, then exits (SIGKILL after `timeout` s)."""
@@ -181,39 +162,9 @@ class AgentProcess:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         process = self.process
-        gone = (lambda: process.poll() is not None) if process is not None else (lambda: not _running(pid))
+        gone = (lambda: process.poll() is not None) if process is not None else (lambda: not running(pid))
         try:
-            await asyncio.wait_for(_wait_pid(pid, gone), timeout)
+            await asyncio.wait_for(wait_pid(pid, gone), timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-async def _wait_pid(pid: int, gone: Callable[[], bool]) -> None:
-    """Wait until `pid` ended: a pidfd where there is one, else poll `gone()`."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
-        loop = asyncio.get_running_loop()
-        readable: asyncio.Future[None] = loop.create_future()
-
-        def on_readable() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(pidfd, on_readable)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        return
-    while not gone():
-        await asyncio.sleep(POLL_SECONDS)
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    return process_start_time(pid) is not None

@@ -73,11 +73,13 @@ class LocalPlatform:
         external_address: str = "127.0.0.1",
         code_roots: tuple[Path, ...] = (),
         client: AgentClient | None = None,
+        gateway_address: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.ports = ports
         self.function_ports = function_ports
         self.external_address = external_address
+        self.gateway_address = gateway_address
         self.client = client or AgentClient(socket_path(data_dir))
         self.agent = AgentProcess(data_dir)
         self.builder: Builder = LocalBuilder(data_dir, code_roots)
@@ -119,14 +121,19 @@ class LocalPlatform:
 
     async def endpoint(self, name: str, asked_port: int | None) -> Endpoint:
         """The asked port (as Nuclio's local platform publishes it), else one allocated once from
-        the server's range among ports nothing else listens on."""
+        the server's range among ports nothing else listens on; the gateway's path URL after it."""
         ports = self._port_book()
         if asked_port:
             await ports.claim(name, asked_port)
             port = asked_port
         else:
             port = await ports.allocate(name, *self.function_ports, available=port_is_free)
-        return Endpoint(port, [f"127.0.0.1:{port}"], [f"{self.external_address}:{port}"])
+        # The direct port first, as Nuclio lists its NodePort before its ingress URLs: clients take
+        # `[0]` and some append a path or send `x-nuclio-target`, which the port serves as it is.
+        external = [f"{self.external_address}:{port}"]
+        if self.gateway_address:
+            external.append(f"{self.gateway_address}/{name}")
+        return Endpoint(port, [f"127.0.0.1:{port}"], external)
 
     async def publish_ports(self) -> None:
         ports = await self._port_book().assigned()
@@ -206,5 +213,6 @@ def create(context: PlatformContext) -> Platform:
         function_ports=context.function_ports,
         external_address=context.external_address,
         code_roots=context.code_roots,
+        gateway_address=context.gateway_address,
     )
     return platform

@@ -1,0 +1,211 @@
+"""The gateway as `nubis server` keeps it: adopted or started, and started again when it dies.
+
+The gateway runs in its own session (`nubis gateway`), so a SIGKILL of the server leaves it
+serving; the next server adopts it from `<data dir>/gateway/gateway.json` once it answers its
+health path with that pid. Its port is fixed before anything starts (`choose_port`): an explicit
+`--gateway-port` that is taken is an error; the default one, taken, gives way to a free port.
+The control plane does not import the gateway package (layers): it only starts the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from nubis.errors import NubisError
+from nubis.platforms.local.keeper import keep_running, running, wait_pid
+from nubis.processor.triggers.http_protocol import HEALTH_PATH
+
+log = logging.getLogger("nubis.server")
+
+DEFAULT_GATEWAY_PORT = 8080
+START_TIMEOUT = 30.0
+
+
+class GatewayStartError(NubisError):
+    """The gateway could not be started (or did not answer)."""
+
+
+def listen(host: str, port: int) -> socket.socket | None:
+    """A socket listening on host:port (0: any free port), or None when the port is taken.
+
+    The server binds the gateway's port itself and hands the socket to the gateway process
+    (`--listen-fd`): choosing and binding are one step, so two servers starting at once cannot
+    both pick the free default port, and a gateway restarted by the server finds its port held
+    for it (connections wait in the backlog meanwhile)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            return None
+        raise GatewayStartError(f"the gateway cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+async def health_pid(host: str, port: int, timeout: float = 2.0) -> int | None:
+    """The pid a gateway on host:port says it has, or None when nothing (or not a gateway) answers."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        writer.write(f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), timeout)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            return None
+        pid = json.loads(body).get("pid")
+        return pid if isinstance(pid, int) else None
+    except (OSError, TimeoutError, ValueError):
+        return None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+class GatewayProcess:
+    def __init__(self, data_dir: Path, host: str, state_url: str | None) -> None:
+        self.data_dir = data_dir
+        self.host = host
+        self.state_url = state_url
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.gateway_pid: int | None = None
+        self.restarts = 0
+        #: the gateway's listening socket while this server holds it (None for an adopted gateway)
+        self.listener: socket.socket | None = None
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / "gateway" / "gateway.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "gateway" / "gateway.log"
+
+    async def running_gateway(self) -> tuple[int, int] | None:
+        """(pid, port) of this data dir's gateway if it runs and answers."""
+        try:
+            state = json.loads(self.state_file.read_text())
+            pid, port = int(state["pid"]), int(state["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not running(pid) or await health_pid(self.host, port) != pid:
+            return None
+        return pid, port
+
+    async def choose_port(self, asked: int | None) -> str | None:
+        """Fix the gateway's port; returns a note for the start-up lines when it is not the asked one."""
+        found = await self.running_gateway()
+        if found is not None:
+            pid, port = found
+            if asked is None or asked == port:
+                self.port, self.gateway_pid = port, pid
+                return None
+            await self._stop_pid(pid)  # another port is asked for: this one goes
+        if asked is not None:
+            self.listener = listen(self.host, asked)
+            if self.listener is None:
+                raise GatewayStartError(
+                    f"gateway port {asked} on {self.host} is already in use; pick another with --gateway-port"
+                )
+            self.port = asked
+            return None
+        self.listener = listen(self.host, DEFAULT_GATEWAY_PORT)
+        if self.listener is not None:
+            self.port = DEFAULT_GATEWAY_PORT
+            return None
+        self.listener = listen(self.host, 0)
+        assert self.listener is not None  # port 0 is never taken
+        self.port = self.listener.getsockname()[1]
+        return f"gateway port {DEFAULT_GATEWAY_PORT} is taken; the gateway listens on {self.port}"
+
+    async def ensure(self) -> None:
+        """Adopt the gateway that answers on the chosen port, else start one and wait until it answers."""
+        found = await self.running_gateway()
+        if found is not None and found[1] == self.port:
+            self.process, self.gateway_pid = None, found[0]
+            log.info("adopted the running gateway of %s (pid %d, port %d)", self.data_dir, found[0], self.port)
+            return
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.listener is None:  # an adopted gateway died: its port is free again
+            self.listener = listen(self.host, self.port)
+            if self.listener is None:
+                raise GatewayStartError(f"gateway port {self.port} on {self.host} was taken by another process")
+        fd = self.listener.fileno()
+        command = [sys.executable, "-m", "nubis", "gateway", "--port", str(self.port), "--host", self.host]
+        command += ["--listen-fd", str(fd), "--data-dir", str(self.data_dir)]
+        if self.state_url:
+            command += ["--state-url", self.state_url]
+        with self.log_file.open("ab") as output:
+            self.process = subprocess.Popen(
+                command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=[fd]
+            )
+        self.gateway_pid = self.process.pid
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while loop.time() < deadline:
+            if self.process.poll() is not None:
+                raise GatewayStartError(f"the gateway exited with {self.process.returncode}; see {self.log_file}")
+            if await health_pid(self.host, self.port) == self.process.pid:
+                return
+            await asyncio.sleep(0.02)
+        raise GatewayStartError(f"the gateway did not answer within {START_TIMEOUT:.0f} s; see {self.log_file}")
+
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else self.gateway_pid
+
+    async def wait_gone(self) -> str:
+        process = self.process
+        if process is not None:
+            await wait_pid(process.pid, lambda: process.poll() is not None)
+            code = process.wait()
+            return f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+        pid = self.pid()
+        if pid is None:
+            return "is not known"
+        await wait_pid(pid, lambda: not running(pid))
+        return "ended"
+
+    async def supervise(self) -> None:
+        async def ensure() -> None:
+            await self.ensure()
+            self.restarts += 1
+
+        await keep_running("gateway", self.pid, self.wait_gone, ensure, first_delay=0.0)
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        pid = self.pid()
+        if pid is not None:
+            await self._stop_pid(pid, timeout)
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+    async def _stop_pid(self, pid: int, timeout: float = 15.0) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        process = self.process if self.process is not None and self.process.pid == pid else None
+        gone = (lambda: process.poll() is not None) if process is not None else (lambda: not running(pid))
+        try:
+            await asyncio.wait_for(wait_pid(pid, gone), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if process is not None:
+            process.wait()

@@ -1,0 +1,166 @@
+"""Request and response heads as the gateway rewrites them.
+
+Hop-by-hop headers (RFC 9110 §7.6.1: Connection and the names it lists, Keep-Alive, TE, Trailer,
+Transfer-Encoding, Upgrade, Proxy-*) belong to one connection and are dropped; the gateway frames
+each side itself (Content-Length when the length is known, else chunked).
+
+Forwarding headers: the gateway is the edge, so what a client claims about earlier hops is kept
+only where appending is safe. `X-Forwarded-For` gets the client's address appended (nginx's
+`$proxy_add_x_forwarded_for`); `X-Forwarded-Proto` and `X-Forwarded-Host` are set to what the
+gateway itself saw, replacing a client's. `X-Request-Id` is kept when the client sent one, else a
+new one is made, and the answer carries it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nubis.processor.events import error_response
+from nubis.processor.ids import new_event_id
+from nubis.processor.triggers.http_heads import date_header, status_line
+
+HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    )
+)
+#: set by the gateway: a client's value is replaced (X-Forwarded-For is appended to instead)
+_OWN = frozenset((b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for"))
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """What the gateway learnt from a client's head."""
+
+    headers: list[tuple[bytes, bytes]]
+    #: Content-Length as given, None when absent
+    content_length: int | None
+    chunked: bool
+    request_id: bytes
+    host: bytes
+
+
+def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names a Connection header lists (they are hop-by-hop too)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(tokens)
+
+
+def read_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    """Framing, request id and host of a head; ValueError when its framing is ambiguous (both
+    Content-Length and Transfer-Encoding, or Content-Lengths that differ: request smuggling)."""
+    lengths: set[bytes] = set()
+    encodings: list[bytes] = []
+    request_id = b""
+    host = b""
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            lengths.add(value.strip())
+        elif lower == b"transfer-encoding":
+            encodings.append(value.strip().lower())
+        elif lower == b"x-request-id":
+            request_id = value
+        elif lower == b"host":
+            host = value
+    if lengths and encodings:
+        raise ValueError("both Content-Length and Transfer-Encoding: refused (request smuggling)")
+    if len(lengths) > 1:
+        raise ValueError("conflicting Content-Length headers: refused (request smuggling)")
+    content_length = None
+    if lengths:
+        text = next(iter(lengths))
+        if not text.isdigit():
+            raise ValueError("Content-Length is not a number")
+        content_length = int(text)
+    if encodings and encodings[-1].rsplit(b",", 1)[-1].strip() != b"chunked":
+        raise ValueError("a Transfer-Encoding that does not end with chunked is not supported")
+    return RequestHead(headers, content_length, bool(encodings), request_id or new_event_id().encode(), host)
+
+
+def upstream_request(method: bytes, target: bytes, head: RequestHead, client: str, proto: bytes) -> bytes:
+    """The head the upstream receives, framed like the client's request."""
+    hop = HOP_BY_HOP | connection_tokens(head.headers)
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    forwarded_for = b""
+    has_request_id = False
+    for name, value in head.headers:
+        lower = name.lower()
+        if lower in hop:
+            continue
+        if lower in _OWN:
+            if lower == b"x-forwarded-for":
+                forwarded_for = forwarded_for + b", " + value if forwarded_for else value
+            continue
+        if lower == b"x-request-id":
+            has_request_id = True
+        parts += (name, b": ", value, b"\r\n")
+    address = client.encode("latin-1")
+    parts += (b"X-Forwarded-For: ", forwarded_for + b", " + address if forwarded_for else address, b"\r\n")
+    parts += (b"X-Forwarded-Proto: ", proto, b"\r\n")
+    if head.host:
+        parts += (b"X-Forwarded-Host: ", head.host, b"\r\n")
+    if not has_request_id:
+        parts += (b"X-Request-Id: ", head.request_id, b"\r\n")
+    if head.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % head.content_length)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def client_response(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    content_length: int | None,
+    request_id: bytes,
+    keep_alive: bool,
+) -> bytes:
+    """The head the client receives: the upstream's, less hop-by-hop headers, framed by the
+    gateway (`content_length` None: chunked)."""
+    hop = HOP_BY_HOP | connection_tokens(headers)
+    parts = [status_line(status)]
+    has_request_id = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower in hop:
+            continue
+        if lower == b"x-request-id":
+            has_request_id = True
+        parts += (name, b": ", value, b"\r\n")
+    if not has_request_id:
+        parts += (b"X-Request-Id: ", request_id, b"\r\n")
+    if content_length is None:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    else:
+        parts.append(b"Content-Length: %d\r\n" % content_length)
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def error_answer(status: int, message: str, request_id: bytes = b"", keep_alive: bool = True) -> bytes:
+    """A whole answer of the gateway's own, in Nuclio's JSON error shape."""
+    body = error_response(status, message).body
+    parts = [status_line(status), b"Server: nubis-gateway\r\n", date_header(), b"Content-Type: application/json\r\n"]
+    if request_id:
+        parts += (b"X-Request-Id: ", request_id, b"\r\n")
+    parts.append(b"Content-Length: %d\r\n" % len(body))
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)

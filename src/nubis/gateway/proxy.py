@@ -1,0 +1,277 @@
+"""A client connection to the gateway (uvloop + httptools): parse requests, route them, stream.
+
+Requests of one connection are answered in order: each becomes an `Exchange` in `exchanges`, and
+only the front one talks to its upstream; one pipelined behind it waits (its body, at most one
+read, held) and reading pauses until it is the front. The processor's head limits apply here as
+on a function's own port (`http_limits`): count, size and URL length of a head, the time to send
+one (408) and the idle keep-alive time. Each connection has one timer, re-armed per head and
+per idle period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from nubis.gateway.exchange import Exchange
+from nubis.gateway.heads import error_answer, read_request_head, upstream_request
+from nubis.processor.triggers.http_limits import (
+    HeadRejected,
+    exact_head_size,
+    head_timed_out,
+    head_too_large,
+    linger,
+    too_many_headers,
+    url_too_long,
+)
+from nubis.processor.triggers.http_protocol import HEALTH_PATH
+
+if TYPE_CHECKING:
+    from nubis.gateway.server import Gateway
+
+_SETTING_COUNT = "the gateway's header limit"
+_SETTING_HEAD = "the gateway's head size limit"
+_SETTING_TIMEOUT = "--header-read-timeout"
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.limits = gateway.limits
+        self.pool = gateway.pool
+        self.tasks = gateway.tasks
+        self.proto = gateway.scheme
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.exchanges: deque[Exchange] = deque()
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reading_head = True
+        self.in_head = False
+        self.head_bytes = 0
+        self.closed = False
+        self.failed = False
+        self.write_paused = False
+        self.read_paused = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) else "-"
+        self.gateway.connections.add(self)
+        self._arm(self.limits.header_read_timeout, self._head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.gateway.connections.discard(self)
+        self._disarm()
+        for exchange in self.exchanges:
+            exchange.client_gone()
+        self.exchanges.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.reading_head:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            rejected = exc.__context__
+            if isinstance(rejected, HeadRejected):
+                self._fail(rejected.status, rejected.message)
+            else:
+                self._fail(400, f"malformed HTTP request: {exc}")
+            return
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported by the gateway")
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+            return
+        if self.reading_head and self.head_bytes > self.limits.max_header_bytes:
+            self._fail(431, head_too_large(self.limits, _SETTING_HEAD).message)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.exchanges and self.exchanges[0].upstream is not None:
+            self.exchanges[0].upstream.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.exchanges and self.exchanges[0].upstream is not None:
+            self.exchanges[0].upstream.pause_reading(False)
+
+    # -- httptools callbacks -------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.in_head = True
+        self._arm(self.limits.header_read_timeout, self._head_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_url_bytes:
+            raise url_too_long(self.limits, _SETTING_HEAD)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        if len(self.headers) > self.limits.max_header_count:
+            raise too_many_headers(self.limits, _SETTING_COUNT)
+
+    def on_headers_complete(self) -> None:
+        limit = self.limits.max_header_bytes
+        if self.head_bytes > limit and exact_head_size(self.url, self.headers) > limit:
+            raise head_too_large(self.limits, _SETTING_HEAD)
+        self.reading_head = False
+        self.in_head = False
+        self.head_bytes = 0
+        self._disarm()
+        try:
+            head = read_request_head(self.headers)
+        except ValueError as exc:
+            raise HeadRejected(400, str(exc)) from None
+        parser = self.parser
+        keep_alive = bool(parser.should_keep_alive()) and not self.gateway.draining
+        method = parser.get_method()
+        target = self.url
+        if target.split(b"?", 1)[0] == HEALTH_PATH.encode():
+            body = json.dumps({"status": "ok", "pid": os.getpid(), "routes": len(self.gateway.watch.table)})
+            answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+                len(body),
+                body.encode(),
+            )
+            self._queue(Exchange(self, target, keep_alive, head=head, local=(200, answer)))
+            return
+        match = self.gateway.watch.table.match(target)
+        if match is None:
+            name = target.split(b"?", 1)[0].decode("latin-1")
+            answer = error_answer(404, f"no function at {name}", head.request_id, keep_alive)
+            self._queue(Exchange(self, target, keep_alive, head=head, local=(404, answer)))
+            return
+        request = upstream_request(method, match.target, head, self.client, self.proto)
+        self._queue(
+            Exchange(
+                self, target, keep_alive, route=match.route, head=head, request=request, head_only=method == b"HEAD"
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchanges:
+            self.exchanges[-1].body(body)
+
+    def on_message_complete(self) -> None:
+        self.reading_head = True
+        if self.exchanges:
+            self.exchanges[-1].request_complete()
+
+    # -- exchanges -----------------------------------------------------------------------------------
+    def _queue(self, exchange: Exchange) -> None:
+        self.exchanges.append(exchange)
+        if len(self.exchanges) == 1:
+            exchange.start()
+        else:
+            self._pause_reading(True)  # pipelined: wait until the ones before it are answered
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        exchanges = self.exchanges
+        if not exchanges or exchanges[0] is not exchange:
+            return
+        exchanges.popleft()
+        if self.closed:
+            return
+        if not exchange.keep_alive:
+            self._close()
+            return
+        if exchanges:
+            exchanges[0].start()
+        else:
+            self._pause_reading(False)
+            if not self.in_head:
+                self._arm(self.limits.idle_timeout, self._idle_timeout)
+
+    def cut(self, exchange: Exchange) -> None:
+        """The answer under way cannot be completed: end the connection without a clean end."""
+        exchange.log()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_reading_for_upstream(self, paused: bool) -> None:
+        self._pause_reading(paused)
+
+    def _pause_reading(self, paused: bool) -> None:
+        transport = self.transport
+        if paused == self.read_paused or transport is None or self.closed or transport.is_closing():
+            return
+        self.read_paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _fail(self, status: int, message: str) -> None:
+        """Answer an error in turn and close: the parser cannot go on, so nothing more is read."""
+        self.failed = True
+        self.reading_head = False
+        self._disarm()
+        self.parser = httptools.HttpRequestParser(self)
+        self._pause_reading(True)
+        exchange = Exchange(self, self.url or b"-", False, local=(status, error_answer(status, message, b"", False)))
+        exchange.request_done = True
+        self._queue(exchange)
+
+    def _close(self) -> None:
+        transport = self.transport
+        self.closed = True
+        self._disarm()
+        if transport is None:
+            return
+        if self.failed:
+            self.timer = linger(transport, self)
+        else:
+            transport.close()
+
+    # -- the connection's timer ----------------------------------------------------------------------
+    def _arm(self, seconds: float | None, callback: object) -> None:
+        self._disarm()
+        if seconds:
+            self.timer = self.loop.call_later(seconds, callback)  # type: ignore[arg-type]
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _head_timeout(self) -> None:
+        self.timer = None
+        if self.closed or self.exchanges:
+            return
+        if self.in_head:
+            self._fail(408, head_timed_out(self.limits, _SETTING_TIMEOUT).message)
+        elif self.transport is not None:
+            self.closed = True
+            self.transport.close()  # nothing of a request came: close without an answer
+
+    def _idle_timeout(self) -> None:
+        self.timer = None
+        if not self.closed and not self.exchanges and not self.in_head and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def close_if_idle(self) -> None:
+        if not self.exchanges and not self.in_head and self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
