@@ -32,6 +32,8 @@ grep -q "nubis server ready" "$NUBIS_DATA_DIR/server.out" || { echo "nubis serve
 echo
 echo "Nubis API:   $NUBIS_URL   (Nuclio dashboard API; OpenAPI at $NUBIS_URL/api/openapi.json)"
 echo "Invoke:      NUBIS_URL=$NUBIS_URL $BIN/nubis invoke hello --path '/?name=you'"
+gateway=$(sed -n 's/^gateway at \([^ ]*\).*/\1/p' "$NUBIS_DATA_DIR/server.out" | tail -1)
+[ -n "$gateway" ] && echo "Gateway:     curl '$gateway/hello/?name=you'   (every function at /<name>)"
 echo "Server log:  $log"
 echo "Ctrl-C stops the server, the agent and every function."
 wait "$server"
