@@ -1,8 +1,13 @@
 """Keeps the gateway's routing table in step with the store, without a restart.
 
-Every `interval` seconds it reads each function's (name, updated_at), a cheap indexed read; only
-when that changed does it read the functions and build a new table, which replaces the old one in
-one assignment. A store that cannot be read keeps the last table serving (logged once per outage).
+Every `interval` seconds it reads two cheap change markers: each function's (name, updated_at)
+and the API gateways' `routing_marker()` (count, newest updated_at). Only when one moved does it
+read the functions and the gateways' routing data and build a new table, which replaces the old
+one in one assignment (a request reads one table or the other, never a mix). A store that cannot
+be read keeps the last table serving (logged once per outage).
+
+The watch holds the gateway's store handle, so it also holds the credential checks that read it
+(`auth`: API tokens of `accessKey` gateways).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 from typing import Any
 
 from nubis.errors import NubisError
+from nubis.gateway.guards import Authenticator
 from nubis.gateway.routes import RoutingTable
 from nubis.store import Store
 
@@ -26,18 +32,21 @@ class TableWatch:
         self.store = store
         self.interval = interval
         self.table = RoutingTable()
-        self._versions: list[tuple[str, Any]] | None = None
+        self.auth = Authenticator(store)
+        self._versions: tuple[list[tuple[str, Any]], Any] | None = None
         self._failing = False
 
     async def refresh(self) -> bool:
         """Read the store once; True when the table changed."""
-        versions = await self.store.function_versions()
+        versions = (await self.store.function_versions(), await self.store.routing_marker())
         if versions == self._versions:
             return False
         records = await self.store.list_functions()
-        self.table = RoutingTable.of_functions((record.name, record.http_port) for record in records)
-        self._versions = versions
-        log.info("routing table: %d function route(s)", len(self.table))
+        marker, gateways = await self.store.routing_table()
+        self.table = RoutingTable.build(((record.name, record.http_port) for record in records), gateways)
+        # the gateways' marker as read with them: a write between the two reads is seen next time
+        self._versions = (versions[0], marker)
+        log.info("routing table: %d function route(s), %d API gateway route(s)", *self.table.counts())
         return True
 
     async def run(self) -> None:
