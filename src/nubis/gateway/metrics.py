@@ -1,0 +1,140 @@
+"""The gateway's Prometheus metrics (prometheus-client), and the answer to a scrape.
+
+Served by the gateway itself, like `/__internal/health`: always at METRICS_PATH, and at
+`/metrics` too as long as no route claims that path (a function named `metrics` keeps its path;
+the reserved one still answers). Scrapes and health checks are not counted as requests.
+
+Labels are bounded: a function and its route (`-` for requests no route matched, never the path a
+client sent), a status, an error kind. The hot path stays cheap: the labelled children of one
+route are looked up once (`RouteMetrics`, cached per function and route) and a request then costs
+a few locked additions. What K1's authentication and the limits count goes through
+`unauthorised(route)`, `rate_limited(route)` and `refused_connection()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from nubis.processor.triggers.http_heads import status_line
+
+if TYPE_CHECKING:
+    from nubis.gateway.routes import Route
+
+METRICS_PATH = b"/__internal/metrics"
+#: also answered here unless a route claims the path
+PUBLIC_METRICS_PATH = b"/metrics"
+#: a request that no route matched (404, a malformed request)
+NO_ROUTE = "-"
+#: the status of a request whose client went away before it was answered (nginx's)
+CLIENT_GONE = 499
+#: seconds; from 0.5 ms (a warm pass-through) to 60 s (the default upstream timeout)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+UpstreamError = Literal["refused", "dropped", "timeout"]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_ROUTE = ("function", "route")
+REQUESTS = Counter(
+    "nubis_gateway_requests",
+    "Requests answered, by function, route and status.",
+    (*_ROUTE, "status"),
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "nubis_gateway_request_duration_seconds",
+    "Time from a request's head to the end of its answer.",
+    _ROUTE,
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+IN_FLIGHT = Gauge(
+    "nubis_gateway_requests_in_flight", "Requests received and not yet answered.", _ROUTE, registry=REGISTRY
+)
+UPSTREAM_ERRORS = Counter(
+    "nubis_gateway_upstream_errors",
+    "Upstream failures: refused (no connection), dropped (closed or broke before its answer ended), timeout.",
+    (*_ROUTE, "kind"),
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "nubis_gateway_rate_limited", "Requests answered 429 by a rate limit.", ("route",), registry=REGISTRY
+)
+UNAUTHORISED = Counter(
+    "nubis_gateway_unauthorised", "Requests refused by a route's authentication.", ("route",), registry=REGISTRY
+)
+REFUSED_CONNECTIONS = Counter(
+    "nubis_gateway_refused_connections", "Connections answered 503 past --max-connections.", registry=REGISTRY
+)
+
+
+class RouteMetrics:
+    """The labelled children of one (function, route): looked up once, then used per request."""
+
+    __slots__ = ("function", "in_flight", "latency", "route", "statuses")
+
+    def __init__(self, function: str, route: str) -> None:
+        self.function = function
+        self.route = route
+        self.in_flight = IN_FLIGHT.labels(function, route)
+        self.latency = LATENCY.labels(function, route)
+        self.statuses: dict[int, Counter] = {}
+
+    def begin(self) -> None:
+        self.in_flight.inc()
+
+    def end(self, status: int, seconds: float) -> None:
+        self.in_flight.dec()
+        self.latency.observe(seconds)
+        counter = self.statuses.get(status)
+        if counter is None:
+            counter = self.statuses[status] = REQUESTS.labels(self.function, self.route, str(status))
+        counter.inc()
+
+    def upstream_error(self, kind: UpstreamError) -> None:
+        UPSTREAM_ERRORS.labels(self.function, self.route, kind).inc()
+
+
+_by_route: dict[tuple[str, str], RouteMetrics] = {}
+
+
+def of(route: Route | None) -> RouteMetrics:
+    """The metrics of `route` (None: the requests no route matched)."""
+    key = (route.function, route.name) if route is not None else (NO_ROUTE, NO_ROUTE)
+    metrics = _by_route.get(key)
+    if metrics is None:
+        metrics = _by_route[key] = RouteMetrics(*key)
+    return metrics
+
+
+def unauthorised(route: Route) -> None:
+    """A request `route`'s authentication refused (401/403)."""
+    UNAUTHORISED.labels(route.name).inc()
+
+
+def rate_limited(route: Route) -> None:
+    RATE_LIMITED.labels(route.name).inc()
+
+
+def refused_connection() -> None:
+    REFUSED_CONNECTIONS.inc()
+
+
+def wants_scrape(target: bytes, claimed: Callable[[], bool]) -> bool:
+    """Whether a request target is a scrape; `claimed()`: whether a route matches it (then
+    `/metrics` is that route's)."""
+    path = target.partition(b"?")[0]
+    return path == METRICS_PATH or (path == PUBLIC_METRICS_PATH and not claimed())
+
+
+def scrape_answer(keep_alive: bool) -> bytes:
+    """A whole HTTP answer with the current metrics in Prometheus' text format."""
+    body = generate_latest(REGISTRY)
+    parts = [status_line(200), b"Content-Type: ", CONTENT_TYPE_LATEST.encode(), b"\r\n"]
+    parts.append(b"Content-Length: %d\r\n" % len(body))
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)
