@@ -13,6 +13,7 @@ from nubis.cli.invoke import invoke_command, logs_command
 from nubis.cli.login import login_command
 from nubis.cli.run import run_command
 from nubis.cli.server import server_command
+from nubis.cli.tunnel import tunnel_command
 from nubis.errors import NubisError
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app.command("deploy")(deploy_command)
 app.command("invoke")(invoke_command)
 app.command("logs")(logs_command)
 app.command("login")(login_command)
+app.command("tunnel")(tunnel_command)
 app.command("export")(resources.export_command)
 app.command("import")(resources.import_command)
 app.add_typer(resources.get_app, name="get")

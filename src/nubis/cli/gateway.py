@@ -13,6 +13,8 @@ import uvloop
 
 from nubis.cli.options import setting, setup_logging
 from nubis.errors import NubisError
+from nubis.gateway.limits import DEFAULT_MAX_BODY_BYTES
+from nubis.processor.triggers.http_limits import DEFAULT_MAX_CONNECTIONS, HttpLimits
 from nubis.settings import ENV_PREFIX, default_data_dir
 
 log = logging.getLogger("nubis.cli")
@@ -26,8 +28,34 @@ def gateway_command(
     upstream_timeout: Annotated[
         float, typer.Option(help="Seconds a function has to begin its answer (504 after that).", min=0.001)
     ] = 60.0,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(help="Requests a second per route and client address; more are answered 429.", min=0.001),
+    ] = None,
+    rate_burst: Annotated[
+        int | None, typer.Option(help="Requests a client may make at once (default: one second's worth).", min=1)
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest request body; a larger one is answered 413 and not forwarded.", min=1)
+    ] = DEFAULT_MAX_BODY_BYTES,
+    max_connections: Annotated[
+        int, typer.Option(help="Most open client connections; more are answered 503.", min=1)
+    ] = DEFAULT_MAX_CONNECTIONS,
     listen_fd: Annotated[
         int | None, typer.Option(hidden=True, help="A listening socket inherited from nubis server.")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): the gateway speaks HTTPS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM) of --tls-cert.")] = None,
+    tunnel_port: Annotated[
+        int | None,
+        typer.Option(help="Port of the mTLS tunnel (client certificates of the platform CA only).", min=1, max=65535),
+    ] = None,
+    tunnel_fd: Annotated[
+        int | None, typer.Option(hidden=True, help="The tunnel's listening socket inherited from nubis server.")
+    ] = None,
+    tunnel_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Another name or address the tunnel's server certificate names (repeatable)."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warn or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
@@ -43,7 +71,16 @@ def gateway_command(
         data_dir=(data_dir or default_data_dir()).expanduser(),
         state_url=state_url or os.environ.get(ENV_PREFIX + "STATE_URL") or None,
         upstream_timeout=upstream_timeout,
+        rate_limit=rate_limit,
+        rate_burst=rate_burst,
+        max_body_bytes=max_body_bytes,
+        limits=HttpLimits(max_connections=max_connections),
         listen_fd=listen_fd,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tunnel_port=tunnel_port,
+        tunnel_fd=tunnel_fd,
+        tunnel_hosts=tuple(tunnel_host or ()),
     )
     try:
         code = uvloop.run(serve(settings))

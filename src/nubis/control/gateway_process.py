@@ -17,8 +17,10 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from nubis.errors import NubisError
@@ -56,11 +58,20 @@ def listen(host: str, port: int) -> socket.socket | None:
     return sock
 
 
-async def health_pid(host: str, port: int, timeout: float = 2.0) -> int | None:
+def _unverified() -> ssl.SSLContext:
+    """For asking an HTTPS gateway its pid: what is checked is the pid it answers, not its certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def health_pid(host: str, port: int, timeout: float = 2.0, *, tls: bool = False) -> int | None:
     """The pid a gateway on host:port says it has, or None when nothing (or not a gateway) answers."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, TimeoutError):
+        connecting = asyncio.open_connection(host, port, ssl=_unverified() if tls else None)
+        reader, writer = await asyncio.wait_for(connecting, timeout)
+    except (OSError, TimeoutError, ssl.SSLError):
         return None
     try:
         writer.write(f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
@@ -78,17 +89,55 @@ async def health_pid(host: str, port: int, timeout: float = 2.0) -> int | None:
             await writer.wait_closed()
 
 
+@dataclass(frozen=True)
+class GatewayOptions:
+    """What the server starts its gateway with besides its port; a running gateway started with
+    other options is not adopted but replaced."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tunnel_port: int | None = None
+    #: more names for the tunnel's server certificate (the advertised address)
+    tunnel_hosts: tuple[str, ...] = ()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
+
+    def state(self) -> dict[str, object]:
+        """What a gateway started with these options writes in its state file (`nubis.gateway.server`)."""
+        return {
+            "scheme": self.scheme,
+            "tls_cert": str(self.tls_cert) if self.tls_cert is not None else None,
+            "tunnel_port": self.tunnel_port,
+            "tunnel_hosts": list(self.tunnel_hosts) if self.tunnel_port is not None else [],
+        }
+
+    def arguments(self) -> list[str]:
+        given: list[str] = []
+        if self.tls_cert is not None and self.tls_key is not None:
+            given += ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)]
+        if self.tunnel_port is not None:
+            given += ["--tunnel-port", str(self.tunnel_port)]
+            for name in self.tunnel_hosts:
+                given += ["--tunnel-host", name]
+        return given
+
+
 class GatewayProcess:
-    def __init__(self, data_dir: Path, host: str, state_url: str | None) -> None:
+    def __init__(self, data_dir: Path, host: str, state_url: str | None, options: GatewayOptions | None = None) -> None:
         self.data_dir = data_dir
         self.host = host
         self.state_url = state_url
+        self.options = options or GatewayOptions()
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.gateway_pid: int | None = None
         self.restarts = 0
         #: the gateway's listening socket while this server holds it (None for an adopted gateway)
         self.listener: socket.socket | None = None
+        #: the tunnel's, likewise (None also when there is no tunnel)
+        self.tunnel_listener: socket.socket | None = None
 
     @property
     def state_file(self) -> Path:
@@ -98,26 +147,29 @@ class GatewayProcess:
     def log_file(self) -> Path:
         return self.data_dir / "gateway" / "gateway.log"
 
-    async def running_gateway(self) -> tuple[int, int] | None:
-        """(pid, port) of this data dir's gateway if it runs and answers."""
+    async def running_gateway(self) -> tuple[int, int, bool] | None:
+        """(pid, port, started with these options) of this data dir's gateway if it runs and answers."""
         try:
             state = json.loads(self.state_file.read_text())
             pid, port = int(state["pid"]), int(state["port"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not running(pid) or await health_pid(self.host, port) != pid:
+        tls = state.get("scheme") == "https"
+        if not running(pid) or await health_pid(self.host, port, tls=tls) != pid:
             return None
-        return pid, port
+        wanted = self.options.state()
+        return pid, port, {key: state.get(key) for key in wanted} == wanted
 
     async def choose_port(self, asked: int | None) -> str | None:
         """Fix the gateway's port; returns a note for the start-up lines when it is not the asked one."""
         found = await self.running_gateway()
         if found is not None:
-            pid, port = found
-            if asked is None or asked == port:
+            pid, port, same = found
+            if same and (asked is None or asked == port):
                 self.port, self.gateway_pid = port, pid
                 return None
-            await self._stop_pid(pid)  # another port is asked for: this one goes
+            await self._stop_pid(pid)  # another port or other options are asked for: this one goes
+        self.tunnel_listener = self._listen_tunnel()
         if asked is not None:
             self.listener = listen(self.host, asked)
             if self.listener is None:
@@ -135,26 +187,42 @@ class GatewayProcess:
         self.port = self.listener.getsockname()[1]
         return f"gateway port {DEFAULT_GATEWAY_PORT} is taken; the gateway listens on {self.port}"
 
+    def _listen_tunnel(self) -> socket.socket | None:
+        """The tunnel's socket, bound as the gateway's is (an explicit port that is taken is an error)."""
+        if self.options.tunnel_port is None:
+            return None
+        sock = listen(self.host, self.options.tunnel_port)
+        if sock is None:
+            raise GatewayStartError(
+                f"tunnel port {self.options.tunnel_port} on {self.host} is already in use; "
+                "pick another with --tunnel-port"
+            )
+        return sock
+
     async def ensure(self) -> None:
         """Adopt the gateway that answers on the chosen port, else start one and wait until it answers."""
         found = await self.running_gateway()
-        if found is not None and found[1] == self.port:
+        if found is not None and found[1] == self.port and found[2]:
             self.process, self.gateway_pid = None, found[0]
             log.info("adopted the running gateway of %s (pid %d, port %d)", self.data_dir, found[0], self.port)
             return
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        if self.listener is None:  # an adopted gateway died: its port is free again
+        if self.listener is None:  # an adopted gateway died: its ports are free again
             self.listener = listen(self.host, self.port)
             if self.listener is None:
                 raise GatewayStartError(f"gateway port {self.port} on {self.host} was taken by another process")
-        fd = self.listener.fileno()
+            self.tunnel_listener = self._listen_tunnel()
+        fds = [self.listener.fileno()]
         command = [sys.executable, "-m", "nubis", "gateway", "--port", str(self.port), "--host", self.host]
-        command += ["--listen-fd", str(fd), "--data-dir", str(self.data_dir)]
+        command += ["--listen-fd", str(fds[0]), "--data-dir", str(self.data_dir), *self.options.arguments()]
+        if self.tunnel_listener is not None:
+            fds.append(self.tunnel_listener.fileno())
+            command += ["--tunnel-fd", str(fds[1])]
         if self.state_url:
             command += ["--state-url", self.state_url]
         with self.log_file.open("ab") as output:
             self.process = subprocess.Popen(
-                command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=[fd]
+                command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=fds
             )
         self.gateway_pid = self.process.pid
         loop = asyncio.get_running_loop()
@@ -162,7 +230,7 @@ class GatewayProcess:
         while loop.time() < deadline:
             if self.process.poll() is not None:
                 raise GatewayStartError(f"the gateway exited with {self.process.returncode}; see {self.log_file}")
-            if await health_pid(self.host, self.port) == self.process.pid:
+            if await health_pid(self.host, self.port, tls=self.options.scheme == "https") == self.process.pid:
                 return
             await asyncio.sleep(0.02)
         raise GatewayStartError(f"the gateway did not answer within {START_TIMEOUT:.0f} s; see {self.log_file}")
@@ -193,9 +261,10 @@ class GatewayProcess:
         pid = self.pid()
         if pid is not None:
             await self._stop_pid(pid, timeout)
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        for sock in (self.listener, self.tunnel_listener):
+            if sock is not None:
+                sock.close()
+        self.listener = self.tunnel_listener = None
 
     async def _stop_pid(self, pid: int, timeout: float = 15.0) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from nubis.auth.gate import Gate
 from nubis.auth.tokens import ADMIN_TOKEN_FILE, hash_token, new_token, write_secret_file
 from nubis.control.api.app import create_app
 from nubis.control.api.http_limits import api_protocol_options
-from nubis.control.gateway_process import GatewayProcess
+from nubis.control.gateway_process import GatewayOptions, GatewayProcess
 from nubis.control.plane import ControlPlane, StorePorts
 from nubis.control.settings import ServerSettings, is_loopback
 from nubis.errors import NubisError
@@ -56,6 +57,16 @@ def check_settings(settings: ServerSettings) -> None:
         )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ServerError("--tls-cert and --tls-key go together: give both or neither")
+    if bool(settings.gateway_tls_cert) != bool(settings.gateway_tls_key):
+        raise ServerError("--gateway-tls-cert and --gateway-tls-key go together: give both or neither")
+    if settings.gateway_tls_cert and settings.gateway_tls_key:  # refused here, not by a gateway that exits
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.gateway_tls_cert, settings.gateway_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ServerError(
+                f"--gateway-tls-cert {settings.gateway_tls_cert} with --gateway-tls-key {settings.gateway_tls_key}: "
+                f"cannot load them ({exc})"
+            ) from None
     platforms.get_default_registry().factory(settings.platform)  # an unknown name fails before anything starts
 
 
@@ -115,6 +126,16 @@ async def ensure_admin_token(store: Store, data_dir: Path) -> str | None:
     return token
 
 
+def gateway_options(settings: ServerSettings) -> GatewayOptions:
+    """The gateway's TLS files and tunnel; the tunnel's certificate also names the advertised address."""
+    return GatewayOptions(  # absolute paths: the gateway outlives this server and its working directory
+        tls_cert=settings.gateway_tls_cert.resolve() if settings.gateway_tls_cert else None,
+        tls_key=settings.gateway_tls_key.resolve() if settings.gateway_tls_key else None,
+        tunnel_port=settings.tunnel_port,
+        tunnel_hosts=(settings.external_address,),
+    )
+
+
 def create_platform(settings: ServerSettings, store: Store, gateway_port: int | None = None) -> Platform:
     """The platform `settings.platform` names (`local` unless told), over this server's data dir."""
     context = PlatformContext(
@@ -141,7 +162,7 @@ async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
 
 async def _serve(settings: ServerSettings, listener: socket.socket, *, announce: bool) -> int:
     store = await Store.open(settings.state_url or default_state_url(settings.data_dir))
-    gateway = GatewayProcess(settings.data_dir, settings.host, settings.state_url)
+    gateway = GatewayProcess(settings.data_dir, settings.host, settings.state_url, gateway_options(settings))
     try:
         gateway_note = await gateway.choose_port(settings.gateway_port)
     except NubisError:
@@ -201,7 +222,10 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
                 print(f"admin API token (shown once; also in {token_file}):\n  {token}", flush=True)
             if gateway_note:
                 print(gateway_note, flush=True)
-            print(f"gateway at http://{settings.host}:{gateway.port} (functions at /<name>)", flush=True)
+            gateway_scheme = gateway.options.scheme
+            print(f"gateway at {gateway_scheme}://{settings.host}:{gateway.port} (functions at /<name>)", flush=True)
+            if settings.tunnel_port:
+                print(f"mTLS tunnel at {settings.host}:{settings.tunnel_port} (nubis tunnel FUNCTION)", flush=True)
             print(f"nubis server ready at {url}", flush=True)
         await serving
         reconciling.cancel()

@@ -115,6 +115,17 @@ class ServerSettings(BaseModel):
         description="Port of the gateway, where every function answers at /<function> (default: 8080, or a free "
         "port when 8080 is taken; a port given and taken is an error).",
     )
+    gateway_tls_cert: Path | None = Field(
+        default=None, description="TLS certificate (PEM) for the gateway: functions answer over HTTPS."
+    )
+    gateway_tls_key: Path | None = Field(default=None, description="TLS private key (PEM) of --gateway-tls-cert.")
+    tunnel_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the gateway's mTLS tunnel: the same routes, for clients with a certificate of the "
+        "platform CA (`nubis certs issue`, `nubis tunnel`); none by default.",
+    )
     idle_timeout: int = Field(
         default=int(DEFAULT_IDLE_TIMEOUT), ge=1, description="Seconds an idle keep-alive API connection stays open."
     )
@@ -191,6 +202,11 @@ class ServerSettings(BaseModel):
     @property
     def agent_dir(self) -> Path:
         return self.data_dir / "agent"
+
+    @property
+    def tunnel_address(self) -> str | None:
+        """Where workstations reach the tunnel (`nubis tunnel` reads it from `/api/frontend_spec`)."""
+        return f"{self.external_address}:{self.tunnel_port}" if self.tunnel_port else None
 
     @property
     def external_address(self) -> str:

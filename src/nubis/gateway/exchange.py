@@ -16,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from nubis.gateway import metrics
 from nubis.gateway.heads import RequestHead, client_response, error_answer
 from nubis.gateway.upstream import UpstreamConnection
 
@@ -38,6 +39,7 @@ class Exchange:
         "head_only",
         "keep_alive",
         "local",
+        "metrics",
         "path",
         "pending",
         "request",
@@ -63,6 +65,7 @@ class Exchange:
         request: bytes = b"",
         head_only: bool = False,
         local: tuple[int, bytes] | None = None,
+        internal: bool = False,
     ) -> None:
         self.conn = conn
         self.path = path
@@ -86,6 +89,10 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.started = time.perf_counter()
+        #: None once measured, and for the gateway's own endpoints (`internal`: health, metrics)
+        self.metrics = None if internal else metrics.of(route)
+        if self.metrics is not None:
+            self.metrics.begin()
 
     @property
     def request_id(self) -> bytes:
@@ -112,7 +119,8 @@ class Exchange:
         try:
             conn = await self.conn.pool.connect(self.route.upstream)
         except OSError as exc:
-            self.upstream_lost(f"cannot connect to {self.route.function}: {exc.strerror or exc}")
+            self._upstream_error("refused")
+            self._lost(f"cannot connect to {self.route.function}: {exc.strerror or exc}")
             return
         if self.response_done or self.conn.closed:
             self.conn.pool.give_back(conn)
@@ -149,6 +157,7 @@ class Exchange:
             self._start_timer()
 
     def client_gone(self) -> None:
+        self._measure(metrics.CLIENT_GONE)
         self._cancel_timer()
         if self.upstream is not None:
             self.upstream.detach()
@@ -168,6 +177,7 @@ class Exchange:
 
     def _timed_out(self) -> None:
         self.timer = None
+        self._upstream_error("timeout")
         if self.upstream is not None:
             self.upstream.detach()
             self.upstream = None
@@ -220,6 +230,11 @@ class Exchange:
             self._finish()
 
     def upstream_lost(self, reason: str) -> None:
+        if not self.response_done:
+            self._upstream_error("dropped")
+        self._lost(reason)
+
+    def _lost(self, reason: str) -> None:
         self._cancel_timer()
         self.upstream = None
         if self.response_done:
@@ -234,7 +249,30 @@ class Exchange:
     def upstream_paused(self, paused: bool) -> None:
         self.conn.pause_reading_for_upstream(paused)
 
+    def _upstream_error(self, kind: metrics.UpstreamError) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_error(kind)
+
     # -- the end -----------------------------------------------------------------------------------
+    def refuse(self, status: int, answer: bytes) -> None:
+        """The client broke a limit before its request ended (`--max-body-bytes`): nothing more of
+        it goes to the upstream, whose connection is dropped, and `answer` is given instead (the
+        client's connection is cut when an upstream's answer already began)."""
+        self.request_done = True
+        self.keep_alive = False
+        self.pending = []
+        self._cancel_timer()
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.detach()
+        if self.response_started:
+            self.response_done = True
+            self.conn.cut(self)
+            return
+        self.local = (status, answer)
+        if self.conn.exchanges and self.conn.exchanges[0] is self:
+            self._answer_locally(status, answer)
+
     def _answer_locally(self, status: int, answer: bytes) -> None:
         self.status = status
         self.response_started = True
@@ -251,7 +289,13 @@ class Exchange:
         self.log()
         self.conn.exchange_done(self)
 
+    def _measure(self, status: int) -> None:
+        measured, self.metrics = self.metrics, None
+        if measured is not None:
+            measured.end(status, time.perf_counter() - self.started)
+
     def log(self) -> None:
+        self._measure(self.status)
         if not access_log.isEnabledFor(logging.INFO):
             return
         route = self.route

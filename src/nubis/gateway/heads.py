@@ -90,9 +90,18 @@ def read_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     return RequestHead(headers, content_length, bool(encodings), request_id or new_event_id().encode(), host)
 
 
-def upstream_request(method: bytes, target: bytes, head: RequestHead, client: str, proto: bytes) -> bytes:
-    """The head the upstream receives, framed like the client's request."""
-    hop = HOP_BY_HOP | connection_tokens(head.headers)
+def upstream_request(
+    method: bytes,
+    target: bytes,
+    head: RequestHead,
+    client: str,
+    proto: bytes,
+    consumed: frozenset[bytes] = frozenset(),
+) -> bytes:
+    """The head the upstream receives, framed like the client's request. `consumed`: headers
+    (lower-case) the gateway itself used up, such as the credentials an API gateway checked: they
+    are not the function's (a Nubis API token must never reach user code)."""
+    hop = HOP_BY_HOP | connection_tokens(head.headers) | consumed
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     forwarded_for = b""
     has_request_id = False
@@ -153,10 +162,14 @@ def client_response(
     return b"".join(parts)
 
 
-def error_answer(status: int, message: str, request_id: bytes = b"", keep_alive: bool = True) -> bytes:
-    """A whole answer of the gateway's own, in Nuclio's JSON error shape."""
+def error_answer(
+    status: int, message: str, request_id: bytes = b"", keep_alive: bool = True, headers: bytes = b""
+) -> bytes:
+    """A whole answer of the gateway's own, in Nuclio's JSON error shape; `headers`: more header
+    lines, each ending in CRLF (`Retry-After: 3\\r\\n`)."""
     body = error_response(status, message).body
     parts = [status_line(status), b"Server: nubis-gateway\r\n", date_header(), b"Content-Type: application/json\r\n"]
+    parts.append(headers)
     if request_id:
         parts += (b"X-Request-Id: ", request_id, b"\r\n")
     parts.append(b"Content-Length: %d\r\n" % len(body))

@@ -14,12 +14,17 @@ import asyncio
 import json
 import os
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING
 
 import httptools
 
+from nubis.gateway import metrics
 from nubis.gateway.exchange import Exchange
-from nubis.gateway.heads import error_answer, read_request_head, upstream_request
+from nubis.gateway.guarded import GuardedExchange, refusal_answer
+from nubis.gateway.guards import Refusal
+from nubis.gateway.heads import RequestHead, error_answer, read_request_head, upstream_request
+from nubis.gateway.limits import BodyTooLarge, retry_after
 from nubis.processor.triggers.http_limits import (
     HeadRejected,
     exact_head_size,
@@ -32,6 +37,7 @@ from nubis.processor.triggers.http_limits import (
 from nubis.processor.triggers.http_protocol import HEALTH_PATH
 
 if TYPE_CHECKING:
+    from nubis.gateway.routes import Route
     from nubis.gateway.server import Gateway
 
 _SETTING_COUNT = "the gateway's header limit"
@@ -57,6 +63,8 @@ class ClientConnection(asyncio.Protocol):
         self.reading_head = True
         self.in_head = False
         self.head_bytes = 0
+        #: of the request being read, against --max-body-bytes
+        self.body_bytes = 0
         self.closed = False
         self.failed = False
         self.write_paused = False
@@ -68,6 +76,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if isinstance(peer, tuple) else "-"
+        if len(self.gateway.connections) >= self.limits.max_connections:
+            self._refuse_connection()
+            return
         self.gateway.connections.add(self)
         self._arm(self.limits.header_read_timeout, self._head_timeout)
 
@@ -87,7 +98,9 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             rejected = exc.__context__
             if isinstance(rejected, HeadRejected):
-                self._fail(rejected.status, rejected.message)
+                self._fail(
+                    rejected.status, rejected.message, rejected.route if isinstance(rejected, BodyTooLarge) else None
+                )
             else:
                 self._fail(400, f"malformed HTTP request: {exc}")
             return
@@ -134,6 +147,7 @@ class ClientConnection(asyncio.Protocol):
         self.reading_head = False
         self.in_head = False
         self.head_bytes = 0
+        self.body_bytes = 0
         self._disarm()
         try:
             head = read_request_head(self.headers)
@@ -149,22 +163,43 @@ class ClientConnection(asyncio.Protocol):
                 len(body),
                 body.encode(),
             )
-            self._queue(Exchange(self, target, keep_alive, head=head, local=(200, answer)))
+            self._queue(Exchange(self, target, keep_alive, head=head, local=(200, answer), internal=True))
             return
-        match = self.gateway.watch.table.match(target)
+        if target.startswith((metrics.METRICS_PATH, metrics.PUBLIC_METRICS_PATH)) and metrics.wants_scrape(
+            target, lambda: self.gateway.watch.table.match(target, head.host) is not None
+        ):
+            answer = metrics.scrape_answer(keep_alive)
+            self._queue(Exchange(self, target, keep_alive, head=head, local=(200, answer), internal=True))
+            return
+        watch = self.gateway.watch
+        match = watch.table.match(target, head.host)
         if match is None:
             name = target.split(b"?", 1)[0].decode("latin-1")
             answer = error_answer(404, f"no function at {name}", head.request_id, keep_alive)
             self._queue(Exchange(self, target, keep_alive, head=head, local=(404, answer)))
             return
-        request = upstream_request(method, match.target, head, self.client, self.proto)
-        self._queue(
-            Exchange(
-                self, target, keep_alive, route=match.route, head=head, request=request, head_only=method == b"HEAD"
+        refused = self._over_limits(match.route, head, keep_alive)
+        if refused is not None:
+            self._queue(Exchange(self, target, keep_alive, route=match.route, head=head, local=refused))
+            return
+        decision = match.refusal or watch.auth.decide(match.guard, head.headers)
+        if isinstance(decision, Refusal):
+            answer = refusal_answer(decision, head.request_id, keep_alive, match.route)
+            self._queue(
+                Exchange(self, target, keep_alive, route=match.route, head=head, local=(decision.status, answer))
             )
+            return
+        consumed = match.guard.consumed_headers if match.guard is not None else frozenset()
+        request = upstream_request(method, match.target, head, self.client, self.proto, consumed)
+        kind = partial(GuardedExchange, check=decision, authenticator=watch.auth) if decision else Exchange
+        self._queue(
+            kind(self, target, keep_alive, route=match.route, head=head, request=request, head_only=method == b"HEAD")
         )
 
     def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.settings.max_body_bytes:
+            raise BodyTooLarge(self.settings.max_body_bytes, self.exchanges[-1].route if self.exchanges else None)
         if self.exchanges:
             self.exchanges[-1].body(body)
 
@@ -222,14 +257,19 @@ class ClientConnection(asyncio.Protocol):
         else:
             transport.resume_reading()
 
-    def _fail(self, status: int, message: str) -> None:
-        """Answer an error in turn and close: the parser cannot go on, so nothing more is read."""
+    def _fail(self, status: int, message: str, route: Route | None = None) -> None:
+        """Answer an error in turn and close: the parser cannot go on, so nothing more is read. A
+        request whose body was under way goes no further (`Exchange.refuse`)."""
         self.failed = True
         self.reading_head = False
         self._disarm()
         self.parser = httptools.HttpRequestParser(self)
         self._pause_reading(True)
-        exchange = Exchange(self, self.url or b"-", False, local=(status, error_answer(status, message, b"", False)))
+        answer = error_answer(status, message, b"", False)
+        if self.exchanges and not self.exchanges[-1].request_done:
+            self.exchanges[-1].refuse(status, answer)
+            return
+        exchange = Exchange(self, self.url or b"-", False, route=route, local=(status, answer))
         exchange.request_done = True
         self._queue(exchange)
 
@@ -243,6 +283,37 @@ class ClientConnection(asyncio.Protocol):
             self.timer = linger(transport, self)
         else:
             transport.close()
+
+    # -- limits (`gateway.limits`) ----------------------------------------------------------------------
+    def _over_limits(self, route: Route, head: RequestHead, keep_alive: bool) -> tuple[int, bytes] | None:
+        """A 429 answer past the rate limit, else None; a body announced over --max-body-bytes is
+        BodyTooLarge (413 and the connection closes: the body is not read)."""
+        limit = self.settings.max_body_bytes
+        if head.content_length is not None and head.content_length > limit:
+            raise BodyTooLarge(limit, route)
+        limiter = self.gateway.rate_limiter
+        if limiter is None:
+            return None
+        wait = limiter.take((route.name, self.client))
+        if not wait:
+            return None
+        metrics.rate_limited(route)
+        seconds = retry_after(wait)
+        message = (
+            f"more than {limiter.rate:g} requests a second from {self.client} to {route.name}; retry in {seconds} s"
+        )
+        return 429, error_answer(429, message, head.request_id, keep_alive, b"Retry-After: %d\r\n" % seconds)
+
+    def _refuse_connection(self) -> None:
+        """503 past --max-connections, as a function's port answers past maxConnections; closed at
+        once, without lingering (a flood of refused connections must not hold descriptors)."""
+        metrics.refused_connection()
+        self.closed = True
+        count = self.limits.max_connections
+        message = f"the gateway already has {count} open connections, its --max-connections; retry later"
+        if self.transport is not None:
+            self.transport.write(error_answer(503, message, b"", False, b"Retry-After: 1\r\n"))
+            self.transport.close()
 
     # -- the connection's timer ----------------------------------------------------------------------
     def _arm(self, seconds: float | None, callback: object) -> None:

@@ -17,8 +17,10 @@ import signal
 import socket
 
 from nubis.errors import NubisError, PermanentError
+from nubis.gateway.limits import rate_limiter
 from nubis.gateway.proxy import ClientConnection
 from nubis.gateway.settings import GatewaySettings
+from nubis.gateway.tls import TunnelListener, https_context, tunnel_contexts
 from nubis.gateway.upstream import Pool
 from nubis.gateway.watch import TableWatch
 from nubis.store import Store, default_state_url
@@ -47,10 +49,11 @@ class Gateway:
         self.connections: set[ClientConnection] = set()
         self.tasks: set[asyncio.Future[None]] = set()
         self.draining = False
+        self.rate_limiter = rate_limiter(settings.rate_limit, settings.rate_burst)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket; a taken port is a GatewayError that says so."""
+def bind(host: str, port: int, option: str = "--port", name: str = "gateway port") -> socket.socket:
+    """The listening socket; a taken port is a GatewayError that says so (and names `option`)."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -64,7 +67,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise GatewayError(f"gateway port {port} on {host} is already in use; pick another with --port") from None
+            raise GatewayError(f"{name} {port} on {host} is already in use; pick another with {option}") from None
         raise GatewayError(f"the gateway cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
@@ -79,38 +82,65 @@ async def open_store(settings: GatewaySettings) -> Store:
         return await Store.open(url, migrate=True)
 
 
+def listener(fd: int | None, host: str, port: int, option: str, name: str) -> socket.socket:
+    """The socket inherited as `fd` from `nubis server`, else one bound here."""
+    if fd is None:
+        return bind(host, port, option, name)
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve(settings: GatewaySettings, *, announce: bool = True) -> int:
-    if settings.listen_fd is not None:
-        listener = socket.socket(fileno=settings.listen_fd)
-        listener.setblocking(False)
-    else:
-        listener = bind(settings.host, settings.port)
-    port = listener.getsockname()[1]
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise GatewayError("--tls-cert and --tls-key go together: give both or neither")
+    sockets: list[socket.socket] = []
     try:
+        sockets.append(listener(settings.listen_fd, settings.host, settings.port, "--port", "gateway port"))
+        https = https_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+        contexts = None
+        if settings.tunnel_port is not None or settings.tunnel_fd is not None:
+            sockets.append(
+                listener(settings.tunnel_fd, settings.host, settings.tunnel_port or 0, "--tunnel-port", "tunnel port")
+            )
+            contexts = tunnel_contexts(settings)
         store = await open_store(settings)
     except NubisError:
-        listener.close()
+        for sock in sockets:
+            sock.close()
         raise
+    port = sockets[0].getsockname()[1]
+    tunnel_port = sockets[1].getsockname()[1] if contexts is not None else None
     watch = TableWatch(store, settings.refresh_interval)
     try:
         await watch.refresh()
     except NubisError as exc:
         log.error("cannot read routes from the store yet: %s", exc.message)
-    gateway = Gateway(settings, watch)
+    gateway = Gateway(settings, watch, settings.scheme.encode())
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     watching = asyncio.create_task(watch.run(), name="route watch")
-    server = await loop.create_server(lambda: ClientConnection(gateway), sock=listener, backlog=2048)
-    _write_state(settings, port)
+    handshake = settings.limits.header_read_timeout if https is not None else None
+    server = await loop.create_server(
+        lambda: ClientConnection(gateway), sock=sockets[0], backlog=2048, ssl=https, ssl_handshake_timeout=handshake
+    )
+    tunnel = TunnelListener(gateway, contexts, sockets[1]) if contexts is not None else None
+    if tunnel is not None:
+        tunnel.start()
+    _write_state(settings, port, tunnel_port)
     if announce:
-        print(f"nubis gateway ready at http://{settings.host}:{port}", flush=True)
+        print(f"nubis gateway ready at {settings.scheme}://{settings.host}:{port}", flush=True)
+        if tunnel_port is not None:
+            print(f"mTLS tunnel at {settings.host}:{tunnel_port}", flush=True)
     try:
         await stopping.wait()
     finally:
         gateway.draining = True
         server.close()
+        if tunnel is not None:
+            tunnel.close()
         for conn in list(gateway.connections):
             conn.close_if_idle()
         deadline = loop.time() + DRAIN_SECONDS
@@ -132,9 +162,22 @@ async def serve(settings: GatewaySettings, *, announce: bool = True) -> int:
     return 0
 
 
-def _write_state(settings: GatewaySettings, port: int) -> None:
+def _write_state(settings: GatewaySettings, port: int, tunnel_port: int | None) -> None:
+    """What a server compares with its own settings before it adopts this gateway."""
     target = settings.state_file
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_suffix(".tmp")
-    staging.write_text(json.dumps({"pid": os.getpid(), "host": settings.host, "port": port}))
+    staging.write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": settings.host,
+                "port": port,
+                "scheme": settings.scheme,
+                "tls_cert": str(settings.tls_cert) if settings.tls_cert is not None else None,
+                "tunnel_port": tunnel_port,
+                "tunnel_hosts": list(settings.tunnel_hosts),
+            }
+        )
+    )
     staging.replace(target)

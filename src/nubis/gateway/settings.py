@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nubis.gateway.limits import DEFAULT_MAX_BODY_BYTES
 from nubis.processor.triggers.http_limits import HttpLimits
 from nubis.settings import user_data_dir
 
@@ -24,8 +25,32 @@ class GatewaySettings:
     #: seconds between two looks at the store for route changes
     refresh_interval: float = 0.5
     limits: HttpLimits = field(default_factory=HttpLimits)
+    #: requests a second per route and client address (token bucket, `gateway.limits`); None: no limit
+    rate_limit: float | None = None
+    #: the bucket's size: requests a client may make at once (None: one second's worth of rate_limit)
+    rate_burst: int | None = None
+    #: a request body over this is answered 413 and not forwarded further
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     #: an already-listening socket inherited from `nubis server` (which binds the port), else None
     listen_fd: int | None = None
+    #: certificate and key files (PEM) that make the gateway's port HTTPS
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: the mTLS tunnel's port (client certificates of the platform CA only), None for no tunnel
+    tunnel_port: int | None = None
+    #: the tunnel's listening socket when `nubis server` bound it, as `listen_fd`
+    tunnel_fd: int | None = None
+    #: more names the tunnel's server certificate names (the server's advertised address)
+    tunnel_hosts: tuple[str, ...] = ()
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
+
+    @property
+    def ca_dir(self) -> Path:
+        """The platform CA's directory (`nubis.auth.ca`), shared with the server."""
+        return self.data_dir / "ca"
 
     @property
     def state_file(self) -> Path:

@@ -62,6 +62,8 @@ async def frontend_spec(request: Request) -> Response:
             "autoScaleMetrics": {"customMetricsEnabled": False, "metricPresets": [], "windowSizePresets": []},
             "disableDefaultHttpTrigger": False,
             "logsScreenEnabled": True,
+            # Nubis's own: where `nubis tunnel` reaches the gateway's mTLS tunnel (null: no tunnel)
+            "tunnelAddress": settings.tunnel_address,
         }
     )
 

@@ -216,6 +216,11 @@ class FrontendSpec(Open):
     namespace: str
     platform_kind: str = Field(alias="platformKind")
     default_function_config: dict[str, Any] = Field(alias="defaultFunctionConfig")
+    tunnel_address: str | None = Field(
+        default=None,
+        alias="tunnelAddress",
+        description="Nubis: HOST:PORT of the gateway's mTLS tunnel (`nubis tunnel`), null when there is none",
+    )
 
 
 class RenderedTemplate(Open):
