@@ -191,6 +191,18 @@ def started_server(data_dir: Path, port: int, *args: str, env_cache: Path | None
         running.stop()
 
 
+GATEWAY_LINE = re.compile(r"^gateway at https?://127\.0\.0\.1:(?P<port>\d+) ")
+
+
+def gateway_port(server: RunningServer) -> int:
+    """The gateway's port as the server printed it (`gateway at http://127.0.0.1:P (...)`)."""
+    for line in server._lines:
+        match = GATEWAY_LINE.match(line)
+        if match:
+            return int(match["port"])
+    raise AssertionError(f"no gateway line in {server._lines}")
+
+
 def inline_function(name: str, source: bytes, **spec: object) -> dict[str, object]:
     """A function body with `source` as its inline code (handler `main:handler`)."""
     return {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import RunningServer, inline_function, started_server, wait_state
+from server_harness import RunningServer, gateway_port, inline_function, started_server, wait_state
 
 SOURCE = b"""
 import json, os, time
@@ -37,15 +36,6 @@ def handler(context, event):
                          "body_size": len(body)}),
         content_type="application/json", status_code=200)
 """
-GATEWAY_LINE = re.compile(r"^gateway at http://127\.0\.0\.1:(?P<port>\d+) ")
-
-
-def gateway_port(server: RunningServer) -> int:
-    for line in server._lines:
-        match = GATEWAY_LINE.match(line)
-        if match:
-            return int(match["port"])
-    raise AssertionError(f"no gateway line in {server._lines}")
 
 
 @pytest.fixture(scope="module")

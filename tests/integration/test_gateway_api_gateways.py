@@ -12,8 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from server_harness import RunningServer, inline_function, started_server, wait_state
-from test_gateway import gateway_port
+from server_harness import RunningServer, gateway_port, inline_function, started_server, wait_state
 
 SOURCE = """
 import json
