@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from nubis.cli import app
 from nubis.cli.options import resolve_settings, setting
+from nubis.control.gateway_process import GatewayOptions
+from nubis.control.server import ServerError, check_settings, gateway_options
 from nubis.control.settings import (
     DEFAULT_FUNCTION_PORTS,
     ServerSettings,
@@ -184,3 +186,55 @@ def test_the_help_shows_each_variable_and_default() -> None:
     assert result.exit_code == 0
     assert "Port of the API. [env var: NUBIS_PORT] [default: 8070]" in result.output
     assert "[env var: NUBIS_FUNCTION_PORTS] [default: 31000-31999]" in result.output
+
+
+# -- the gateway's limits --------------------------------------------------------------------------
+
+
+def test_the_gateway_limits_default_to_the_gateways_own() -> None:
+    from nubis.gateway.settings import GatewaySettings
+
+    settings, gateway = ServerSettings(), GatewaySettings()
+    assert (settings.gateway_rate_limit, settings.gateway_rate_burst) == (gateway.rate_limit, gateway.rate_burst)
+    assert settings.gateway_max_body_bytes == gateway.max_body_bytes
+    assert settings.gateway_max_connections == gateway.limits.max_connections
+    assert gateway_options(settings) == GatewayOptions(tunnel_hosts=(settings.external_address,))
+
+
+def test_the_gateway_limits_come_from_variables_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NUBIS_GATEWAY_RATE_LIMIT", "2.5")
+    monkeypatch.setenv("NUBIS_GATEWAY_MAX_CONNECTIONS", "10")
+    settings = load_settings({"gateway_rate_burst": 5, "gateway_max_body_bytes": 1000})
+    options = gateway_options(settings)
+    assert (options.rate_limit, options.rate_burst, options.max_body_bytes, options.max_connections) == (
+        2.5,
+        5,
+        1000,
+        10,
+    )
+    arguments = options.arguments()
+    for flag, value in (("--rate-limit", "2.5"), ("--rate-burst", "5"), ("--max-body-bytes", "1000")):
+        assert arguments[arguments.index(flag) + 1] == value
+    assert arguments[arguments.index("--max-connections") + 1] == "10"
+    # what decides adoption: a gateway started with the defaults is not this one
+    assert options.state() != GatewayOptions(tunnel_hosts=options.tunnel_hosts).state()
+    assert problems({"gateway_rate_limit": 0}) == (
+        ("--gateway-rate-limit", "expected greater than or equal to 0.001, found 0"),
+    )
+    assert problems({"gateway_max_connections": 0})[0][0] == "--gateway-max-connections"
+
+
+def test_nubis_server_parses_the_gateway_limit_options() -> None:
+    server = get_command(app).commands["server"]  # type: ignore[attr-defined]
+    given = ["--gateway-rate-limit", "1", "--gateway-rate-burst", "2", "--gateway-max-body-bytes", "7"]
+    given += ["--gateway-max-connections", "3"]
+    with server.make_context("server", given) as ctx:
+        settings = resolve_settings(ctx)
+    limits = (settings.gateway_rate_limit, settings.gateway_rate_burst)
+    assert (*limits, settings.gateway_max_body_bytes, settings.gateway_max_connections) == (1.0, 2, 7, 3)
+
+
+def test_a_rate_burst_without_a_rate_limit_is_refused() -> None:
+    with pytest.raises(ServerError, match="--gateway-rate-burst sizes the bucket of --gateway-rate-limit"):
+        check_settings(ServerSettings(gateway_rate_burst=3))
+    check_settings(ServerSettings(gateway_rate_limit=1, gateway_rate_burst=3))

@@ -13,8 +13,7 @@ import uvloop
 
 from nubis.cli.options import setting, setup_logging
 from nubis.errors import NubisError
-from nubis.gateway.limits import DEFAULT_MAX_BODY_BYTES
-from nubis.processor.triggers.http_limits import DEFAULT_MAX_CONNECTIONS, HttpLimits
+from nubis.processor.triggers.http_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, HttpLimits
 from nubis.settings import ENV_PREFIX, default_data_dir
 
 log = logging.getLogger("nubis.cli")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nubis.errors import NubisError
 from nubis.platforms.local.keeper import keep_running, running, wait_pid
+from nubis.processor.triggers.http_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS
 from nubis.processor.triggers.http_protocol import HEALTH_PATH
 
 log = logging.getLogger("nubis.server")
@@ -99,6 +100,11 @@ class GatewayOptions:
     tunnel_port: int | None = None
     #: more names for the tunnel's server certificate (the advertised address)
     tunnel_hosts: tuple[str, ...] = ()
+    #: requests a second per route and client (None: no limit) and the bucket's size (None: a second's worth)
+    rate_limit: float | None = None
+    rate_burst: int | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def scheme(self) -> str:
@@ -111,6 +117,10 @@ class GatewayOptions:
             "tls_cert": str(self.tls_cert) if self.tls_cert is not None else None,
             "tunnel_port": self.tunnel_port,
             "tunnel_hosts": list(self.tunnel_hosts) if self.tunnel_port is not None else [],
+            "rate_limit": self.rate_limit,
+            "rate_burst": self.rate_burst,
+            "max_body_bytes": self.max_body_bytes,
+            "max_connections": self.max_connections,
         }
 
     def arguments(self) -> list[str]:
@@ -121,6 +131,11 @@ class GatewayOptions:
             given += ["--tunnel-port", str(self.tunnel_port)]
             for name in self.tunnel_hosts:
                 given += ["--tunnel-host", name]
+        if self.rate_limit is not None:
+            given += ["--rate-limit", str(self.rate_limit)]
+        if self.rate_burst is not None:
+            given += ["--rate-burst", str(self.rate_burst)]
+        given += ["--max-body-bytes", str(self.max_body_bytes), "--max-connections", str(self.max_connections)]
         return given
 
 

@@ -67,6 +67,8 @@ def check_settings(settings: ServerSettings) -> None:
                 f"--gateway-tls-cert {settings.gateway_tls_cert} with --gateway-tls-key {settings.gateway_tls_key}: "
                 f"cannot load them ({exc})"
             ) from None
+    if settings.gateway_rate_burst is not None and settings.gateway_rate_limit is None:
+        raise ServerError("--gateway-rate-burst sizes the bucket of --gateway-rate-limit: give the rate limit too")
     platforms.get_default_registry().factory(settings.platform)  # an unknown name fails before anything starts
 
 
@@ -127,12 +129,16 @@ async def ensure_admin_token(store: Store, data_dir: Path) -> str | None:
 
 
 def gateway_options(settings: ServerSettings) -> GatewayOptions:
-    """The gateway's TLS files and tunnel; the tunnel's certificate also names the advertised address."""
+    """The gateway's TLS files, tunnel and limits; the tunnel's certificate also names the advertised address."""
     return GatewayOptions(  # absolute paths: the gateway outlives this server and its working directory
         tls_cert=settings.gateway_tls_cert.resolve() if settings.gateway_tls_cert else None,
         tls_key=settings.gateway_tls_key.resolve() if settings.gateway_tls_key else None,
         tunnel_port=settings.tunnel_port,
         tunnel_hosts=(settings.external_address,),
+        rate_limit=settings.gateway_rate_limit,
+        rate_burst=settings.gateway_rate_burst,
+        max_body_bytes=settings.gateway_max_body_bytes,
+        max_connections=settings.gateway_max_connections,
     )
 
 

@@ -24,6 +24,7 @@ from nubis.errors import PermanentError
 from nubis.processor.triggers.http_limits import (
     DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS,
     HttpLimits,
 )
@@ -125,6 +126,26 @@ class ServerSettings(BaseModel):
         le=65535,
         description="Port of the gateway's mTLS tunnel: the same routes, for clients with a certificate of the "
         "platform CA (`nubis certs issue`, `nubis tunnel`); none by default.",
+    )
+    # The gateway's limits: defaults as `nubis gateway`'s (the same constants), passed to the gateway it starts.
+    gateway_rate_limit: float | None = Field(
+        default=None,
+        ge=0.001,
+        description="Requests a second per route and client address through the gateway; more are answered 429 "
+        "with Retry-After (default: no limit).",
+    )
+    gateway_rate_burst: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests a client may make at once under --gateway-rate-limit (default: one second's worth).",
+    )
+    gateway_max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES,
+        ge=1,
+        description="Largest request body the gateway forwards; a larger one is answered 413.",
+    )
+    gateway_max_connections: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS, ge=1, description="Most open gateway connections; more are answered 503."
     )
     idle_timeout: int = Field(
         default=int(DEFAULT_IDLE_TIMEOUT), ge=1, description="Seconds an idle keep-alive API connection stays open."

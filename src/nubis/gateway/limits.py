@@ -24,10 +24,6 @@ from nubis.processor.triggers.http_limits import HeadRejected
 if TYPE_CHECKING:
     from nubis.gateway.routes import Route
 
-#: the gateway's default --max-body-bytes: above the processor's maxRequestBodySize default (4 MiB)
-#: so a function that raised its own limit is still reachable, and a ceiling on what a client can
-#: make the gateway stream to any function
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 #: most client buckets remembered per limiter (about 100 bytes each)
 MAX_BUCKETS = 100_000
 

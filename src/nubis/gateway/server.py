@@ -177,6 +177,10 @@ def _write_state(settings: GatewaySettings, port: int, tunnel_port: int | None) 
                 "tls_cert": str(settings.tls_cert) if settings.tls_cert is not None else None,
                 "tunnel_port": tunnel_port,
                 "tunnel_hosts": list(settings.tunnel_hosts),
+                "rate_limit": settings.rate_limit,
+                "rate_burst": settings.rate_burst,
+                "max_body_bytes": settings.max_body_bytes,
+                "max_connections": settings.limits.max_connections,
             }
         )
     )

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nubis.gateway.limits import DEFAULT_MAX_BODY_BYTES
-from nubis.processor.triggers.http_limits import HttpLimits
+from nubis.processor.triggers.http_limits import DEFAULT_MAX_BODY_BYTES, HttpLimits
 from nubis.settings import user_data_dir
 
 DEFAULT_GATEWAY_PORT = 8080

@@ -36,6 +36,11 @@ DEFAULT_MAX_URL_BYTES = 16 * 1024
 DEFAULT_HEADER_READ_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 75.0
 DEFAULT_MAX_CONNECTIONS = 4096
+#: the gateway's default --max-body-bytes: above the processor's maxRequestBodySize default (4 MiB)
+#: so a function that raised its own limit is still reachable, and a ceiling on what a client can
+#: make the gateway stream to any function. Here, not in `nubis.gateway`, because `nubis server`
+#: (the control layer, which may not import the gateway) shows it as --gateway-max-body-bytes' default.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 #: Refused connections are logged as at most one line per this many seconds.
 REFUSAL_LOG_INTERVAL = 10.0
 #: After an error answer, what the client still sends is read and dropped for at most this many
