@@ -74,11 +74,13 @@ def _latency(text: str, pct: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk(url: str, connections: int, seconds: int, core: int = 0) -> WrkResult:
+def wrk(url: str, connections: int, seconds: int, core: int = 0, headers: tuple[str, ...] = ()) -> WrkResult:
+    """One wrk run; `headers` are `Name: value` lines sent with every request (`Host` for API gateways)."""
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")
+    extra = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run(
-        pinned(core, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]),
+        pinned(core, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url]),
         capture_output=True,
         text=True,
         check=True,
