@@ -106,6 +106,9 @@ class Exchange:
             self._answer_locally(status, answer)
             return
         assert self.route is not None
+        if self.head is not None and self.head.expect_continue and not self.request_done:
+            # the request passed every check: its body is wanted (its Expect is not forwarded)
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         conn = self.conn.pool.take(self.route.upstream)
         if conn is not None:
             self._attach(conn)

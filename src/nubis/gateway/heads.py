@@ -7,12 +7,19 @@ each side itself (Content-Length when the length is known, else chunked).
 Forwarding headers: the gateway is the edge, so what a client claims about earlier hops is kept
 only where appending is safe. `X-Forwarded-For` gets the client's address appended (nginx's
 `$proxy_add_x_forwarded_for`); `X-Forwarded-Proto` and `X-Forwarded-Host` are set to what the
-gateway itself saw, replacing a client's. `X-Request-Id` is kept when the client sent one, else a
-new one is made, and the answer carries it too.
+gateway itself saw, replacing a client's. `X-Request-Id` is kept when the client sent one that is
+safe to echo (`_REQUEST_ID`: visible ASCII, at most 128 characters), else a new one is made; the
+upstream receives exactly one, and the answer carries it too.
+
+Framing is read strictly, because the gateway and the function's parser must agree where a request
+ends (RFC 9112 §6.3, request smuggling): one Content-Length of digits only, or a Transfer-Encoding
+that is exactly `chunked` (a coding before it, such as `gzip, chunked`, would reach the function
+undecoded once the gateway reframes it), never both; one Host (§3.2).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from nubis.processor.events import error_response
@@ -34,7 +41,9 @@ HOP_BY_HOP = frozenset(
     )
 )
 #: set by the gateway: a client's value is replaced (X-Forwarded-For is appended to instead)
-_OWN = frozenset((b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for"))
+_OWN = frozenset((b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for", b"x-request-id"))
+#: a client's request id the gateway keeps: it is echoed in the answer and written to the access log
+_REQUEST_ID = re.compile(rb"[!-~]{1,128}")
 
 
 @dataclass(slots=True)
@@ -47,6 +56,8 @@ class RequestHead:
     chunked: bool
     request_id: bytes
     host: bytes
+    #: `Expect: 100-continue`: the gateway itself answers 100 before the body is read
+    expect_continue: bool = False
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -60,34 +71,43 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
 
 def read_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     """Framing, request id and host of a head; ValueError when its framing is ambiguous (both
-    Content-Length and Transfer-Encoding, or Content-Lengths that differ: request smuggling)."""
+    Content-Length and Transfer-Encoding, Content-Lengths that differ, a coding other than chunked:
+    request smuggling) or it has more than one Host."""
     lengths: set[bytes] = set()
     encodings: list[bytes] = []
     request_id = b""
-    host = b""
+    hosts: list[bytes] = []
+    expect_continue = False
     for name, value in headers:
         lower = name.lower()
         if lower == b"content-length":
             lengths.add(value.strip())
         elif lower == b"transfer-encoding":
-            encodings.append(value.strip().lower())
+            encodings += (coding.strip().lower() for coding in value.split(b","))
         elif lower == b"x-request-id":
-            request_id = value
+            request_id = value.strip()
         elif lower == b"host":
-            host = value
+            hosts.append(value)
+        elif lower == b"expect":
+            expect_continue = value.strip().lower() == b"100-continue"
     if lengths and encodings:
         raise ValueError("both Content-Length and Transfer-Encoding: refused (request smuggling)")
     if len(lengths) > 1:
         raise ValueError("conflicting Content-Length headers: refused (request smuggling)")
+    if len(hosts) > 1:
+        raise ValueError("more than one Host header")
     content_length = None
     if lengths:
         text = next(iter(lengths))
         if not text.isdigit():
             raise ValueError("Content-Length is not a number")
         content_length = int(text)
-    if encodings and encodings[-1].rsplit(b",", 1)[-1].strip() != b"chunked":
-        raise ValueError("a Transfer-Encoding that does not end with chunked is not supported")
-    return RequestHead(headers, content_length, bool(encodings), request_id or new_event_id().encode(), host)
+    if encodings and encodings != [b"chunked"]:
+        raise ValueError("only Transfer-Encoding: chunked is supported")
+    if not _REQUEST_ID.fullmatch(request_id):
+        request_id = new_event_id().encode()
+    host = hosts[0] if hosts else b""
+    return RequestHead(headers, content_length, bool(encodings), request_id, host, expect_continue)
 
 
 def upstream_request(
@@ -102,9 +122,10 @@ def upstream_request(
     (lower-case) the gateway itself used up, such as the credentials an API gateway checked: they
     are not the function's (a Nubis API token must never reach user code)."""
     hop = HOP_BY_HOP | connection_tokens(head.headers) | consumed
+    if head.expect_continue:
+        hop |= {b"expect"}  # met by the gateway: the upstream gets the body at once
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     forwarded_for = b""
-    has_request_id = False
     for name, value in head.headers:
         lower = name.lower()
         if lower in hop:
@@ -113,16 +134,13 @@ def upstream_request(
             if lower == b"x-forwarded-for":
                 forwarded_for = forwarded_for + b", " + value if forwarded_for else value
             continue
-        if lower == b"x-request-id":
-            has_request_id = True
         parts += (name, b": ", value, b"\r\n")
     address = client.encode("latin-1")
     parts += (b"X-Forwarded-For: ", forwarded_for + b", " + address if forwarded_for else address, b"\r\n")
     parts += (b"X-Forwarded-Proto: ", proto, b"\r\n")
     if head.host:
         parts += (b"X-Forwarded-Host: ", head.host, b"\r\n")
-    if not has_request_id:
-        parts += (b"X-Request-Id: ", head.request_id, b"\r\n")
+    parts += (b"X-Request-Id: ", head.request_id, b"\r\n")
     if head.chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif head.content_length is not None:

@@ -23,8 +23,9 @@ from nubis.gateway import metrics
 from nubis.gateway.exchange import Exchange
 from nubis.gateway.guarded import GuardedExchange, refusal_answer
 from nubis.gateway.guards import Refusal
-from nubis.gateway.heads import RequestHead, error_answer, read_request_head, upstream_request
+from nubis.gateway.heads import RequestHead, connection_tokens, error_answer, read_request_head, upstream_request
 from nubis.gateway.limits import BodyTooLarge, retry_after
+from nubis.gateway.routes import normal_target
 from nubis.processor.triggers.http_limits import (
     HeadRejected,
     exact_head_size,
@@ -149,14 +150,20 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.body_bytes = 0
         self._disarm()
+        parser = self.parser
+        method = parser.get_method()
         try:
             head = read_request_head(self.headers)
+            target = normal_target(self.url)
         except ValueError as exc:
             raise HeadRejected(400, str(exc)) from None
-        parser = self.parser
+        if not head.host and parser.get_http_version() != "1.0":
+            raise HeadRejected(400, "an HTTP/1.1 request without a Host header")
+        upgrade = any(name.lower() == b"upgrade" for name, _ in self.headers)
+        if method == b"CONNECT" or (upgrade and b"upgrade" in connection_tokens(self.headers)):
+            # refused before it is queued: the parser stops at an upgrade, and one answer is due
+            raise HeadRejected(400, "protocol upgrades are not supported by the gateway")
         keep_alive = bool(parser.should_keep_alive()) and not self.gateway.draining
-        method = parser.get_method()
-        target = self.url
         if target.split(b"?", 1)[0] == HEALTH_PATH.encode():
             body = json.dumps({"status": "ok", "pid": os.getpid(), "routes": len(self.gateway.watch.table)})
             answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (

@@ -17,11 +17,19 @@ as it came (Nuclio's ingress keeps it) unless the upstream has a `rewriteTarget`
 the matched prefix (Gateway API's `ReplacePrefixMatch`, the mapping NUCLIO.md §9 gives; the query
 is kept). Two upstreams split requests by a draw per request (`draw`, injectable for tests)
 against the primary's share.
+
+A path is matched as the function will read it (`normal_target`): percent-encoded unreserved
+characters decoded and runs of slashes merged (RFC 3986 §6.2.2, nginx's `merge_slashes`), and a
+path that could mean another one further on is refused: a dot segment (`/open/../guarded`), an
+encoded slash or backslash (`/open%2F..`), a raw backslash or a fragment. Otherwise a request that
+matched an API gateway without authentication could reach a path of the same function that one with
+authentication guards, once the function or its framework normalises it.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -158,11 +166,41 @@ class RoutingTable:
 
 
 def host_key(host: bytes) -> bytes:
-    """A `Host` value as routes compare it: lower case, without its port (`[::1]:80` -> `[::1]`)."""
+    """A `Host` value as routes compare it: lower case, without its port (`[::1]:80` -> `[::1]`)
+    or the trailing dot of a fully qualified name (`a.example.com.` is `a.example.com`)."""
     host = host.strip().lower()
     if host.startswith(b"["):
         return host.partition(b"]")[0] + b"]"
-    return host.partition(b":")[0]
+    return host.partition(b":")[0].removesuffix(b".")
+
+
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_SLASHES = re.compile(rb"//+")
+
+
+def _decode_unreserved(escape: re.Match[bytes]) -> bytes:
+    code = int(escape[1], 16)
+    if code in _UNRESERVED:
+        return bytes((code,))
+    if code in (0x2F, 0x5C):
+        raise ValueError("an encoded slash or backslash in a path is refused")
+    return escape[0].upper()
+
+
+def normal_target(target: bytes) -> bytes:
+    """`target` (origin-form, `/path?query`) with its path normalised as routes match it;
+    ValueError for a path that is refused (see the module's docstring). Other forms (`*`, an
+    absolute URL) are returned as they are: no route matches them."""
+    if not target.startswith(b"/"):
+        return target
+    path, mark, query = target.partition(b"?")
+    if b"\\" in path or b"#" in path:
+        raise ValueError("a backslash or fragment in a path is refused")
+    path = _SLASHES.sub(b"/", _ESCAPE.sub(_decode_unreserved, path))
+    if any(segment in (b".", b"..") for segment in path.split(b"/")):
+        raise ValueError("a path with . or .. segments is refused")
+    return path + mark + query
 
 
 def path_prefix(path: str) -> bytes:
