@@ -269,6 +269,7 @@ def test_templates_versions_frontend_spec_and_namespaces(server: RunningServer) 
             assert base64.b64decode(template["rendered"]["spec"]["build"]["functionSourceCode"])
         assert api.get("/api/namespaces").json()["namespaces"]["names"]
         assert api.get("/api/frontend_spec").json()["platformKind"] == "local"
+        assert api.get("/api/frontend_spec").json()["allowedAuthenticationModes"] == ["none", "basicAuth", "accessKey"]
 
 
 def test_insecure_local_is_refused_on_a_non_loopback_host(tmp_path: Path, free_port: Callable[[], int]) -> None:

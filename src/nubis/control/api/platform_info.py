@@ -44,7 +44,8 @@ async def frontend_spec(request: Request) -> Response:
             "defaultHTTPIngressHostTemplate": "",
             "imageNamePrefixTemplate": "",
             "platformKind": "local",
-            "allowedAuthenticationModes": ["none", "accessKey"],
+            # the API gateway modes the gateway enforces (oauth2 waits for the OIDC step)
+            "allowedAuthenticationModes": ["none", "basicAuth", "accessKey"],
             "validFunctionPriorityClassNames": [],
             "scaleToZero": {"mode": "disabled", "inactivityWindowPresets": [], "scaleResources": []},
             "defaultFunctionConfig": {
