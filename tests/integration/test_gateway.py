@@ -192,12 +192,19 @@ def test_a_taken_explicit_gateway_port_is_an_error(tmp_path: Path, free_port: Ca
 def test_a_taken_default_gateway_port_gives_way_to_a_free_one(tmp_path: Path, free_port: Callable[[], int]) -> None:
     with socket.socket() as taken:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            taken.bind(("127.0.0.1", 8080))
-        except OSError:
-            pass  # already taken by something else: the same case
-        else:
-            taken.listen()
+        # Other tests' servers start gateways on 8080 too, briefly: hold it ourselves once it is free,
+        # so it cannot be freed under this test. A holder that keeps it is the same case.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                taken.bind(("127.0.0.1", 8080))
+            except OSError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+            else:
+                taken.listen()
+            break
         server = RunningServer(tmp_path / "data", free_port())
         try:
             server.wait_ready()

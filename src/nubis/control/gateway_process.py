@@ -27,6 +27,7 @@ from nubis.errors import NubisError
 from nubis.platforms.local.keeper import keep_running, running, wait_pid
 from nubis.processor.triggers.http_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS
 from nubis.processor.triggers.http_protocol import HEALTH_PATH
+from nubis.sockets import listening_socket
 
 log = logging.getLogger("nubis.server")
 
@@ -45,18 +46,14 @@ def listen(host: str, port: int) -> socket.socket | None:
     (`--listen-fd`): choosing and binding are one step, so two servers starting at once cannot
     both pick the free default port, and a gateway restarted by the server finds its port held
     for it (connections wait in the backlog meanwhile)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
+        return listening_socket(host, port)
+    except socket.gaierror as exc:
+        raise GatewayStartError(f"the gateway's host {host} does not resolve ({exc.strerror})") from None
     except OSError as exc:
-        sock.close()
         if exc.errno == errno.EADDRINUSE:
             return None
         raise GatewayStartError(f"the gateway cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
 
 
 def _unverified() -> ssl.SSLContext:

@@ -31,6 +31,7 @@ from nubis.control.settings import ServerSettings, is_loopback
 from nubis.errors import NubisError
 from nubis.platforms import registry as platforms
 from nubis.platforms.base import Platform, PlatformContext
+from nubis.sockets import listening_socket
 from nubis.store import Store, default_state_url
 
 log = logging.getLogger("nubis.server")
@@ -75,25 +76,16 @@ def check_settings(settings: ServerSettings) -> None:
 def bind_api_socket(host: str, port: int) -> socket.socket:
     """The API's listening socket, bound now so that a taken port fails before anything starts."""
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        return listening_socket(host, port)
     except socket.gaierror as exc:
         raise ServerError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
     except OSError as exc:
-        sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise ServerError(
                 f"port {port} on {host} is already in use (another nubis server?); stop what listens "
                 f"there, or start this one with --port N (make run: NUBIS_PORT=N)"
             ) from None
         raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(False)
-    return sock
 
 
 #: files of the data dir that may hold secrets or state: owner-only even if made before this rule

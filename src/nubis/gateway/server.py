@@ -23,6 +23,7 @@ from nubis.gateway.settings import GatewaySettings
 from nubis.gateway.tls import TunnelListener, https_context, tunnel_contexts
 from nubis.gateway.upstream import Pool
 from nubis.gateway.watch import TableWatch
+from nubis.sockets import listening_socket
 from nubis.store import Store, default_state_url
 from nubis.store.errors import StoreError
 
@@ -55,17 +56,10 @@ class Gateway:
 def bind(host: str, port: int, option: str = "--port", name: str = "gateway port") -> socket.socket:
     """The listening socket; a taken port is a GatewayError that says so (and names `option`)."""
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        sock = listening_socket(host, port)
     except socket.gaierror as exc:
         raise GatewayError(f"gateway host {host}: cannot resolve it ({exc.strerror})") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
     except OSError as exc:
-        sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise GatewayError(f"{name} {port} on {host} is already in use; pick another with {option}") from None
         raise GatewayError(f"the gateway cannot listen on {host}:{port}: {exc.strerror or exc}") from None
