@@ -18,6 +18,7 @@ additions, a bounded wait and pipelining for fast functions (see pool.py). Pull-
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import time
@@ -62,7 +63,7 @@ _HANDLED = Outcome.HANDLED
 _HANDLER_ERROR = Outcome.HANDLER_ERROR
 
 
-class Dispatch:
+class Dispatch(abc.ABC):
     """Allocation state and frame handling of `WorkerPool` (a base class: the pool is one object)."""
 
     def init_dispatch(self, availability_timeout: float, event_timeout: float | None, max_queued: int) -> None:
@@ -86,11 +87,13 @@ class Dispatch:
         self.first_event_latencies: list[float] = []
 
     # -- supplied by the pool --------------------------------------------------------------------------
+    @abc.abstractmethod
     def check_idle(self) -> None:
-        raise NotImplementedError
+        """Called whenever work ends: the pool resolves its drain once nothing is in flight."""
 
+    @abc.abstractmethod
     def emit_log(self, worker: WorkerLink, sub: Submission | None, message: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """A worker's log record, for the event `sub` (None: outside any event)."""
 
     # -- answers -----------------------------------------------------------------------------------------
     def answer(self, sub: Submission, response: Response) -> None:
