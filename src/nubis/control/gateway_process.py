@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nubis.errors import NubisError
-from nubis.platforms.local.keeper import keep_running, running, wait_pid
+from nubis.platforms.local.keeper import keep_running, running, wait_exit, wait_pid
 from nubis.processor.triggers.http_limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS
 from nubis.processor.triggers.http_protocol import HEALTH_PATH
 from nubis.sockets import listening_socket
@@ -251,16 +251,8 @@ class GatewayProcess:
         return self.process.pid if self.process is not None else self.gateway_pid
 
     async def wait_gone(self) -> str:
-        process = self.process
-        if process is not None:
-            await wait_pid(process.pid, lambda: process.poll() is not None)
-            code = process.wait()
-            return f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
-        pid = self.pid()
-        if pid is None:
-            return "is not known"
-        await wait_pid(pid, lambda: not running(pid))
-        return "ended"
+        """Return once the gateway process ended, saying how."""
+        return await wait_exit(self.process, self.pid())
 
     async def supervise(self) -> None:
         async def ensure() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from nubis.errors import NubisError
 from nubis.platforms.local.client import AgentClient, AgentUnavailable
-from nubis.platforms.local.keeper import keep_running, running, wait_pid
+from nubis.platforms.local.keeper import keep_running, running, wait_exit, wait_pid
 from nubis.platforms.local.models import AGENT_PROTOCOL
 from nubis.platforms.local.paths import agent_dir, socket_path
 from nubis.platforms.local.process import describe_exit
@@ -127,15 +127,7 @@ class AgentProcess:
 
     async def wait_gone(self) -> str:
         """Return once the agent process ended, saying how."""
-        if self.process is not None:
-            process = self.process
-            await wait_pid(process.pid, lambda: process.poll() is not None)
-            return describe_exit(process.wait())
-        pid = self.pid()
-        if pid is None:
-            return "is not known"
-        await wait_pid(pid, lambda: not running(pid))
-        return "ended"
+        return await wait_exit(self.process, self.pid())
 
     async def supervise(self) -> None:
         """Start the agent again, with backoff, each time it dies (runs until cancelled)."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 from collections.abc import Awaitable, Callable
 
 from nubis.errors import NubisError
-from nubis.platforms.local.process import process_start_time
+from nubis.platforms.local.process import describe_exit, process_start_time
 
 log = logging.getLogger("nubis.server")
 
@@ -61,6 +62,18 @@ async def keep_running(
                 await asyncio.sleep(delay)
                 delay = min(RESTART_MAX, delay * 2)
         log.warning("%s started again (pid %s)%s", what, pid(), started_note)
+
+
+async def wait_exit(process: subprocess.Popen[bytes] | None, pid: int | None) -> str:
+    """Return once a kept process ended, saying how: `process` when this server started it (its
+    exit status is known), else the adopted `pid` (None: nothing is known of it)."""
+    if process is not None:
+        await wait_pid(process.pid, lambda: process.poll() is not None)
+        return describe_exit(process.wait())
+    if pid is None:
+        return "is not known"
+    await wait_pid(pid, lambda: not running(pid))
+    return "ended"
 
 
 async def wait_pid(pid: int, gone: Callable[[], bool]) -> None:
