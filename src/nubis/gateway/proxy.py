@@ -29,6 +29,7 @@ from nubis.gateway.routes import normal_target
 from nubis.processor.triggers.http_limits import (
     HeadRejected,
     exact_head_size,
+    feed,
     head_timed_out,
     head_too_large,
     linger,
@@ -94,22 +95,10 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.reading_head:
             self.head_bytes += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            rejected = exc.__context__
-            if isinstance(rejected, HeadRejected):
-                self._fail(
-                    rejected.status, rejected.message, rejected.route if isinstance(rejected, BodyTooLarge) else None
-                )
-            else:
-                self._fail(400, f"malformed HTTP request: {exc}")
-            return
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported by the gateway")
-            return
-        except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+        rejected = feed(self.parser, data, "protocol upgrades are not supported by the gateway")
+        if rejected is not None:
+            route = rejected.route if isinstance(rejected, BodyTooLarge) else None
+            self._fail(rejected.status, rejected.message, route)
             return
         if self.reading_head and self.head_bytes > self.limits.max_header_bytes:
             self._fail(431, head_too_large(self.limits, _SETTING_HEAD).message)

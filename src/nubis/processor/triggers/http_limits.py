@@ -27,6 +27,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import httptools
 
 from nubis.errors import NubisError
 
@@ -70,6 +73,22 @@ class HeadRejected(NubisError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def feed(parser: Any, data: bytes, upgrade_refusal: str) -> HeadRejected | None:
+    """Feed `data` to an httptools request parser: None while the request can go on, else the
+    refusal to answer (a limit a callback raised, malformed HTTP, or a protocol upgrade, which is
+    refused with `upgrade_refusal`). The processor's HTTP trigger and the gateway both read this way."""
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserCallbackError as exc:
+        rejected = exc.__context__
+        return rejected if isinstance(rejected, HeadRejected) else HeadRejected(400, f"malformed HTTP request: {exc}")
+    except httptools.HttpParserUpgrade:
+        return HeadRejected(400, upgrade_refusal)
+    except httptools.HttpParserError as exc:
+        return HeadRejected(400, f"malformed HTTP request: {exc}")
+    return None
 
 
 def too_many_headers(limits: HttpLimits, setting: str) -> HeadRejected:

@@ -37,8 +37,8 @@ from nubis.processor.triggers.http_heads import (
     logs_header,
 )
 from nubis.processor.triggers.http_limits import (
-    HeadRejected,
     exact_head_size,
+    feed,
     head_timed_out,
     head_too_large,
     linger,
@@ -178,20 +178,9 @@ class HttpConnection(FlowControl, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.reading_head:
             self.head_bytes += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            rejected = exc.__context__
-            if isinstance(rejected, HeadRejected):
-                self._fail(rejected.status, rejected.message)
-            else:
-                self._fail(400, f"malformed HTTP request: {exc}")
-            return
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
-            return
-        except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+        rejected = feed(self.parser, data, "protocol upgrades are not supported")
+        if rejected is not None:
+            self._fail(rejected.status, rejected.message)
             return
         # A head still incomplete at the end of what arrived: everything counted is head. The
         # parser keeps a partial header in memory, so this is what bounds it.
