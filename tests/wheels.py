@@ -19,8 +19,9 @@ from pathlib import Path
 
 from nubis.build import RUNTIME_REQUIREMENTS, SUPPORTED_VERSIONS
 
-#: What the tests install besides the runtime's requirements (test_build_env.py's commands).
-PACKAGES = ("six", "iniconfig", "idna")
+#: What the tests install besides the runtime's requirements (test_build_env.py's commands; pip
+#: goes into an environment whose build commands call pip).
+PACKAGES = ("six", "iniconfig", "idna", "pip")
 MARKER = "filled.json"
 
 
@@ -44,6 +45,13 @@ def fill(directory: Path) -> None:
         marker.write_text(json.dumps(wanted))
     finally:
         os.close(fd)
+
+
+def online_environment() -> dict[str, str]:
+    """This process's environment without `offline_environment`'s variables: for the few installs
+    that must reach PyPI (a real client of the platform, installed by name and version)."""
+    offline = offline_environment(Path())
+    return {name: value for name, value in os.environ.items() if name not in offline}
 
 
 def offline_environment(directory: Path) -> dict[str, str]:

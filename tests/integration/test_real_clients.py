@@ -15,6 +15,7 @@ import pytest
 from harness import skip_or_fail
 from server_harness import RunningServer
 
+import wheels
 from nubis.build.pythons import find_python
 
 NUCLIO_JUPYTER = "nuclio-jupyter==0.13.2"
@@ -73,6 +74,7 @@ def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         text=True,
         timeout=600,
+        env=wheels.online_environment(),  # the suite's wheel cache holds only what functions install
     )
     if installed.returncode != 0:
         skip_or_fail(f"cannot install {NUCLIO_JUPYTER} from PyPI: {installed.stderr[-2000:]}")
