@@ -1,8 +1,9 @@
 """Gateway benchmark: a raw uvloop server, a replica directly, and the same replica through the gateway.
 
 One generator (wrk, pinned to core 0), everything else on core 1, interleaved rounds at
-concurrency 1 and 32. The replica is `nubis run examples/hello` (one worker); the gateway is
-`nubis gateway` over a store holding function records that point at the replicas' ports.
+concurrency 1 and 32. The replica is `nubis run examples/hello` (one worker) with its own Unix
+socket as on the local platform (`--shared-port-only`: without, so the gateway uses TCP); the
+gateway is `nubis gateway` over a store holding function records that point at the replicas' ports.
 The gateway variants (`--variants`, default all):
 
 - plain: the function path `/hello/` over HTTP;
@@ -26,8 +27,10 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from nubis.sockets import replica_sockets_dir
 from nubis.store import Store, default_state_url
 
 from _harness import ROOT, VENV_BIN, WrkResult, free_port, pinned, start_server, stop, wrk
@@ -88,8 +91,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _replica(port: int) -> subprocess.Popen[str]:
+def _replica(port: int, socket_dir: Path | None) -> subprocess.Popen[str]:
+    """A replica at `port`; with `socket_dir`, also on its own Unix socket there, as the local
+    platform's replicas are (the gateway then reaches it through the socket)."""
     argv = [str(VENV_BIN / "nubis"), "run", str(ROOT / "examples" / "hello"), "--port", str(port)]
+    if socket_dir is not None:
+        argv += ["--replica-socket", str(socket_dir / "bench.sock")]
     return start_server(pinned(1, [*argv, "--workers", "1", "--log-level", "warn"]), "ready at")
 
 
@@ -111,6 +118,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--shared-port-only",
+        action="store_true",
+        help="replicas without their own Unix socket: the gateway reaches them at the shared port (TCP)",
+    )
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     if unknown := set(variants) - set(VARIANTS):
@@ -126,9 +138,10 @@ def main() -> int:
         )
     ]
     try:
-        processes.append(_replica(direct_port))
+        sockets = None if args.shared_port_only else partial(replica_sockets_dir, work)
+        processes.append(_replica(direct_port, sockets("hello") if sockets else None))
         if "canary" in variants:
-            processes.append(_replica(second_port))
+            processes.append(_replica(second_port, sockets("hello-b") if sockets else None))
         gateway = _gateway(gateway_port, work)
         processes.append(gateway)
         targets = {

@@ -11,8 +11,8 @@ from pathlib import Path
 from nubis.auth.tokens import hash_token, new_token
 from nubis.gateway.guarded import refusal_answer
 from nubis.gateway.guards import Authenticator, Check, Guard, Refusal
+from nubis.gateway.replicas import Upstream as Address
 from nubis.gateway.routes import Match, RoutingTable
-from nubis.gateway.routes import Upstream as Address
 from nubis.store import GatewayRoute, Store, Upstream, default_state_url, hash_password
 
 FUNCTIONS = [("alpha", 31001), ("beta", 31002), ("gamma", 31003)]
@@ -163,8 +163,8 @@ def test_access_keys_are_api_tokens(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_none_passes_and_oauth2_is_not_supported_yet() -> None:
+def test_none_passes_and_oauth2_without_an_issuer_is_503() -> None:
     auth = Authenticator(store=None)
     assert auth.decide(None, []) is None and auth.decide(Guard("none", "gw"), []) is None
     refusal = auth.decide(Guard("oauth2", "gw"), [(b"Authorization", b"Bearer x")])
-    assert isinstance(refusal, Refusal) and refusal.status == 501 and "oauth2 is not supported yet" in refusal.message
+    assert isinstance(refusal, Refusal) and refusal.status == 503 and "--oidc-issuer" in refusal.message

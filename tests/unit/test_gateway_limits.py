@@ -6,7 +6,8 @@ import pytest
 
 from nubis.gateway import metrics
 from nubis.gateway.limits import RateLimiter, rate_limiter, retry_after
-from nubis.gateway.routes import Route, Upstream
+from nubis.gateway.replicas import Upstream
+from nubis.gateway.routes import Route
 
 
 class Clock:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nubis.gateway.routes import RoutingTable, Upstream
+from nubis.gateway.replicas import Upstream
+from nubis.gateway.routes import RoutingTable
 
 
 def test_function_paths_reach_the_function_with_the_prefix_stripped() -> None:

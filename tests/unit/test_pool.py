@@ -13,6 +13,7 @@ import pytest
 from worker_pools import Pools, event, pools
 
 from nubis.processor import dispatch
+from nubis.processor.events import REFUSED_HEADER
 from nubis.processor.outcomes import REFUSALS, Outcome, Refusal
 from nubis.processor.pool import WorkerPool
 
@@ -99,7 +100,7 @@ def test_no_free_worker_is_refused_at_once_without_an_availability_timeout(tmp_p
         response = await refused_reply.answer()
         assert (response.status, response.outcome) == (503, Outcome.BUSY)
         assert error_text(response.body) == REFUSALS[Refusal.NO_WORKER].message == "no worker available"
-        assert response.headers == {"Retry-After": "1"}
+        assert response.headers == {"Retry-After": "1", REFUSED_HEADER: "busy"}
         harness.release(flag)
         assert (await blocked_reply.answer()).body == b"released"
 

@@ -56,6 +56,16 @@ def gateway_command(
         list[str] | None,
         typer.Option(help="Another name or address the tunnel's server certificate names (repeatable)."),
     ] = None,
+    oidc_issuer: Annotated[
+        str | None,
+        typer.Option(help="The OIDC issuer whose bearer JWTs oauth2 API gateways accept (https; http on loopback)."),
+    ] = None,
+    oidc_audience: Annotated[
+        str | None, typer.Option(help="The audience (aud) those tokens must name; required with --oidc-issuer.")
+    ] = None,
+    oidc_leeway: Annotated[
+        int, typer.Option(help="Seconds of clock skew allowed on a token's exp, nbf and iat.", min=0, max=300)
+    ] = 30,
     log_level: Annotated[str, typer.Option(help="debug, info, warn or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
 ) -> None:
@@ -80,6 +90,9 @@ def gateway_command(
         tunnel_port=tunnel_port,
         tunnel_fd=tunnel_fd,
         tunnel_hosts=tuple(tunnel_host or ()),
+        oidc_issuer=oidc_issuer,
+        oidc_audience=oidc_audience,
+        oidc_leeway=oidc_leeway,
     )
     try:
         code = uvloop.run(serve(settings))

@@ -35,6 +35,14 @@ def run_command(
     triggers: Annotated[str | None, typer.Option(help="Triggers as JSON (as nuctl's --triggers).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warn or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+    replica_socket: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also listen on this Unix socket, as a replica of the local platform does for its "
+            "gateway (`nubis gateway` reaches a function through the sockets in its replica directory).",
+            hidden=True,
+        ),
+    ] = None,
 ) -> None:
     """Serve one function locally: builds its environment (cached) and runs all its triggers."""
     level = setup_logging(log_level, log_format)
@@ -44,7 +52,13 @@ def run_command(
         for warning in loaded.warnings:
             log.warning("%s", warning)
         artifact = _build(loaded)
-        options = ProcessorOptions(port=port, host=host, workers=workers, log_level=level)
+        options = ProcessorOptions(
+            port=port,
+            host=host,
+            workers=workers,
+            log_level=level,
+            replica_socket=str(replica_socket) if replica_socket else None,
+        )
         code = uvloop.run(_serve(loaded, artifact, options))
     except NubisError as exc:
         log.error("%s", exc.message)

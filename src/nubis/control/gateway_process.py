@@ -102,6 +102,10 @@ class GatewayOptions:
     rate_burst: int | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: the OIDC issuer of oauth2 API gateways, the audience its tokens must name, the clock skew allowed
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_leeway: int = 30
 
     @property
     def scheme(self) -> str:
@@ -118,6 +122,9 @@ class GatewayOptions:
             "rate_burst": self.rate_burst,
             "max_body_bytes": self.max_body_bytes,
             "max_connections": self.max_connections,
+            "oidc_issuer": self.oidc_issuer,
+            "oidc_audience": self.oidc_audience,
+            "oidc_leeway": self.oidc_leeway,
         }
 
     def arguments(self) -> list[str]:
@@ -133,6 +140,9 @@ class GatewayOptions:
         if self.rate_burst is not None:
             given += ["--rate-burst", str(self.rate_burst)]
         given += ["--max-body-bytes", str(self.max_body_bytes), "--max-connections", str(self.max_connections)]
+        if self.oidc_issuer is not None and self.oidc_audience is not None:
+            given += ["--oidc-issuer", self.oidc_issuer, "--oidc-audience", self.oidc_audience]
+        given += ["--oidc-leeway", str(self.oidc_leeway)]
         return given
 
 

@@ -1,7 +1,8 @@
 """Nuclio's API gateway rules (NUCLIO.md §9, §9.1), in the two places Nuclio applies them.
 
 At request time (`checked_gateway`): names, reserved names, 1-2 `nucliofunction` upstreams, the
-path rule, field types, the project label; these answer 400/412 and nothing is stored. After it
+path rule, field types, the project label, `oauth2` only on a server with an OIDC issuer; these
+answer 400/412 and nothing is stored. After it
 is stored (`provisioning_problem`, `provision_pending`, run by the reconciler): a canary
 percentage outside 1-100, two upstreams without one, an authentication mode missing or unknown,
 basic auth without credentials, or an upstream function that does not exist; these end in state
@@ -46,10 +47,16 @@ class CheckedGateway:
 
 
 def checked_gateway(
-    body: dict[str, Any], *, path_name: str | None, project: str | None, current: ApiGatewayRecord | None
+    body: dict[str, Any],
+    *,
+    path_name: str | None,
+    project: str | None,
+    current: ApiGatewayRecord | None,
+    oidc_issuer: str | None = None,
 ) -> CheckedGateway:
     """Apply the request-time rules to a create (`current` None) or update body; `project` is the
-    `X-Nuclio-Project-Name` header. Raises `BadRequest` (400) or `PreconditionFailed` (412)."""
+    `X-Nuclio-Project-Name` header, `oidc_issuer` the server's `--oidc-issuer` (None: `oauth2` is
+    refused, the gateway could only answer 503). Raises `BadRequest` (400) or `PreconditionFailed` (412)."""
     metadata = dict(section(body, "metadata"))
     spec = copy.deepcopy(section(body, "spec"))
     name = gateway_name(metadata, spec, path_name)
@@ -64,6 +71,11 @@ def checked_gateway(
         metadata.pop(key, None)
     for key in ("host", "path", "description", "authenticationMode"):
         text(spec, key, field=f"spec.{key}")
+    if spec.get("authenticationMode") == "oauth2" and oidc_issuer is None:
+        raise BadRequest(
+            "spec.authenticationMode oauth2 checks bearer tokens of the platform's OIDC issuer, and this server has "
+            "none: start nubis server with --oidc-issuer URL --oidc-audience A, or use none, basicAuth or accessKey"
+        )
     path = spec.get("path") or ""
     if not _PATH_RULE.fullmatch(path):
         raise BadRequest(f"spec.path {path!r} is not a valid URL path (letters, digits, '-', '_' between single '/')")

@@ -22,6 +22,7 @@ from pathlib import Path
 import uvicorn
 
 from nubis.auth.gate import Gate
+from nubis.auth.issuers import oidc_settings_problem
 from nubis.auth.tokens import ADMIN_TOKEN_FILE, hash_token, new_token, write_secret_file
 from nubis.control.api.app import create_app
 from nubis.control.api.http_limits import api_protocol_options
@@ -70,6 +71,8 @@ def check_settings(settings: ServerSettings) -> None:
             ) from None
     if settings.gateway_rate_burst is not None and settings.gateway_rate_limit is None:
         raise ServerError("--gateway-rate-burst sizes the bucket of --gateway-rate-limit: give the rate limit too")
+    if problem := oidc_settings_problem(settings.oidc_issuer, settings.oidc_audience):
+        raise ServerError(problem)
     platforms.get_default_registry().factory(settings.platform)  # an unknown name fails before anything starts
 
 
@@ -131,6 +134,9 @@ def gateway_options(settings: ServerSettings) -> GatewayOptions:
         rate_burst=settings.gateway_rate_burst,
         max_body_bytes=settings.gateway_max_body_bytes,
         max_connections=settings.gateway_max_connections,
+        oidc_issuer=settings.oidc_issuer,
+        oidc_audience=settings.oidc_audience,
+        oidc_leeway=settings.oidc_leeway,
     )
 
 

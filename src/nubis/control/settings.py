@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from nubis.auth.issuers import issuer_problem
 from nubis.errors import PermanentError
 from nubis.processor.triggers.http_limits import (
     DEFAULT_HEADER_READ_TIMEOUT,
@@ -147,6 +148,17 @@ class ServerSettings(BaseModel):
     gateway_max_connections: int = Field(
         default=DEFAULT_MAX_CONNECTIONS, ge=1, description="Most open gateway connections; more are answered 503."
     )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="The OIDC issuer whose bearer JWTs API gateways with authenticationMode oauth2 accept, as the "
+        "provider writes it (https; http only on loopback). Needs --oidc-audience.",
+    )
+    oidc_audience: str | None = Field(
+        default=None, min_length=1, description="The audience (aud) the issuer's tokens must name for this platform."
+    )
+    oidc_leeway: int = Field(
+        default=30, ge=0, le=300, description="Seconds of clock skew allowed on a token's exp, nbf and iat."
+    )
     idle_timeout: int = Field(
         default=int(DEFAULT_IDLE_TIMEOUT), ge=1, description="Seconds an idle keep-alive API connection stays open."
     )
@@ -188,6 +200,14 @@ class ServerSettings(BaseModel):
     @classmethod
     def _expand_user(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer_url(cls, value: str | None) -> str | None:
+        problem = issuer_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @property
     def function_port_range(self) -> tuple[int, int]:

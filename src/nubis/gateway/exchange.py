@@ -3,10 +3,24 @@ streamed back, and the access-log line once both are over.
 
 Neither body is held whole: request bytes go to the upstream as the client sends them (kept only
 while the upstream connection is being made), answer bytes go to the client as they arrive, and
-flow control pauses the side that is ahead (see `proxy.ClientConnection`). A failure before the
-answer began is the gateway's own answer: 502 when the upstream refused or dropped the
-connection, 504 when it did not answer within the upstream timeout. After the answer began, the
-client's connection is cut, so it sees a truncated body rather than a complete wrong one.
+flow control pauses the side that is ahead (see `proxy.ClientConnection`).
+
+The upstream is one replica, the one with the fewest requests in flight (`replicas.py`). The
+request goes to another replica, with what was sent of it (kept for that until the answer begins,
+while it is at most RETRY_BODY_BYTES: a longer body streamed on is not kept, and not retried):
+
+* whatever its method, when it did not run: the replica refused the connection (then it is tried
+  no more for a while), or answered a refusal of the processor's own that says so (`X-Nubis-
+  Refused`: it is draining, or has no free worker);
+* only when idempotent (RFC 9110 §9.2.2), when it may have run: the replica dropped the
+  connection before its answer began (it was killed, say).
+
+At most MAX_ATTEMPTS replicas, all within the one upstream timeout.
+
+A failure before the answer began is the gateway's own answer: 502 when no replica took the
+request (refused, or dropped it), 504 when none answered within the upstream timeout. After the
+answer began, the client's connection is cut, so it sees a truncated body rather than a complete
+wrong one.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from nubis.gateway import metrics
 from nubis.gateway.heads import RequestHead, client_response, error_answer
+from nubis.gateway.replicas import Replica, Upstream
 from nubis.gateway.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -25,6 +40,13 @@ if TYPE_CHECKING:
     from nubis.gateway.routes import Route
 
 access_log = logging.getLogger("nubis.gateway.access")
+
+#: replicas one request may be sent to (the first and the retries)
+MAX_ATTEMPTS = 3
+#: on a processor's refusal of an event it did not run (`nubis.processor.events.REFUSED_HEADER`)
+REFUSED_HEADER = b"x-nubis-refused"
+#: request bytes kept to send again on another replica; past it, a dropped request is not retried
+RETRY_BODY_BYTES = 64 * 1024
 
 _NO_BODY_STATUSES = frozenset((204, 304))
 
@@ -37,20 +59,25 @@ class Exchange:
         "conn",
         "head",
         "head_only",
+        "idempotent",
         "keep_alive",
         "local",
         "metrics",
         "path",
         "pending",
+        "replica",
         "request",
         "request_done",
         "response_done",
         "response_started",
         "reusable",
         "route",
+        "sent",
+        "sent_bytes",
         "started",
         "status",
         "timer",
+        "tried",
         "upstream",
     )
 
@@ -66,6 +93,7 @@ class Exchange:
         head_only: bool = False,
         local: tuple[int, bytes] | None = None,
         internal: bool = False,
+        idempotent: bool = False,
     ) -> None:
         self.conn = conn
         self.path = path
@@ -87,6 +115,14 @@ class Exchange:
         self.status = 0
         self.bytes_out = 0
         self.upstream: UpstreamConnection | None = None
+        #: the replica chosen, counted in its in-flight requests until the exchange ends
+        self.replica: Replica | None = None
+        self.tried: list[Replica] = []
+        self.idempotent = idempotent
+        #: the body as sent so far, to send again on another replica (None once it passed
+        #: RETRY_BODY_BYTES, or the answer began)
+        self.sent: list[bytes] | None = []
+        self.sent_bytes = 0
         self.timer: asyncio.TimerHandle | None = None
         self.started = time.perf_counter()
         #: None once measured, and for the gateway's own endpoints (`internal`: health, metrics)
@@ -109,21 +145,39 @@ class Exchange:
         if self.head is not None and self.head.expect_continue and not self.request_done:
             # the request passed every check: its body is wanted (its Expect is not forwarded)
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        conn = self.conn.pool.take(self.route.upstream)
+        self._send()
+
+    def _send(self, replica: Replica | None = None) -> None:
+        """To `replica`, else the one with the fewest requests in flight."""
+        route = self.route
+        assert route is not None
+        upstream = route.upstream
+        if route.replicas is not None:
+            replica = replica or route.replicas.pick(self.conn.loop.time())
+            assert replica is not None  # a first pick has the shared port at least
+            replica.in_flight += 1
+            self.replica = replica
+            self.tried.append(replica)
+            upstream = replica.upstream
+        conn = self.conn.pool.take(upstream)
         if conn is not None:
             self._attach(conn)
         else:
-            task = asyncio.ensure_future(self._connect())
+            task = asyncio.ensure_future(self._connect(upstream))
             self.conn.tasks.add(task)
             task.add_done_callback(self.conn.tasks.discard)
 
-    async def _connect(self) -> None:
+    async def _connect(self, upstream: Upstream) -> None:
         assert self.route is not None
         try:
-            conn = await self.conn.pool.connect(self.route.upstream)
+            conn = await self.conn.pool.connect(upstream)
         except OSError as exc:
             self._upstream_error("refused")
-            self._lost(f"cannot connect to {self.route.function}: {exc.strerror or exc}")
+            replica = self.replica
+            if replica is not None and self.route.replicas is not None:
+                self.route.replicas.refused(replica, self.conn.loop.time())
+            if not self._send_elsewhere(sent=False):
+                self._lost(f"cannot connect to {self.route.function}: {exc.strerror or exc}")
             return
         if self.response_done or self.conn.closed:
             self.conn.pool.give_back(conn)
@@ -135,10 +189,47 @@ class Exchange:
         conn.sink = self
         pending, self.pending = self.pending, []
         conn.write(b"".join((self.request, *pending)))
+        for data in pending:
+            self._keep_sent(data)
         if self.request_done:
             self._start_timer()
         if self.conn.write_paused:
             conn.pause_reading(True)
+
+    def _keep_sent(self, data: bytes) -> None:
+        if self.sent is None:
+            return
+        self.sent_bytes += len(data)
+        if self.sent_bytes > RETRY_BODY_BYTES:
+            self.sent = None
+        else:
+            self.sent.append(data)
+
+    def _send_elsewhere(self, *, sent: bool, ran: bool = True) -> bool:
+        """Send the request to another replica, if it may go: True when it went. `sent`: some of it
+        went to the last one; `ran`: that one may have run it."""
+        route = self.route
+        if route is None or route.replicas is None or self.response_started or self.response_done:
+            return False
+        if self.conn.closed or len(self.tried) >= MAX_ATTEMPTS:
+            return False
+        other = route.replicas.pick(self.conn.loop.time(), self.tried)
+        if other is None:
+            return False
+        if sent:
+            if self.sent is None or (ran and not self.idempotent):
+                return False  # too much of its body went to be sent again, or it must not run twice
+            self.pending, self.sent, self.sent_bytes = [*self.sent, *self.pending], [], 0
+        self._release()
+        self.upstream = None
+        self._upstream_error("retried")
+        self._send(other)
+        return True
+
+    def _release(self) -> None:
+        replica, self.replica = self.replica, None
+        if replica is not None:
+            replica.in_flight -= 1
 
     def body(self, data: bytes) -> None:
         if self.response_done or self.local is not None:
@@ -147,6 +238,7 @@ class Exchange:
             data = b"%x\r\n%s\r\n" % (len(data), data)
         if self.upstream is not None:
             self.upstream.write(data)
+            self._keep_sent(data)
         else:
             self.pending.append(data)
 
@@ -161,6 +253,7 @@ class Exchange:
 
     def client_gone(self) -> None:
         self._measure(metrics.CLIENT_GONE)
+        self._release()
         self._cancel_timer()
         if self.upstream is not None:
             self.upstream.detach()
@@ -190,8 +283,15 @@ class Exchange:
 
     # -- driven by the upstream connection (ExchangeSink) ------------------------------------------
     def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        if status == 503 and any(name.lower() == REFUSED_HEADER for name, _ in headers):
+            upstream = self.upstream
+            if self._send_elsewhere(sent=True, ran=False):
+                if upstream is not None:
+                    upstream.detach()  # the rest of the refusal is not wanted
+                return
         self._cancel_timer()
         self.response_started = True
+        self.sent = None
         self.status = status
         self.reusable = keep_alive and not self.head_only
         length: int | None = None
@@ -235,6 +335,8 @@ class Exchange:
     def upstream_lost(self, reason: str) -> None:
         if not self.response_done:
             self._upstream_error("dropped")
+            if self._send_elsewhere(sent=True):
+                return
         self._lost(reason)
 
     def _lost(self, reason: str) -> None:
@@ -298,6 +400,7 @@ class Exchange:
             measured.end(status, time.perf_counter() - self.started)
 
     def log(self) -> None:
+        self._release()
         self._measure(self.status)
         if not access_log.isEnabledFor(logging.INFO):
             return

@@ -10,11 +10,18 @@
   `X-V3io-Session-Key: <token>` (what Nuclio's `accessKey` mode reads on Iguazio); checked against
   the store's token hashes, a token that passed remembered for `ttl` seconds, so a revoked token
   stops working within `ttl` seconds.
-- `oauth2`: 501 "oauth2 is not supported yet" (the OIDC check is a later step of issue 9).
+- `oauth2`: `Authorization: Bearer <JWT>` from the platform's OIDC issuer (`nubis server
+  --oidc-issuer URL --oidc-audience A`), checked by `oidc.OidcVerifier`: signature with the
+  issuer's published keys, `iss`, `aud`, `exp`, `nbf`/`iat`. No token: 401 with
+  `WWW-Authenticate: Bearer realm="<gateway>"`; a token that fails a check: 401 with
+  `error="invalid_token"` and an `error_description` naming the check (RFC 6750 §3); the
+  issuer's keys out of reach: 503; a gateway process without an issuer: 503 naming
+  `--oidc-issuer`. A token that passed is remembered until its `exp`, at most `ttl` seconds.
 
 Only credentials that passed are cached; a wrong one is checked every time (in the worker thread
 for a password). `decide` answers without awaiting whenever it can (no credentials, a cache hit);
-only a `Check` needs `verify`.
+only a `Check` needs `verify`. The credential headers a mode reads are consumed: the upstream
+never sees them.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any, Protocol
 
 from nubis.auth.tokens import hash_token
 from nubis.errors import NubisError
+from nubis.gateway.oidc import OidcVerifier, ProviderUnavailable, TokenRefused
 from nubis.store import verify_password
 
 #: seconds a credential that passed is believed without a new check
@@ -63,7 +71,7 @@ class Guard:
     @property
     def consumed_headers(self) -> frozenset[bytes]:
         """The credential headers this guard checks, dropped before the request goes upstream."""
-        if self.mode == BASIC_AUTH:
+        if self.mode in (BASIC_AUTH, OAUTH2):
             return _BASIC_HEADERS
         if self.mode == ACCESS_KEY:
             return _ACCESS_KEY_HEADERS
@@ -82,10 +90,10 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """Credentials the cache could not vouch for: a PBKDF2 run or a token lookup decides."""
+    """Credentials the cache could not vouch for: a PBKDF2 run, a token lookup or a JWT check decides."""
 
     guard: Guard
-    #: the password (basicAuth) or the token (accessKey)
+    #: the password (basicAuth), the token (accessKey) or the JWT (oauth2)
     secret: str
     #: the cache entry a pass creates
     key: str
@@ -95,11 +103,17 @@ class Authenticator:
     """The credential checks of one gateway process and their cache."""
 
     def __init__(
-        self, store: TokenFinder, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic
+        self,
+        store: TokenFinder,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        oidc: OidcVerifier | None = None,
     ) -> None:
         self.store = store
         self.ttl = ttl
         self.clock = clock
+        #: the platform's OIDC issuer, None when the gateway has none (oauth2 gateways answer 503)
+        self.oidc = oidc
         self._passed: dict[str, float] = {}
 
     def decide(self, guard: Guard | None, headers: list[tuple[bytes, bytes]]) -> Refusal | Check | None:
@@ -114,28 +128,41 @@ class Authenticator:
                 return Refusal(401, f"API gateway {guard.realm} needs an access key: Authorization: Bearer <token>")
             return self._cached(Check(guard, token, "token:" + hash_token(token)))
         if guard.mode == OAUTH2:
-            return Refusal(501, f"API gateway {guard.realm}: authenticationMode oauth2 is not supported yet")
+            return self._bearer_jwt(guard, headers)
         return Refusal(500, f"API gateway {guard.realm} has an unknown authenticationMode {guard.mode!r}")
 
     async def verify(self, check: Check) -> Refusal | None:
-        """Run the costly check; a pass is remembered for `ttl` seconds."""
+        """Run the costly check; a pass is remembered for `ttl` seconds (a JWT: at most until its `exp`)."""
+        outcome = await self._check(check)
+        if isinstance(outcome, Refusal):
+            return outcome
+        if len(self._passed) >= MAX_CACHED:
+            self._passed.clear()
+        self._passed[check.key] = self.clock() + outcome
+        return None
+
+    async def _check(self, check: Check) -> Refusal | float:
+        """A refusal, or the seconds a pass may be believed."""
         guard = check.guard
         if guard.mode == BASIC_AUTH:
             stored = guard.password_hash or ""
             passed = await asyncio.to_thread(verify_password, stored, check.secret)
-            if not passed:
-                return basic_refusal(guard)
-        else:
+            return self.ttl if passed else basic_refusal(guard)
+        if guard.mode == OAUTH2 and self.oidc is not None:
             try:
-                found = await self.store.find_token(check.key.removeprefix("token:"))
-            except (NubisError, OSError) as exc:
-                return Refusal(503, f"API gateway {guard.realm}: cannot check the access key now: {exc}")
-            if found is None:
-                return Refusal(401, f"API gateway {guard.realm}: the access key is not a valid API token")
-        if len(self._passed) >= MAX_CACHED:
-            self._passed.clear()
-        self._passed[check.key] = self.clock() + self.ttl
-        return None
+                verified = await self.oidc.verify(check.secret)
+            except TokenRefused as exc:
+                return Refusal(401, f"API gateway {guard.realm}: {exc.message}", bearer_challenge(guard, exc.message))
+            except ProviderUnavailable as exc:
+                return Refusal(503, f"API gateway {guard.realm}: cannot check the bearer token now: {exc.message}")
+            return min(self.ttl, verified.expires - self.oidc.clock())
+        try:
+            found = await self.store.find_token(check.key.removeprefix("token:"))
+        except (NubisError, OSError) as exc:
+            return Refusal(503, f"API gateway {guard.realm}: cannot check the access key now: {exc}")
+        if found is None:
+            return Refusal(401, f"API gateway {guard.realm}: the access key is not a valid API token")
+        return self.ttl
 
     def _basic(self, guard: Guard, headers: list[tuple[bytes, bytes]]) -> Refusal | Check | None:
         pair = basic_credentials(headers)
@@ -144,6 +171,19 @@ class Authenticator:
         digest = hashlib.sha256(f"{pair[0]}\0{pair[1]}\0{guard.password_hash}".encode()).hexdigest()
         return self._cached(Check(guard, pair[1], "basic:" + digest))
 
+    def _bearer_jwt(self, guard: Guard, headers: list[tuple[bytes, bytes]]) -> Refusal | Check | None:
+        if self.oidc is None:
+            return Refusal(
+                503,
+                f"API gateway {guard.realm} uses oauth2, but the platform has no OIDC issuer: start nubis server "
+                "with --oidc-issuer URL --oidc-audience A",
+            )
+        token = authorization_bearer(headers)
+        if not token:
+            message = f"API gateway {guard.realm} needs a token of {self.oidc.issuer}: Authorization: Bearer <JWT>"
+            return Refusal(401, message, bearer_challenge(guard))
+        return self._cached(Check(guard, token, "jwt:" + hash_token(token)))
+
     def _cached(self, check: Check) -> Check | None:
         expires = self._passed.get(check.key)
         if expires is not None and self.clock() < expires:
@@ -151,9 +191,24 @@ class Authenticator:
         return check
 
 
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def basic_refusal(guard: Guard) -> Refusal:
-    realm = guard.realm.replace("\\", "\\\\").replace('"', '\\"')
-    return Refusal(401, f"API gateway {guard.realm} needs a username and password", f'Basic realm="{realm}"')
+    return Refusal(
+        401, f"API gateway {guard.realm} needs a username and password", f'Basic realm="{_quoted(guard.realm)}"'
+    )
+
+
+def bearer_challenge(guard: Guard, problem: str | None = None) -> str:
+    """RFC 6750 §3: the realm alone when no token came, `invalid_token` and what failed otherwise
+    (an error_description holds printable ASCII but `"` and `\\`)."""
+    challenge = f'Bearer realm="{_quoted(guard.realm)}"'
+    if problem is None:
+        return challenge
+    description = "".join(c if " " <= c <= "~" and c not in '"\\' else "'" for c in problem)
+    return challenge + f', error="invalid_token", error_description="{description}"'
 
 
 def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> bytes:
@@ -178,6 +233,10 @@ def basic_credentials(headers: list[tuple[bytes, bytes]]) -> tuple[str, str] | N
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
     """The token of `Authorization: Bearer`, else of `X-V3io-Session-Key`; "" when neither."""
+    return authorization_bearer(headers) or _header(headers, b"x-v3io-session-key").decode("latin-1")
+
+
+def authorization_bearer(headers: list[tuple[bytes, bytes]]) -> str:
+    """The token of `Authorization: Bearer`, "" when there is none."""
     scheme, _, value = _header(headers, b"authorization").partition(b" ")
-    token = value.strip() if scheme.lower() == b"bearer" else _header(headers, b"x-v3io-session-key")
-    return token.decode("latin-1")
+    return value.strip().decode("latin-1") if scheme.lower() == b"bearer" else ""

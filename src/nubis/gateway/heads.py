@@ -20,6 +20,7 @@ undecoded once the gateway reframes it), never both; one Host (§3.2).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from nubis.processor.events import error_response
@@ -58,6 +59,10 @@ class RequestHead:
     host: bytes
     #: `Expect: 100-continue`: the gateway itself answers 100 before the body is read
     expect_continue: bool = False
+    #: the names the Connection headers list (hop-by-hop too), lower case
+    connection: frozenset[bytes] = frozenset()
+    #: an Upgrade header with `upgrade` among the Connection tokens: a protocol switch
+    upgrade: bool = False
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -65,8 +70,12 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            tokens.update(token.strip().lower() for token in value.split(b","))
+            tokens.update(_tokens(value))
     return frozenset(tokens)
+
+
+def _tokens(value: bytes) -> Iterator[bytes]:
+    return (token.strip().lower() for token in value.split(b","))
 
 
 def read_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
@@ -77,10 +86,15 @@ def read_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     encodings: list[bytes] = []
     request_id = b""
     hosts: list[bytes] = []
-    expect_continue = False
+    expect_continue = upgrade = False
+    connection: set[bytes] = set()
     for name, value in headers:
         lower = name.lower()
-        if lower == b"content-length":
+        if lower == b"connection":
+            connection.update(_tokens(value))
+        elif lower == b"upgrade":
+            upgrade = True
+        elif lower == b"content-length":
             lengths.add(value.strip())
         elif lower == b"transfer-encoding":
             encodings += (coding.strip().lower() for coding in value.split(b","))
@@ -107,7 +121,10 @@ def read_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     if not _REQUEST_ID.fullmatch(request_id):
         request_id = new_event_id().encode()
     host = hosts[0] if hosts else b""
-    return RequestHead(headers, content_length, bool(encodings), request_id, host, expect_continue)
+    upgrade = upgrade and b"upgrade" in connection
+    return RequestHead(
+        headers, content_length, bool(encodings), request_id, host, expect_continue, frozenset(connection), upgrade
+    )
 
 
 def upstream_request(
@@ -121,7 +138,7 @@ def upstream_request(
     """The head the upstream receives, framed like the client's request. `consumed`: headers
     (lower-case) the gateway itself used up, such as the credentials an API gateway checked: they
     are not the function's (a Nubis API token must never reach user code)."""
-    hop = HOP_BY_HOP | connection_tokens(head.headers) | consumed
+    hop = HOP_BY_HOP | head.connection | consumed if head.connection or consumed else HOP_BY_HOP
     if head.expect_continue:
         hop |= {b"expect"}  # met by the gateway: the upstream gets the body at once
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]

@@ -5,18 +5,25 @@ Served by the gateway itself, like `/__internal/health`: always at METRICS_PATH,
 the reserved one still answers). Scrapes and health checks are not counted as requests.
 
 Labels are bounded: a function and its route (`-` for requests no route matched, never the path a
-client sent), a status, an error kind. The hot path stays cheap: the labelled children of one
-route are looked up once (`RouteMetrics`, cached per function and route) and a request then costs
-a few locked additions. What K1's authentication and the limits count goes through
-`unauthorised(route)`, `rate_limited(route)` and `refused_connection()`.
+client sent), a status, an error kind. The hot path stays cheap: what every request counts (in
+flight, latency, status) is kept in plain integers of its route's `RouteMetrics` (looked up once
+per function and route), which `RouteCollector` turns into Prometheus' families only when scraped:
+prometheus-client's own children take a lock per update, a few microseconds a request that the
+single-threaded gateway does not need. Rare counts (upstream errors, refusals) use its counters.
+What the authentication and the limits count goes through `unauthorised(route)`,
+`rate_limited(route)` and `refused_connection()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from nubis.processor.triggers.http_heads import status_line
 
@@ -33,29 +40,14 @@ CLIENT_GONE = 499
 #: seconds; from 0.5 ms (a warm pass-through) to 60 s (the default upstream timeout)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-UpstreamError = Literal["refused", "dropped", "timeout"]
+UpstreamError = Literal["refused", "dropped", "timeout", "retried"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _ROUTE = ("function", "route")
-REQUESTS = Counter(
-    "nubis_gateway_requests",
-    "Requests answered, by function, route and status.",
-    (*_ROUTE, "status"),
-    registry=REGISTRY,
-)
-LATENCY = Histogram(
-    "nubis_gateway_request_duration_seconds",
-    "Time from a request's head to the end of its answer.",
-    _ROUTE,
-    buckets=LATENCY_BUCKETS,
-    registry=REGISTRY,
-)
-IN_FLIGHT = Gauge(
-    "nubis_gateway_requests_in_flight", "Requests received and not yet answered.", _ROUTE, registry=REGISTRY
-)
 UPSTREAM_ERRORS = Counter(
     "nubis_gateway_upstream_errors",
-    "Upstream failures: refused (no connection), dropped (closed or broke before its answer ended), timeout.",
+    "Upstream failures: refused (no connection), dropped (closed or broke before its answer ended), timeout; "
+    "retried: a request sent again to another replica after one of those.",
     (*_ROUTE, "kind"),
     registry=REGISTRY,
 )
@@ -71,33 +63,63 @@ REFUSED_CONNECTIONS = Counter(
 
 
 class RouteMetrics:
-    """The labelled children of one (function, route): looked up once, then used per request."""
+    """What the requests of one (function, route) count, as plain numbers (the event loop's only)."""
 
-    __slots__ = ("function", "in_flight", "latency", "route", "statuses")
+    __slots__ = ("buckets", "function", "in_flight", "route", "statuses", "total_seconds")
 
     def __init__(self, function: str, route: str) -> None:
         self.function = function
         self.route = route
-        self.in_flight = IN_FLIGHT.labels(function, route)
-        self.latency = LATENCY.labels(function, route)
-        self.statuses: dict[int, Counter] = {}
+        self.in_flight = 0
+        #: requests per latency bucket (not cumulative; the last one is +Inf)
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total_seconds = 0.0
+        self.statuses: dict[int, int] = {}
 
     def begin(self) -> None:
-        self.in_flight.inc()
+        self.in_flight += 1
 
     def end(self, status: int, seconds: float) -> None:
-        self.in_flight.dec()
-        self.latency.observe(seconds)
-        counter = self.statuses.get(status)
-        if counter is None:
-            counter = self.statuses[status] = REQUESTS.labels(self.function, self.route, str(status))
-        counter.inc()
+        self.in_flight -= 1
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total_seconds += seconds
+        statuses = self.statuses
+        statuses[status] = statuses.get(status, 0) + 1
 
     def upstream_error(self, kind: UpstreamError) -> None:
         UPSTREAM_ERRORS.labels(self.function, self.route, kind).inc()
 
 
+class RouteCollector(Collector):
+    """Every route's numbers as Prometheus families, made at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "nubis_gateway_requests", "Requests answered, by function, route and status.", labels=(*_ROUTE, "status")
+        )
+        latency = HistogramMetricFamily(
+            "nubis_gateway_request_duration_seconds",
+            "Time from a request's head to the end of its answer.",
+            labels=_ROUTE,
+        )
+        in_flight = GaugeMetricFamily(
+            "nubis_gateway_requests_in_flight", "Requests received and not yet answered.", labels=_ROUTE
+        )
+        for metrics in list(_by_route.values()):
+            labels = (metrics.function, metrics.route)
+            for status, count in sorted(metrics.statuses.items()):
+                requests.add_metric((*labels, str(status)), count)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, math.inf), metrics.buckets, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
+            latency.add_metric(labels, buckets, metrics.total_seconds)
+            in_flight.add_metric(labels, metrics.in_flight)
+        yield from (requests, latency, in_flight)
+
+
 _by_route: dict[tuple[str, str], RouteMetrics] = {}
+REGISTRY.register(RouteCollector())
 
 
 def of(route: Route | None) -> RouteMetrics:

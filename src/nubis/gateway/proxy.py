@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from nubis.gateway import metrics
 from nubis.gateway.exchange import Exchange
 from nubis.gateway.guarded import GuardedExchange, refusal_answer
 from nubis.gateway.guards import Refusal
-from nubis.gateway.heads import RequestHead, connection_tokens, error_answer, read_request_head, upstream_request
+from nubis.gateway.heads import RequestHead, error_answer, read_request_head, upstream_request
 from nubis.gateway.limits import BodyTooLarge, retry_after
 from nubis.gateway.routes import normal_target
 from nubis.processor.triggers.http_limits import (
@@ -41,6 +42,9 @@ from nubis.processor.triggers.http_protocol import HEALTH_PATH
 if TYPE_CHECKING:
     from nubis.gateway.routes import Route
     from nubis.gateway.server import Gateway
+
+#: RFC 9110 §9.2.2: sent twice, they do what sending once does, so a dropped one may go to another replica
+IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 _SETTING_COUNT = "the gateway's header limit"
 _SETTING_HEAD = "the gateway's head size limit"
@@ -72,6 +76,9 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.read_paused = False
         self.timer: asyncio.TimerHandle | None = None
+        #: what happens at `deadline` (a head or idle timeout), None: nothing is due
+        self.due: Callable[[], None] | None = None
+        self.deadline = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,7 +145,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.head_bytes = 0
         self.body_bytes = 0
-        self._disarm()
+        self._busy()
         parser = self.parser
         method = parser.get_method()
         try:
@@ -148,8 +155,7 @@ class ClientConnection(asyncio.Protocol):
             raise HeadRejected(400, str(exc)) from None
         if not head.host and parser.get_http_version() != "1.0":
             raise HeadRejected(400, "an HTTP/1.1 request without a Host header")
-        upgrade = any(name.lower() == b"upgrade" for name, _ in self.headers)
-        if method == b"CONNECT" or (upgrade and b"upgrade" in connection_tokens(self.headers)):
+        if method == b"CONNECT" or head.upgrade:
             # refused before it is queued: the parser stops at an upgrade, and one answer is due
             raise HeadRejected(400, "protocol upgrades are not supported by the gateway")
         keep_alive = bool(parser.should_keep_alive()) and not self.gateway.draining
@@ -189,7 +195,16 @@ class ClientConnection(asyncio.Protocol):
         request = upstream_request(method, match.target, head, self.client, self.proto, consumed)
         kind = partial(GuardedExchange, check=decision, authenticator=watch.auth) if decision else Exchange
         self._queue(
-            kind(self, target, keep_alive, route=match.route, head=head, request=request, head_only=method == b"HEAD")
+            kind(
+                self,
+                target,
+                keep_alive,
+                route=match.route,
+                head=head,
+                request=request,
+                head_only=method == b"HEAD",
+                idempotent=method in IDEMPOTENT_METHODS,
+            )
         )
 
     def on_body(self, body: bytes) -> None:
@@ -312,18 +327,41 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     # -- the connection's timer ----------------------------------------------------------------------
-    def _arm(self, seconds: float | None, callback: object) -> None:
-        self._disarm()
-        if seconds:
-            self.timer = self.loop.call_later(seconds, callback)  # type: ignore[arg-type]
+    # One timer per connection, not one per request: `_arm` moves a deadline (a clock read from the
+    # loop's cache) and only starts the timer when none runs; a timer that fires early for a deadline
+    # moved since starts itself again for the rest. A busy keep-alive connection so costs a timer
+    # about once per timeout instead of two per request.
+    def _arm(self, seconds: float | None, callback: Callable[[], None]) -> None:
+        if not seconds:
+            self.due = None
+            return
+        self.due = callback
+        self.deadline = self.loop.time() + seconds
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._timer_fired)
+
+    def _busy(self) -> None:
+        """No deadline while a request is being answered (its upstream timeout is the exchange's)."""
+        self.due = None
 
     def _disarm(self) -> None:
+        self.due = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _head_timeout(self) -> None:
+    def _timer_fired(self) -> None:
         self.timer = None
+        due = self.due
+        if due is None or self.closed:
+            return
+        if self.deadline - self.loop.time() > 0.001:
+            self.timer = self.loop.call_at(self.deadline, self._timer_fired)
+            return
+        self.due = None
+        due()
+
+    def _head_timeout(self) -> None:
         if self.closed or self.exchanges:
             return
         if self.in_head:
@@ -333,7 +371,6 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()  # nothing of a request came: close without an answer
 
     def _idle_timeout(self) -> None:
-        self.timer = None
         if not self.closed and not self.exchanges and not self.in_head and self.transport is not None:
             self.closed = True
             self.transport.close()

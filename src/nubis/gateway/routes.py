@@ -34,27 +34,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from nubis.gateway.guards import Guard, Refusal
+from nubis.gateway.replicas import Replicas, Upstream
 from nubis.store import GatewayRoute
 
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """Where a function's replicas listen. They share one port (SO_REUSEPORT), so the kernel, not
-    the gateway, spreads connections over them; least-in-flight balancing needs an address per
-    replica (issue 9, item 2)."""
-
-    host: str
-    port: int
+#: a function's replica set, given its name and shared port
+ReplicasOf = Callable[[str, Upstream], Replicas]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A route to one function: its name (the access log's `function`), its upstream, and the API
-    gateway it belongs to ("" for a function path)."""
+    """A route to one function: its name (the access log's `function`), its shared port, the API
+    gateway it belongs to ("" for a function path) and its replicas (`replicas.py`; None: only the
+    shared port is known)."""
 
     function: str
     upstream: Upstream
     gateway: str = ""
+    replicas: Replicas | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -104,9 +100,20 @@ class RoutingTable:
     draw: Callable[[], float] = random.random
 
     @classmethod
-    def of_functions(cls, functions: Iterable[tuple[str, int | None]], host: str = "127.0.0.1") -> RoutingTable:
-        """A table from (name, httpPort) pairs; a function without a port has no route."""
-        return cls({name: Route(name, Upstream(host, port)) for name, port in functions if port})
+    def of_functions(
+        cls,
+        functions: Iterable[tuple[str, int | None]],
+        host: str = "127.0.0.1",
+        replicas: ReplicasOf | None = None,
+    ) -> RoutingTable:
+        """A table from (name, httpPort) pairs; a function without a port has no route. `replicas`
+        gives each function's replica set (kept by the watch across tables)."""
+        routes = {}
+        for name, port in functions:
+            if port:
+                upstream = Upstream(host, port)
+                routes[name] = Route(name, upstream, replicas=replicas(name, upstream) if replicas else None)
+        return cls(routes)
 
     @classmethod
     def build(
@@ -115,9 +122,10 @@ class RoutingTable:
         gateways: Iterable[GatewayRoute],
         host: str = "127.0.0.1",
         draw: Callable[[], float] = random.random,
+        replicas: ReplicasOf | None = None,
     ) -> RoutingTable:
         """Function routes and the `ready` API gateways over them."""
-        routes = cls.of_functions(functions, host).functions
+        routes = cls.of_functions(functions, host, replicas).functions
         hosts: dict[bytes, list[GatewayRule]] = {}
         for gateway in gateways:
             if gateway.state == "ready" and gateway.upstreams:
@@ -195,6 +203,8 @@ def normal_target(target: bytes) -> bytes:
     if not target.startswith(b"/"):
         return target
     path, mark, query = target.partition(b"?")
+    if b"%" not in path and b"//" not in path and b"." not in path and b"\\" not in path and b"#" not in path:
+        return target  # nothing to decode, merge or refuse: most paths
     if b"\\" in path or b"#" in path:
         raise ValueError("a backslash or fragment in a path is refused")
     path = _SLASHES.sub(b"/", _ESCAPE.sub(_decode_unreserved, path))
@@ -214,7 +224,7 @@ def _rule(gateway: GatewayRoute, routes: dict[str, Route], host: str) -> Gateway
         known = routes.get(upstream.function)
         address = known.upstream if known is not None else Upstream(host, 0)
         rewrite = ("/" + upstream.rewrite_target.lstrip("/")).encode("latin-1") if upstream.rewrite_target else None
-        route = Route(upstream.function, address, gateway.name)
+        route = Route(upstream.function, address, gateway.name, known.replicas if known is not None else None)
         shares.append(Share(route, upstream.percentage, rewrite, known is not None))
     guard = Guard(gateway.authentication_mode, gateway.name, gateway.username, gateway.password_hash)
     return GatewayRule(gateway.name, path_prefix(gateway.path), tuple(shares), guard)

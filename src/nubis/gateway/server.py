@@ -15,15 +15,18 @@ import logging
 import os
 import signal
 import socket
+from functools import partial
 
+from nubis.auth.issuers import oidc_settings_problem
 from nubis.errors import NubisError, PermanentError
 from nubis.gateway.limits import rate_limiter
+from nubis.gateway.oidc import oidc_verifier
 from nubis.gateway.proxy import ClientConnection
 from nubis.gateway.settings import GatewaySettings
 from nubis.gateway.tls import TunnelListener, https_context, tunnel_contexts
 from nubis.gateway.upstream import Pool
 from nubis.gateway.watch import TableWatch
-from nubis.sockets import listening_socket
+from nubis.sockets import listening_socket, replica_sockets_dir
 from nubis.store import Store, default_state_url
 from nubis.store.errors import StoreError
 
@@ -88,6 +91,8 @@ def listener(fd: int | None, host: str, port: int, option: str, name: str) -> so
 async def serve(settings: GatewaySettings, *, announce: bool = True) -> int:
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise GatewayError("--tls-cert and --tls-key go together: give both or neither")
+    if problem := oidc_settings_problem(settings.oidc_issuer, settings.oidc_audience):
+        raise GatewayError(problem)
     sockets: list[socket.socket] = []
     try:
         sockets.append(listener(settings.listen_fd, settings.host, settings.port, "--port", "gateway port"))
@@ -105,7 +110,8 @@ async def serve(settings: GatewaySettings, *, announce: bool = True) -> int:
         raise
     port = sockets[0].getsockname()[1]
     tunnel_port = sockets[1].getsockname()[1] if contexts is not None else None
-    watch = TableWatch(store, settings.refresh_interval)
+    oidc = oidc_verifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_leeway)
+    watch = TableWatch(store, settings.refresh_interval, partial(replica_sockets_dir, settings.data_dir), oidc=oidc)
     try:
         await watch.refresh()
     except NubisError as exc:
@@ -153,6 +159,8 @@ async def serve(settings: GatewaySettings, *, announce: bool = True) -> int:
             if json.loads(settings.state_file.read_text()).get("pid") == os.getpid():
                 settings.state_file.unlink()
         await store.close()
+        if oidc is not None:
+            await oidc.close()
     return 0
 
 
@@ -175,6 +183,9 @@ def _write_state(settings: GatewaySettings, port: int, tunnel_port: int | None) 
                 "rate_burst": settings.rate_burst,
                 "max_body_bytes": settings.max_body_bytes,
                 "max_connections": settings.limits.max_connections,
+                "oidc_issuer": settings.oidc_issuer,
+                "oidc_audience": settings.oidc_audience,
+                "oidc_leeway": settings.oidc_leeway,
             }
         )
     )

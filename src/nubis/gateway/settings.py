@@ -41,6 +41,12 @@ class GatewaySettings:
     tunnel_fd: int | None = None
     #: more names the tunnel's server certificate names (the server's advertised address)
     tunnel_hosts: tuple[str, ...] = ()
+    #: the platform's OIDC issuer and the audience its tokens must name (`oauth2` API gateways);
+    #: None: such gateways answer 503
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    #: seconds of clock skew allowed on a token's exp, nbf and iat
+    oidc_leeway: int = 30
 
     @property
     def scheme(self) -> str:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import httptools
 
-from nubis.gateway.routes import Upstream
+from nubis.gateway.replicas import Upstream
 
 POOL_IDLE_SECONDS = 30.0
 POOL_MAX_IDLE = 256
@@ -147,9 +147,14 @@ class Pool:
         return None
 
     async def connect(self, upstream: Upstream) -> UpstreamConnection:
-        _, conn = await self.loop.create_connection(
-            lambda: UpstreamConnection(self, upstream), upstream.host, upstream.port
-        )
+        """A new connection to `upstream` (a replica's Unix socket, or a shared port)."""
+        conn: UpstreamConnection
+        if upstream.path:
+            _, conn = await self.loop.create_unix_connection(lambda: UpstreamConnection(self, upstream), upstream.path)
+        else:
+            _, conn = await self.loop.create_connection(
+                lambda: UpstreamConnection(self, upstream), upstream.host, upstream.port
+            )
         return conn
 
     def give_back(self, conn: UpstreamConnection) -> None:

@@ -6,18 +6,27 @@ read the functions and the gateways' routing data and build a new table, which r
 one in one assignment (a request reads one table or the other, never a mix). A store that cannot
 be read keeps the last table serving (logged once per outage).
 
+Each refresh also lists every routed function's replica sockets (`replicas.scan`, when the
+watch knows where they are: `sockets`), so a replica that starts or drains is seen within one
+interval whether or not the store changed; each function's `Replicas` outlives the tables, so its
+counts of requests in flight do too.
+
 The watch holds the gateway's store handle, so it also holds the credential checks that read it
-(`auth`: API tokens of `accessKey` gateways).
+(`auth`: API tokens of `accessKey` gateways, and the OIDC issuer's keys of `oauth2` ones).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from nubis.errors import NubisError
 from nubis.gateway.guards import Authenticator
+from nubis.gateway.oidc import OidcVerifier
+from nubis.gateway.replicas import Replicas, Upstream, scan
 from nubis.gateway.routes import RoutingTable
 from nubis.store import Store
 
@@ -28,11 +37,21 @@ DEFAULT_REFRESH_INTERVAL = 0.5
 
 
 class TableWatch:
-    def __init__(self, store: Store, interval: float = DEFAULT_REFRESH_INTERVAL) -> None:
+    def __init__(
+        self,
+        store: Store,
+        interval: float = DEFAULT_REFRESH_INTERVAL,
+        sockets: Callable[[str], Path] | None = None,
+        *,
+        oidc: OidcVerifier | None = None,
+    ) -> None:
         self.store = store
         self.interval = interval
+        #: a function's replica socket directory (`nubis.sockets.replica_sockets_dir`), None: unknown
+        self.sockets = sockets
+        self.replicas: dict[str, Replicas] = {}
         self.table = RoutingTable()
-        self.auth = Authenticator(store)
+        self.auth = Authenticator(store, oidc=oidc)
         self._versions: tuple[list[tuple[str, Any]], Any] | None = None
         self._failing = False
 
@@ -40,14 +59,32 @@ class TableWatch:
         """Read the store once; True when the table changed."""
         versions = (await self.store.function_versions(), await self.store.routing_marker())
         if versions == self._versions:
+            self._scan()
             return False
         records = await self.store.list_functions()
         marker, gateways = await self.store.routing_table()
-        self.table = RoutingTable.build(((record.name, record.http_port) for record in records), gateways)
+        functions = [(record.name, record.http_port) for record in records]
+        replicas = self._replicas_of if self.sockets is not None else None
+        self.table = RoutingTable.build(functions, gateways, replicas=replicas)
+        self.replicas = {name: self.replicas[name] for name, _ in functions if name in self.replicas}
+        self._scan()
         # the gateways' marker as read with them: a write between the two reads is seen next time
         self._versions = (versions[0], marker)
         log.info("routing table: %d function route(s), %d API gateway route(s)", *self.table.counts())
         return True
+
+    def _replicas_of(self, function: str, upstream: Upstream) -> Replicas:
+        replicas = self.replicas.get(function)
+        if replicas is None or replicas.fallback.upstream != upstream:
+            replicas = self.replicas[function] = Replicas(upstream)
+        return replicas
+
+    def _scan(self) -> None:
+        """Every routed function's replica sockets, as they are now."""
+        if self.sockets is None:
+            return
+        for function, replicas in self.replicas.items():
+            replicas.update(scan(self.sockets(function)))
 
     async def run(self) -> None:
         """Refresh until cancelled."""

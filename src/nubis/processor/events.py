@@ -94,10 +94,16 @@ def error_response(status: int, message: str, headers: dict[str, Any] | None = N
     return Response(status, "application/json", headers or {}, body)
 
 
+#: on a refusal whose event never reached the handler (busy, shutting down): whoever sent it may
+#: send it elsewhere whatever its method (the gateway does, to another replica)
+REFUSED_HEADER = "X-Nubis-Refused"
+
+
 def refusal_response(refusal: Refusal, **fields: Any) -> Response:
     """The processor's own answer for `refusal` (outcomes.REFUSALS), with its outcome."""
     row = REFUSALS[refusal]
     message = row.message.format(**fields) if fields else row.message
-    response = error_response(row.status, message, {"Retry-After": "1"} if row.retry else None)
+    headers = {"Retry-After": "1", REFUSED_HEADER: row.outcome.value} if row.retry else None
+    response = error_response(row.status, message, headers)
     response.outcome = row.outcome
     return response

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 @dataclass
 class ProcessorOptions:
     """The processor's command line. The general options are read by the processor; the HTTP
-    ones (port, host, workers, reuse_port, port_owner) only by the HTTP trigger kind, through its
-    factory's `options` (triggers/http.py): another kind never sees them."""
+    ones (port, host, workers, reuse_port, port_owner, replica_socket) only by the HTTP trigger
+    kind, through its factory's `options` (triggers/http.py): another kind never sees them."""
 
     port: int | None = None
     host: str | None = None
@@ -23,3 +23,5 @@ class ProcessorOptions:
     #: identity of the function instance that owns the port ('<instance>:<function>', see
     #: port_owner.py); with reuse_port, a port claimed by another identity is refused
     port_owner: str | None = None
+    #: the replica's own Unix socket, where the gateway reaches this replica alone (replica_socket.py)
+    replica_socket: str | None = None

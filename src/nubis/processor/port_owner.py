@@ -47,13 +47,13 @@ import fcntl
 import json
 import os
 import socket
-import stat
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from nubis.errors import ProcessorError
+from nubis.sockets import private_directory
 
 #: environment variable naming the lock directory (tests, or several users sharing a temp dir)
 LOCK_DIR_ENV = "NUBIS_PORT_LOCK_DIR"
@@ -177,20 +177,12 @@ def in_use_note(port: int) -> str:
 def _lock_dir(lock_dir: Path | None) -> Path:
     directory = lock_dir if lock_dir is not None else default_lock_dir()
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = directory.lstat()
+        return private_directory(directory)
     except OSError as exc:
         raise ProcessorError(
-            f"cannot create the port lock directory {directory}: {exc.strerror or exc} "
-            f"(set {LOCK_DIR_ENV} to a writable directory)"
+            f"cannot use the port lock directory {directory} ({exc.strerror or exc}); "
+            f"remove it, or set {LOCK_DIR_ENV} to a directory of your own"
         ) from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise ProcessorError(
-            f"the port lock directory {directory} is not a directory of this user that only it can write "
-            f"(owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}); remove it, or set "
-            f"{LOCK_DIR_ENV} to a directory of your own"
-        )
-    return directory
 
 
 def _open(path: Path) -> int:

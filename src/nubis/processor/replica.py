@@ -69,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="'<instance>:<function>' owning the port: a port claimed by another owner is refused (port_owner.py)",
     )
     parser.add_argument(
+        "--replica-socket",
+        default=None,
+        help="a Unix socket of this replica's own, where the gateway reaches it alone (replica_socket.py)",
+    )
+    parser.add_argument(
         "--ready-fd", type=int, default=None, help="write the ready line on this pipe (not stdout), then close it"
     )
     return parser.parse_args(argv)
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             reuse_port=True,
             # without --port-owner, replicas started by hand share a port by function dir and name
             port_owner=args.port_owner or f"{args.function_dir.resolve()}:{config.metadata.name}",
+            replica_socket=args.replica_socket,
         )
         processor = Processor(config, args.function_dir.resolve(), args.artifact, options)
         code: int = uvloop.run(serve(processor, announce_without_url=True, ready_fd=args.ready_fd))

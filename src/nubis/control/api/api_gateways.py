@@ -65,7 +65,13 @@ async def get_api_gateway(request: Request) -> Response:
 
 async def create_api_gateway(request: Request) -> Response:
     control = request.app.state.control
-    checked = checked_gateway(await json_body(request), path_name=None, project=project_header(request), current=None)
+    checked = checked_gateway(
+        await json_body(request),
+        path_name=None,
+        project=project_header(request),
+        current=None,
+        oidc_issuer=control.settings.oidc_issuer,
+    )
     await _check_functions(request, checked)
     namespace = request.headers.get("x-nuclio-api-gateway-namespace") or control.settings.namespace
     password_hash = hash_password(checked.password) if checked.password else None
@@ -85,7 +91,13 @@ async def update_api_gateway(request: Request) -> Response:
     current = await control.store.get_api_gateway(name)
     if current is None:
         raise api_gateway_not_found(name)
-    checked = checked_gateway(body, path_name=path_name, project=project_header(request), current=current)
+    checked = checked_gateway(
+        body,
+        path_name=path_name,
+        project=project_header(request),
+        current=current,
+        oidc_issuer=control.settings.oidc_issuer,
+    )
     await _check_functions(request, checked)
     password_hash = current.password_hash if checked.keep_password else None
     if checked.password:

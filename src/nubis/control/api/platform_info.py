@@ -44,8 +44,9 @@ async def frontend_spec(request: Request) -> Response:
             "defaultHTTPIngressHostTemplate": "",
             "imageNamePrefixTemplate": "",
             "platformKind": "local",
-            # the API gateway modes the gateway enforces (oauth2 waits for the OIDC step)
-            "allowedAuthenticationModes": ["none", "basicAuth", "accessKey"],
+            # the API gateway modes the gateway enforces (oauth2 needs the server's --oidc-issuer)
+            "allowedAuthenticationModes": ["none", "basicAuth", "accessKey"]
+            + (["oauth2"] if settings.oidc_issuer else []),
             "validFunctionPriorityClassNames": [],
             "scaleToZero": {"mode": "disabled", "inactivityWindowPresets": [], "scaleResources": []},
             "defaultFunctionConfig": {

@@ -19,6 +19,7 @@ import msgspec
 
 from nubis.platforms.local.limits import Cgroups, LimitsPlan, ResourceLimits, plan_limits
 from nubis.platforms.local.models import Deployment
+from nubis.sockets import REPLICA_SOCKET_SUFFIX, replica_sockets_dir
 
 
 class ReplicaEnvironment:
@@ -77,6 +78,9 @@ class ReplicaEnvironment:
             # the port belongs to this function of this Nubis instance (data dir): see port_owner.py
             "--port-owner",
             f"{self.agent_dir.parent.resolve()}:{deployment.name}",
+            # the gateway's way to this replica alone: least-in-flight balancing, retries, drains
+            "--replica-socket",
+            str(self.replica_socket(deployment.name, slot_name)),
         ]
         if plan.mechanism == "cgroup" and isinstance(self.cgroups, Cgroups):
             path = self.cgroups.create(f"{deployment.name}.{slot_name}", plan.limits)
@@ -84,6 +88,10 @@ class ReplicaEnvironment:
         elif plan.mechanism == "rlimit" and plan.limits.memory is not None:
             argv += ["--memory-limit", str(plan.limits.memory)]
         return argv
+
+    def replica_socket(self, function: str, slot_name: str) -> Path:
+        """The Unix socket of one replica (`nubis.processor.replica_socket`)."""
+        return replica_sockets_dir(self.agent_dir.parent, function) / f"{slot_name}{REPLICA_SOCKET_SUFFIX}"
 
     def spool_path(self, deployment: Deployment, slot_name: str) -> Path:
         """A new output spool for one start of a replica (see `spool.py`)."""

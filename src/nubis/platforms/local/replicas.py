@@ -29,6 +29,7 @@ from nubis.platforms.local.slots import (
     now_ms,
 )
 from nubis.platforms.status import Event, Exit
+from nubis.sockets import remove_dead
 
 log = logging.getLogger("nubis.agent")
 
@@ -113,6 +114,7 @@ class ReplicaSet:
                 await process.exited.wait()
                 slot.state = "exited"
                 self._record_exit(slot, process, before_ready=False)
+            self._forget_socket(slot)
             slot.restarts += 1
             slot.restart_times.append(time.monotonic())
             delay = backoff(slot.recent_restarts(BACKOFF_WINDOW))
@@ -167,6 +169,7 @@ class ReplicaSet:
         finally:
             with contextlib.suppress(ValueError):
                 self.draining.remove(slot)
+            self._forget_socket(slot)
             self.logs.close_replica(slot.name)
             self._remove_cgroup(slot)
             self.on_change()
@@ -181,10 +184,16 @@ class ReplicaSet:
                     await slot.task
             if slot.process is not None:
                 await halt(slot.process)
+            self._forget_socket(slot)
             self.logs.close_replica(slot.name)
             self._remove_cgroup(slot)
 
         await asyncio.gather(*(stop(slot) for slot in slots))
+
+    def _forget_socket(self, slot: Slot) -> None:
+        """A replica that exited without removing its socket (SIGKILL, a crash) leaves a file that
+        refuses connections: remove it, so the gateway stops trying it."""
+        remove_dead(self.environment.replica_socket(self.name, slot.name))
 
     def _remove_cgroup(self, slot: Slot) -> None:
         if isinstance(self.environment.cgroups, Cgroups):

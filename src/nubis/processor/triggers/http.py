@@ -9,12 +9,14 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nubis.errors import ProcessorError
 from nubis.processor import port_owner
 from nubis.processor.events import Response
 from nubis.processor.options import ProcessorOptions
+from nubis.processor.replica_socket import ReplicaSocket
 from nubis.processor.triggers.base import Submitter, Trigger
 from nubis.processor.triggers.http_config import HttpTriggerConfig, trigger_config
 from nubis.processor.triggers.http_limits import RefusalLog
@@ -36,6 +38,8 @@ class HttpOptions:
     #: SO_REUSEPORT, for replicas sharing the port; `port_owner` says whose it is (port_owner.py)
     reuse_port: bool = False
     port_owner: str | None = None
+    #: this replica's own Unix socket for the gateway (`replica_socket.py`), None: none
+    replica_socket: str | None = None
 
 
 class HttpTrigger(Trigger):
@@ -49,6 +53,7 @@ class HttpTrigger(Trigger):
         reuse_port: bool = False,
         owner: port_owner.PortOwner | None = None,
         workers: int = 1,
+        replica_socket: Path | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -65,6 +70,8 @@ class HttpTrigger(Trigger):
         self.draining = False
         self.port = config.port
         self._server: asyncio.AbstractServer | None = None
+        self.replica_socket = ReplicaSocket(replica_socket) if replica_socket is not None else None
+        self._socket_server: asyncio.AbstractServer | None = None
         self._handoffs: set[asyncio.Future[Any]] = set()
         #: connections refused over attributes.maxConnections, logged as one line per interval
         self.refusals = RefusalLog(log, self._describe_refusals)
@@ -96,6 +103,25 @@ class HttpTrigger(Trigger):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = sock.getsockname()[1]
+        if self.replica_socket is not None:
+            await self._open_replica_socket(loop, self.replica_socket)
+
+    async def _open_replica_socket(self, loop: asyncio.AbstractEventLoop, replica_socket: ReplicaSocket) -> None:
+        """The gateway's way in to this replica alone; without it the gateway still reaches the
+        function through the shared port, so a failure is a warning, not a failed start."""
+        try:
+            listener = replica_socket.open()
+            self._socket_server = await loop.create_unix_server(lambda: HttpConnection(self), sock=listener)
+            replica_socket.publish()
+        except (ProcessorError, OSError) as exc:
+            log.warning("%s; the gateway reaches this replica only through the shared port", exc)
+            self._close_replica_socket()
+
+    def _close_replica_socket(self) -> None:
+        if self.replica_socket is not None:
+            self.replica_socket.unpublish()
+        if self._socket_server is not None:
+            self._socket_server.close()
 
     def _claim_port(self) -> None:
         """Shared ports belong to one function's replicas: claim it before binding (port_owner.py)."""
@@ -136,7 +162,12 @@ class HttpTrigger(Trigger):
         if self._server is None:
             return
         loop = asyncio.get_running_loop()
-        listeners: tuple[socket.socket, ...] = getattr(self._server, "sockets", ())
+        if self.replica_socket is not None:
+            self.replica_socket.unpublish()  # the gateway sends nothing new from now on
+        listeners: tuple[socket.socket, ...] = (
+            *getattr(self._server, "sockets", ()),
+            *getattr(self._socket_server, "sockets", ()),
+        )
         for listener in listeners:
             try:
                 sock = socket.socket(fileno=os.dup(listener.fileno()))
@@ -154,6 +185,7 @@ class HttpTrigger(Trigger):
                     self._handoffs.add(task)
                     task.add_done_callback(self._handoffs.discard)
         self._server.close()
+        self._close_replica_socket()
         self._release_port()
 
     @property
@@ -165,6 +197,7 @@ class HttpTrigger(Trigger):
         self.draining = True
         if self._server is not None:
             self._server.close()
+        self._close_replica_socket()
         self._release_port()
         for conn in list(self.connections):
             conn.close_if_idle()
@@ -229,6 +262,7 @@ class HttpTriggerFactory:
             log_level=overrides.log_level,
             reuse_port=overrides.reuse_port,
             port_owner=overrides.port_owner,
+            replica_socket=overrides.replica_socket,
         )
 
     def create(self, *, name: str, trigger: TriggerSpec, field: str, options: HttpOptions) -> HttpTrigger:
@@ -245,6 +279,7 @@ class HttpTriggerFactory:
             reuse_port=options.reuse_port,
             owner=owner,
             workers=options.workers or trigger.num_workers or 1,
+            replica_socket=Path(options.replica_socket) if options.replica_socket else None,
         )
 
 
