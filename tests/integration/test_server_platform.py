@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from typing import Any
 
 import httpx
 import pytest
+from harness import wait_until
 from server_harness import RunningServer, inline_function, wait_state
 
 
@@ -126,6 +129,9 @@ def test_the_http_triggers_port_attribute_is_honoured(server: RunningServer, fre
         assert httpx.post(f"http://127.0.0.1:{port}/", content=b"x", timeout=10).json() == {"callee_got": "x"}
 
 
+EXP_UPSTREAM = {"kind": "nucliofunction", "nucliofunction": {"name": "exp-fn"}}
+
+
 def test_project_export_and_import_round_trip(server: RunningServer) -> None:
     with server.client() as api:
         assert (
@@ -135,9 +141,25 @@ def test_project_export_and_import_round_trip(server: RunningServer) -> None:
         headers = {"x-nuclio-project-name": "exp"}
         assert api.post("/api/functions", json=inline_function("exp-fn", CALLEE), headers=headers).status_code == 202
         wait_state(api, "exp-fn", {"ready", "error"})
+        for name, authentication in (
+            ("exp-open", {"authenticationMode": "none"}),
+            (
+                "exp-guarded",
+                {
+                    "authenticationMode": "basicAuth",
+                    "authentication": {"basicAuth": {"username": "ann", "password": "s3cret"}},
+                },
+            ),
+        ):
+            spec = {"host": f"{name}.example.com", "upstreams": [EXP_UPSTREAM], **authentication}
+            created = api.post("/api/api_gateways", json={"metadata": {"name": name}, "spec": spec}, headers=headers)
+            assert created.status_code == 201, created.text
         exported = api.get("/api/projects", params={"export": "true"}, headers=headers).json()["exp"]
         assert set(exported) == {"project", "functions", "functionEvents", "apiGateways"}
         assert exported["functions"]["exp-fn"]["metadata"]["annotations"]["skip-build"] == "true"
+        gateways = exported["apiGateways"]
+        assert set(gateways) == {"exp-open", "exp-guarded"} and "status" not in gateways["exp-open"]
+        assert "s3cret" not in json.dumps(gateways)
         assert (
             api.request(
                 "DELETE",
@@ -150,7 +172,23 @@ def test_project_export_and_import_round_trip(server: RunningServer) -> None:
         imported = api.post("/api/projects", params={"import": "true"}, json=exported)
         assert imported.status_code == 201, imported.text
         assert imported.json()["functionImportResult"]["createdAmount"] == 1
+        assert imported.json()["apiGatewayImportResult"] == {
+            "createdAmount": 2,
+            "failedAmount": 0,
+            "failedApiGateways": [],
+        }
         assert api.get("/api/functions/exp-fn").json()["status"]["state"] == "imported"
+
+        def settled(name: str) -> dict[str, Any] | None:
+            status: dict[str, Any] = api.get(f"/api/api_gateways/{name}").json()["status"]
+            return status if status["state"] in ("ready", "error") else None
+
+        assert wait_until(lambda: settled("exp-open"), 30, "exp-open provisioned")["state"] == "ready"
+        # the export masked the password: the imported gateway waits for a new one
+        guarded = wait_until(lambda: settled("exp-guarded"), 30, "exp-guarded provisioned")
+        assert guarded["state"] == "error" and "password" in guarded["last_error"], guarded
+        again = api.post("/api/projects", params={"import": "true"}, json=exported).json()
+        assert again["apiGatewayImportResult"]["failedAmount"] == 2, again
         assert api.get("/api/projects/exp").json()["spec"] == {"description": "x"}
 
 

@@ -74,12 +74,20 @@ async def create_api_gateway(request: Request) -> Response:
     )
     await _check_functions(request, checked)
     namespace = request.headers.get("x-nuclio-api-gateway-namespace") or control.settings.namespace
+    record = await store_new_gateway(control, checked, namespace)
+    return json_response(gateway_object(record), 201)
+
+
+async def store_new_gateway(control: Any, checked: CheckedGateway, namespace: str) -> ApiGatewayRecord:
+    """Store a gateway that passed the request-time rules, for the reconciler to provision (a
+    create, or one of a project's on import). A masked password (an export's) stores none: the
+    gateway then ends in `error` until it is given one."""
     password_hash = hash_password(checked.password) if checked.password else None
-    record = await control.store.create_api_gateway(
+    record: ApiGatewayRecord = await control.store.create_api_gateway(
         checked.name, checked.project, namespace, checked.config, password_hash
     )
     control.reconciler.wake()
-    return json_response(gateway_object(record), 201)
+    return record
 
 
 async def update_api_gateway(request: Request) -> Response:

@@ -7,10 +7,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from nubis.control.api.api_gateways import gateway_object, store_new_gateway
 from nubis.control.api.bodies import json_body, project_header, section, text, text_map
 from nubis.control.api.function_objects import SKIP_BUILD, SKIP_DEPLOY, export_object, validated_config
 from nubis.control.api.responses import empty, json_response
-from nubis.errors import BadRequest, NubisError, PreconditionFailed
+from nubis.control.gateway_rules import checked_gateway
+from nubis.errors import BadRequest, Conflict, NubisError, PreconditionFailed
 from nubis.spec import validate_project_name
 from nubis.store import ProjectRecord
 from nubis.store.projects import project_not_found
@@ -60,11 +62,12 @@ async def list_projects(request: Request) -> Response:
     exported = {}
     for record in records:
         functions = await store.list_functions(project=record.name)
+        gateways = await store.list_api_gateways(record.name)
         exported[record.name] = {
             "project": project_object(record),
             "functions": {f.name: export_object(f) for f in functions},
             "functionEvents": {},
-            "apiGateways": {},
+            "apiGateways": {g.name: gateway_object(g, export=True) for g in gateways},
         }
     return json_response(exported)
 
@@ -158,6 +161,28 @@ async def _import_project(request: Request, body: dict[str, Any]) -> Response:
             failed.append({"function": str(name), "error": exc.message})
     result = {"createdAmount": len(created), "failedAmount": len(failed), "failedFunctions": failed}
     skipped = {"createdAmount": 0, "failedAmount": 0}
+    gateways = await _import_gateways(control, section(body, "apiGateways"), record.name)
     return json_response(
-        {"functionImportResult": result, "functionEventImportResult": skipped, "apiGatewayImportResult": skipped}, 201
+        {"functionImportResult": result, "functionEventImportResult": skipped, "apiGatewayImportResult": gateways},
+        201,
     )
+
+
+async def _import_gateways(control: Any, gateways: dict[str, Any], project: str) -> dict[str, Any]:
+    """A project's exported API gateways, created as a POST would (provisioned once their
+    functions are; one whose basicAuth password was masked by the export ends in `error`)."""
+    created, failed = 0, []
+    for name, body in gateways.items():
+        try:
+            if not isinstance(body, dict):
+                raise BadRequest(f"apiGateways.{name} is not an object")
+            checked = checked_gateway(
+                body, path_name=None, project=project, current=None, oidc_issuer=control.settings.oidc_issuer
+            )
+            if await control.store.get_api_gateway(checked.name) is not None:
+                raise Conflict(f"API gateway {checked.name} already exists")
+            await store_new_gateway(control, checked, control.settings.namespace)
+            created += 1
+        except NubisError as exc:
+            failed.append({"apiGateway": str(name), "error": exc.message})
+    return {"createdAmount": created, "failedAmount": len(failed), "failedApiGateways": failed}
