@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import ssl
 import stat
 from pathlib import Path
@@ -211,3 +212,23 @@ def test_the_server_certificate_is_kept_until_its_hosts_change(ca: CertificateAu
         x509.SubjectAlternativeName
     )
     assert names.value.get_values_for_type(x509.DNSName) == ["localhost", "tunnel.example"]
+
+
+def test_records_of_long_expired_certificates_are_forgotten_and_leave_the_crl(ca: CertificateAuthority) -> None:
+    old = ca.issue("old-one", 1)
+    revoked = ca.issue("old-revoked", 1)
+    ca.revoke(revoked.record.serial)
+    fresh = ca.issue("fresh", 1)
+    # as if they had expired two months ago: rewrite their notAfter in the record
+    path = ca.directory / "issued.json"
+    long_ago = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=60)).isoformat()
+    data = json.loads(path.read_text())
+    for item in data["certificates"]:
+        if item["serial"] in (old.record.serial, revoked.record.serial):
+            item["notAfter"] = long_ago
+    path.write_text(json.dumps(data))
+    ca.issue("next", 1)
+    assert {record.name for record in ca.records()} == {"fresh", "next"}
+    crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(int(revoked.record.serial, 16)) is None
+    assert fresh.record in ca.records()

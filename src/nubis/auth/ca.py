@@ -8,7 +8,8 @@ Everything lives in one directory of the data dir (`<data>/ca/`, 0700):
   written from the start, because OpenSSL's CRL check refuses every peer when no CRL is loaded;
 - `issued.json`: the record of issued certificates (name, serial, validity, revoked), a file
   rather than a store table so that it needs no migration; written atomically (a temporary file
-  renamed over it), every read-modify-write under an flock of `lock`;
+  renamed over it), every read-modify-write under an flock of `lock`; records of certificates
+  expired over FORGET_AFTER_DAYS ago are dropped as new ones are issued;
 - `server.crt`/`server.key` (0600): the tunnel listener's own certificate (`server_certificate`).
 
 P-256 is what curl, openssl, stunnel, ghostunnel and every TLS library accept. The client's
@@ -40,6 +41,8 @@ CA_DAYS = 3650
 #: Accepted before the moment of issue: a workstation's clock a little behind the server's.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 SERVER_NAME = "nubis tunnel"
+#: days after its expiry a certificate's record is forgotten (`_prune`, on the next issue)
+FORGET_AFTER_DAYS = 30
 
 
 class CertificateAuthorityError(PermanentError):
@@ -166,7 +169,10 @@ class CertificateAuthority:
             notAfter=_iso(certificate.not_valid_after_utc),
         )
         with self._records() as records:
+            pruned = _prune(records)
             records.append(record)
+            if pruned:
+                self._write_crl(records)
         return Issued(record, _pem(certificate), _key_pem(key))
 
     def records(self) -> list[CertRecord]:
@@ -285,6 +291,18 @@ class CertificateAuthority:
             return []
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CertificateAuthorityError(f"cannot read the issued certificates' record {path}: {exc}") from None
+
+
+def _prune(records: list[CertRecord]) -> bool:
+    """Forget certificates that expired over FORGET_AFTER_DAYS ago (every `nubis tunnel` issues a
+    short-lived one, so the record would only grow): no TLS client can use them any more, and an
+    expired certificate may leave the CRL (RFC 5280 §3.3). True when a revoked one went, so the
+    CRL is signed again."""
+    horizon = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=FORGET_AFTER_DAYS)
+    kept = [r for r in records if datetime.datetime.fromisoformat(r.notAfter) >= horizon]
+    revoked_gone = any(r.revoked for r in records if r not in kept)
+    records[:] = kept
+    return revoked_gone
 
 
 @contextlib.contextmanager
