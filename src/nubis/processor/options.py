@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -25,3 +25,9 @@ class ProcessorOptions:
     port_owner: str | None = None
     #: the replica's own Unix socket, where the gateway reaches this replica alone (replica_socket.py)
     replica_socket: str | None = None
+    #: where message triggers keep events that failed for good (None: `<data dir>/failed/<function>`)
+    failed_events_dir: str | None = None
+    #: filled in by the processor from the function's configuration, for the trigger kinds that
+    #: need them (message triggers: their name in records, `nubis.io/fail-on-status`)
+    function_name: str = ""
+    annotations: dict[str, str] = field(default_factory=dict)

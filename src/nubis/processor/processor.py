@@ -7,6 +7,7 @@ found before any process starts, so a bad spec fails fast with a precise message
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -43,7 +44,11 @@ class Processor:
         self.function_dir = function_dir
         #: what the function's runtime built; the runtime turns it into the workers' command line
         self.artifact = artifact
-        self.options = options or ProcessorOptions()
+        self.options = dataclasses.replace(
+            options or ProcessorOptions(),
+            function_name=config.metadata.name,
+            annotations=dict(config.metadata.annotations or {}),
+        )
         self.registry = registry or get_default_registry()
         self.pools: list[WorkerPool] = []
         self.triggers: list[Trigger] = []

@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a Unix socket of this replica's own, where the gateway reaches it alone (replica_socket.py)",
     )
     parser.add_argument(
+        "--failed-events-dir",
+        default=None,
+        help="where message triggers keep events that failed for good (the platform's failed-event store)",
+    )
+    parser.add_argument(
         "--ready-fd", type=int, default=None, help="write the ready line on this pipe (not stdout), then close it"
     )
     return parser.parse_args(argv)
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             # without --port-owner, replicas started by hand share a port by function dir and name
             port_owner=args.port_owner or f"{args.function_dir.resolve()}:{config.metadata.name}",
             replica_socket=args.replica_socket,
+            failed_events_dir=args.failed_events_dir,
         )
         processor = Processor(config, args.function_dir.resolve(), args.artifact, options)
         code: int = uvloop.run(serve(processor, announce_without_url=True, ready_fd=args.ready_fd))

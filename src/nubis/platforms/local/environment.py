@@ -81,6 +81,9 @@ class ReplicaEnvironment:
             # the gateway's way to this replica alone: least-in-flight balancing, retries, drains
             "--replica-socket",
             str(self.replica_socket(deployment.name, slot_name)),
+            # message triggers' events that failed for good (`nubis events failed`)
+            "--failed-events-dir",
+            str(self.failed_events_dir(deployment.name)),
         ]
         if plan.mechanism == "cgroup" and isinstance(self.cgroups, Cgroups):
             path = self.cgroups.create(f"{deployment.name}.{slot_name}", plan.limits)
@@ -88,6 +91,10 @@ class ReplicaEnvironment:
         elif plan.mechanism == "rlimit" and plan.limits.memory is not None:
             argv += ["--memory-limit", str(plan.limits.memory)]
         return argv
+
+    def failed_events_dir(self, function: str) -> Path:
+        """The platform's failed-event store of one function (`nubis.processor.triggers.failed_events`)."""
+        return self.agent_dir / "failed" / function
 
     def replica_socket(self, function: str, slot_name: str) -> Path:
         """The Unix socket of one replica (`nubis.processor.replica_socket`)."""

@@ -1,0 +1,360 @@
+"""Message triggers: one consumer loop for every broker, each kind only an adapter (`Broker`).
+
+What the loop guarantees, whatever the broker (issue 10):
+
+- **Acknowledged only after handling.** A delivery is settled once the handler finished: acked
+  when it succeeded, or after its last failure once it is in the dead letter; never when it was
+  merely handed to a worker. A replica that dies with deliveries unsettled leaves them to the
+  broker, which delivers them again: duplicates, never losses, bounded by the in-flight window.
+- **A window of `prefetch` unsettled deliveries** (the trigger's prefetch, default its worker
+  count): the next one is taken from the broker only when one is settled, and each waits for a
+  free worker of the pool (`acquire`) before it is submitted.
+- **Order per source where the source keeps one** (`ordered`: a stream, a queue): deliveries of one
+  `ordering_key` run one after the other, a failing one retried before the next starts.
+- **Failures** (`failures.Policy`): retried here after a backoff, then sent to the kind's dead
+  letter (`Session.dead_letter`) or, without one, to the platform's failed-event store.
+- **Reconnects.** A broker down at start or lost later is waited for with a doubling delay (the
+  state and one log line say so), never a crash loop.
+- **Drains.** `stop_accepting` stops taking deliveries; those being handled finish and are
+  settled (the pool drains them), those waiting for a retry or a worker go back to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nubis.processor.events import Response, Submission
+from nubis.processor.frames import EVENT, EventFrame
+from nubis.processor.ids import new_event_id
+from nubis.processor.outcomes import Outcome
+from nubis.processor.triggers.base import Submitter, Trigger
+from nubis.processor.triggers.failed_events import FailedEvent, FailedEventStore
+from nubis.processor.triggers.failures import Policy, Verdict, failure
+
+log = logging.getLogger("nubis.processor")
+
+#: seconds before the first reconnect, doubling to RECONNECT_MAX
+RECONNECT_FIRST = 0.5
+RECONNECT_MAX = 30.0
+#: seconds `close` waits for deliveries still being settled
+SETTLE_TIMEOUT = 10.0
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached or was lost; the loop reconnects. The message says why, with
+    no credential in it."""
+
+
+class Delivery(Protocol):
+    """One message as the broker delivered it, and how to settle it with that broker."""
+
+    #: the queue, stream or subject it came from (the dead letter's and the record's `source`)
+    source: str
+    #: deliveries with the same key run in order when the trigger is ordered; None: no order
+    ordering_key: str | None
+
+    def event(self) -> EventFrame:
+        """The event for the handler: id, body, headers, path/topic, offset, shard... (no `t`)."""
+        ...
+
+    async def ack(self) -> None:
+        """Done with it: the broker forgets it."""
+        ...
+
+    async def give_back(self) -> None:
+        """Not handled here: the broker delivers it again (to this replica or another)."""
+        ...
+
+
+class Session(Protocol):
+    """One connection's worth of consuming."""
+
+    def deliveries(self) -> AsyncIterator[Delivery]:
+        """Deliveries as they come; raises BrokerUnavailable when the connection is lost."""
+        ...
+
+    async def dead_letter(self, delivery: Delivery, failed: FailedEvent) -> None:
+        """Publish `failed` to the kind's dead letter (only called when `Broker.dead_letter` is set)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    """What a message kind supplies: how to connect, and where it is (for logs: no credentials)."""
+
+    where: str
+    #: the dead letter's name on the broker, None: the platform's failed-event store
+    dead_letter: str | None
+
+    async def connect(self, prefetch: int) -> Session:
+        """A session receiving at most about `prefetch` unsettled deliveries; BrokerUnavailable
+        (or OSError) when the broker cannot be reached."""
+        ...
+
+
+@dataclass
+class Counts:
+    """The trigger's counters (metrics, and the function's status)."""
+
+    received: int = 0
+    handled: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    returned: int = 0
+    reconnects: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class _Answer:
+    """A Reply that resolves a future with the whole response (streamed bodies are joined)."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._head: Response | None = None
+        self._chunks: list[bytes] = []
+
+    def respond(self, response: Response) -> None:
+        if response.stream:
+            self._head = response
+        elif not self.future.done():
+            self.future.set_result(response)
+
+    def chunk(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def end(self, error: str | None, outcome: Outcome) -> None:
+        head = self._head or Response(200, "", {}, b"")
+        body = b"".join(self._chunks)
+        if error is not None:
+            head = Response(500, "text/plain", {}, error.encode(), outcome=outcome)
+        elif not self.future.done():
+            head = Response(head.status, head.content_type, head.headers, body, outcome=head.outcome)
+        if not self.future.done():
+            self.future.set_result(head)
+
+    def ack(self, message: Any) -> None:
+        return None  # explicit acknowledgement is not offered by message triggers (yet)
+
+
+class ConsumerTrigger(Trigger):
+    """A message trigger of any kind: `broker` says how to reach it (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        name: str,
+        function: str,
+        broker: Broker,
+        policy: Policy,
+        failed_store: FailedEventStore,
+        workers: int = 1,
+        prefetch: int | None = None,
+        ordered: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.function = function
+        self.broker = broker
+        self.policy = policy
+        self.failed_store = failed_store
+        self.workers = workers
+        self.prefetch = prefetch or workers
+        self.ordered = ordered
+        self.counts = Counts()
+        #: "connecting", "waiting" (broker out of reach), "consuming", "stopped"
+        self.state = "connecting"
+        self.state_message = ""
+        self.pool: Submitter
+        self._stopping = asyncio.Event()
+        self._window = asyncio.Semaphore(self.prefetch)
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_of_key: dict[str, asyncio.Task[None]] = {}
+
+    # -- Trigger -------------------------------------------------------------------------------
+    async def start(self, pool: Submitter) -> None:
+        self.pool = pool
+        self._loop_task = asyncio.create_task(self._consume(), name=f"{self.kind} trigger {self.name}")
+
+    async def stop_accepting(self) -> None:
+        self._stopping.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+
+    async def close(self) -> None:
+        self._stopping.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=SETTLE_TIMEOUT)
+        for task in self._tasks:
+            task.cancel()
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                await self._session.close()
+            self._session = None
+        self._set_state("stopped", "")
+
+    def describe(self) -> str:
+        return f"{self.kind} trigger {self.name!r} consuming {self.broker.where}"
+
+    _session: Session | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        delay = RECONNECT_FIRST
+        while not self._stopping.is_set():
+            try:
+                self._session = await self.broker.connect(self.prefetch)
+            except (TimeoutError, BrokerUnavailable, OSError) as exc:
+                self._set_state("waiting", f"cannot reach {self.broker.where}: {exc}; retrying in {delay:g} s")
+                await self._pause(delay)
+                delay = min(RECONNECT_MAX, delay * 2)
+                continue
+            delay = RECONNECT_FIRST
+            self._set_state("consuming", "")
+            try:
+                await self._receive(self._session)
+            except (BrokerUnavailable, OSError) as exc:
+                self.counts.reconnects += 1
+                self._set_state("waiting", f"lost {self.broker.where}: {exc}; reconnecting")
+                session, self._session = self._session, None
+                if session is not None:
+                    with contextlib.suppress(Exception):
+                        await session.close()
+                await self._pause(delay)
+
+    async def _receive(self, session: Session) -> None:
+        deliveries = session.deliveries().__aiter__()
+        while not self._stopping.is_set():
+            await self._window.acquire()
+            try:
+                delivery = await deliveries.__anext__()
+            except BaseException:
+                self._window.release()
+                raise
+            self.counts.received += 1
+            key = delivery.ordering_key if self.ordered else None
+            before = self._last_of_key.get(key) if key is not None else None
+            task = self._spawn(self._settle(session, delivery, before))
+            if key is not None:
+                self._last_of_key[key] = task
+                task.add_done_callback(lambda done, key=key: self._forget_key(key, done))  # type: ignore[misc]
+
+    def _forget_key(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._last_of_key.get(key) is task:
+            del self._last_of_key[key]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- one delivery, from its first attempt to its settlement ----------------------------------
+    async def _settle(self, session: Session, delivery: Delivery, before: asyncio.Task[None] | None) -> None:
+        try:
+            if before is not None:
+                await asyncio.wait([before])  # order: the previous one of this key is settled first
+            await self._attempts(session, delivery)
+        except (BrokerUnavailable, OSError) as exc:
+            # the connection went while settling: the broker delivers it again
+            log.warning(
+                "%s: cannot settle a delivery from %s (%s); the broker will deliver it again",
+                self,
+                delivery.source,
+                exc,
+            )
+        finally:
+            self._window.release()
+
+    async def _attempts(self, session: Session, delivery: Delivery) -> None:
+        frame = delivery.event()
+        frame["t"] = EVENT
+        if not frame.get("id"):
+            frame["id"] = new_event_id()
+        attempt = 1
+        while True:
+            if self._stopping.is_set() or not await self.pool.acquire():
+                await self._give_back(delivery)
+                return
+            answer = _Answer()
+            self.pool.submit(Submission(frame.copy(), answer), reserved=True)
+            response = await answer.future
+            verdict = self.policy.judge(response, attempt, self._stopping.is_set())
+            if verdict is Verdict.DONE:
+                await delivery.ack()
+                self.counts.handled += 1
+                return
+            if verdict is Verdict.RETURN:
+                await self._give_back(delivery)
+                return
+            self.counts.failed += 1
+            error = failure(response, self.policy.fail_on_5xx) or "failed"
+            if verdict is Verdict.GIVE_UP:
+                await self._dead_letter(session, delivery, frame, error, attempt)
+                return
+            self.counts.retried += 1
+            log.warning(
+                "%s: event %s failed (attempt %d of %d): %s; retrying in %g s",
+                self,
+                frame["id"],
+                attempt,
+                self.policy.max_attempts,
+                error.splitlines()[0] if error else error,
+                self.policy.delay(attempt),
+            )
+            await self._pause(self.policy.delay(attempt))
+            attempt += 1
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        self.counts.returned += 1
+        await delivery.give_back()
+
+    async def _dead_letter(
+        self, session: Session, delivery: Delivery, frame: EventFrame, error: str, attempts: int
+    ) -> None:
+        failed = FailedEvent.of(
+            frame,
+            function=self.function,
+            trigger_kind=self.kind,
+            trigger_name=self.name,
+            source=delivery.source,
+            error=error,
+            attempts=attempts,
+        )
+        if self.broker.dead_letter is not None:
+            await session.dead_letter(delivery, failed)
+            where = f"dead letter {self.broker.dead_letter}"
+        else:
+            await asyncio.to_thread(self.failed_store.record, failed)
+            where = "the failed-event store (nubis events failed)"
+        await delivery.ack()
+        self.counts.dead_lettered += 1
+        first_line = error.splitlines()[0] if error else error
+        log.error("%s: event %s failed %d times, sent to %s: %s", self, failed.id, attempts, where, first_line)
+
+    # -- helpers -------------------------------------------------------------------------------
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, cut short by a drain."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _set_state(self, state: str, message: str) -> None:
+        if (state, message.split(";")[0]) != (self.state, self.state_message.split(";")[0]):
+            if state == "waiting":
+                log.warning("%s: %s", self, message)
+            elif state == "consuming" and self.state == "waiting":
+                log.info("%s: %s answers again; consuming", self, self.broker.where)
+        self.state, self.state_message = state, message
+
+    def __str__(self) -> str:
+        return f"{self.kind} trigger {self.name!r}"

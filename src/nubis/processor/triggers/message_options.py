@@ -1,0 +1,75 @@
+"""What every message trigger kind takes from the processor and from its spec, the same way: the
+function's name and annotations, the failed-event store, workers, prefetch and the failure policy.
+
+A kind's factory calls `message_options` in its `options` and `consumer_settings` in its
+`create`, then passes the result to `ConsumerTrigger` with its own `Broker`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nubis.errors import SpecError
+from nubis.processor.options import ProcessorOptions
+from nubis.processor.triggers.failed_events import FailedEventStore
+from nubis.processor.triggers.failures import Policy, policy_of
+from nubis.settings import default_data_dir
+from nubis.spec import Trigger as TriggerSpec
+
+
+@dataclass(frozen=True)
+class MessageOptions:
+    function: str
+    annotations: dict[str, str]
+    failed_events_dir: Path
+    #: the command line's worker count, instead of the trigger's numWorkers
+    workers: int | None
+
+
+def message_options(overrides: ProcessorOptions) -> MessageOptions:
+    directory = (
+        Path(overrides.failed_events_dir)
+        if overrides.failed_events_dir
+        else default_data_dir() / "failed" / (overrides.function_name or "function")
+    )
+    return MessageOptions(overrides.function_name, dict(overrides.annotations), directory, overrides.workers)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """Keyword arguments of `ConsumerTrigger` that do not depend on the kind."""
+
+    function: str
+    policy: Policy
+    failed_store: FailedEventStore
+    workers: int
+    prefetch: int
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {
+            "function": self.function,
+            "policy": self.policy,
+            "failed_store": self.failed_store,
+            "workers": self.workers,
+            "prefetch": self.prefetch,
+        }
+
+
+def consumer_settings(
+    trigger: TriggerSpec, field: str, options: MessageOptions, *, prefetch_attribute: str = "prefetchCount"
+) -> ConsumerSettings:
+    """The shared settings of a message trigger; SpecError at `<field>.attributes.<name>`."""
+    attributes = trigger.attributes or {}
+    workers = options.workers or trigger.num_workers or 1
+    prefetch = attributes.get(prefetch_attribute) or workers
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+        raise SpecError(
+            f"{prefetch_attribute} must be a whole number of messages, 1 or more",
+            field=f"{field}.attributes.{prefetch_attribute}",
+            expected="a whole number, 1 or more (0 or absent: one per worker)",
+            found=repr(prefetch),
+        )
+    policy = policy_of(attributes, options.annotations, field)
+    return ConsumerSettings(options.function, policy, FailedEventStore(options.failed_events_dir), workers, prefetch)

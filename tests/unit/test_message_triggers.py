@@ -1,0 +1,112 @@
+"""The parts every message trigger shares: the failure policy, the failed-event store, and the
+redis-stream kind's attributes (parsed as the control plane validates them)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from nubis.errors import SpecError
+from nubis.processor.events import Response, refusal_response
+from nubis.processor.outcomes import Outcome, Refusal
+from nubis.processor.triggers.failed_events import FailedEvent, FailedEventStore
+from nubis.processor.triggers.failures import Policy, Verdict, policy_of
+from nubis.processor.triggers.redis_stream_config import masked_url, parse
+from nubis.processor.triggers.registry import get_default_registry
+from nubis.spec import Trigger
+
+FIELD = "spec.triggers.events"
+
+
+def handled(status: int = 200) -> Response:
+    return Response(status, "text/plain", {}, b"ok")
+
+
+def test_a_handled_event_of_any_status_is_done_unless_5xx_fails() -> None:
+    assert Policy().judge(handled(500), 1) is Verdict.DONE
+    assert Policy(fail_on_5xx=True).judge(handled(503), 1) is Verdict.RETRY
+    assert Policy(fail_on_5xx=True).judge(handled(404), 1) is Verdict.DONE
+
+
+def test_failures_are_retried_then_given_up_and_a_drain_gives_them_back() -> None:
+    crashed = Response(500, "text/plain", {}, b"worker lost", outcome=Outcome.WORKER_LOST)
+    policy = Policy(max_attempts=3)
+    assert [policy.judge(crashed, attempt) for attempt in (1, 2, 3)] == [Verdict.RETRY, Verdict.RETRY, Verdict.GIVE_UP]
+    assert policy.judge(crashed, 1, stopping=True) is Verdict.RETURN
+    assert policy.judge(refusal_response(Refusal.SHUTTING_DOWN), 1) is Verdict.RETURN
+    assert policy.judge(refusal_response(Refusal.NO_WORKER), 3) is Verdict.RETURN
+
+
+def test_backoff_doubles_up_to_its_maximum() -> None:
+    policy = Policy(backoff=0.5, backoff_max=3.0)
+    assert [policy.delay(attempt) for attempt in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "annotations", "at"),
+    [
+        ({"maxAttempts": 0}, None, f"{FIELD}.attributes.maxAttempts"),
+        ({"maxAttempts": "3"}, None, f"{FIELD}.attributes.maxAttempts"),
+        ({"retryBackoff": -1}, None, f"{FIELD}.attributes.retryBackoff"),
+        ({}, {"nubis.io/fail-on-status": "4xx"}, "metadata.annotations.nubis.io/fail-on-status"),
+    ],
+)
+def test_bad_policy_attributes_are_precise_errors(
+    attributes: dict[str, object], annotations: dict[str, str] | None, at: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        policy_of(attributes, annotations, FIELD)
+    assert caught.value.field == at
+
+
+def test_the_failed_event_store_keeps_one_private_file_per_event(tmp_path: Path) -> None:
+    store = FailedEventStore(tmp_path / "failed" / "fn")
+    frame = {"t": "e", "id": "orders:1-0", "body": b"\x00payload", "headers": {"k": "v"}, "path": "orders"}
+    failed = FailedEvent.of(
+        frame,  # type: ignore[arg-type]
+        function="fn",
+        trigger_kind="redis-stream",
+        trigger_name="events",
+        source="orders",
+        error="boom",
+        attempts=3,
+    )
+    path = store.record(failed)
+    store.record(failed)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.name == "orders_1-0.json"
+    [kept] = store.list()
+    assert kept.body() == b"\x00payload" and kept.event["headers"] == {"k": "v"} and kept.attempts == 3
+    assert store.remove("orders:1-0") and store.list() == []
+
+
+def trigger(**attributes: object) -> Trigger:
+    return Trigger.model_validate(
+        {"kind": "redis-stream", "url": "redis://:s3cret@db:6379/1", "attributes": attributes}
+    )
+
+
+def test_redis_stream_attributes_parse_with_defaults_and_mask_the_password() -> None:
+    config = parse(trigger(stream="orders"), FIELD, "billing")
+    assert config.streams == ("orders",) and config.group == "nubis-billing" and config.start_id == "0"
+    assert "s3cret" not in config.where and "***" in config.where
+    assert masked_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("attributes", "at"),
+    [
+        ({}, "attributes.streams"),
+        ({"streams": []}, "attributes.streams"),
+        ({"stream": "a", "initialOffset": "middle"}, "attributes.initialOffset"),
+        ({"stream": "a", "claimIdleSeconds": 0}, "attributes.claimIdleSeconds"),
+        ({"stream": "a", "deadLetter": 3}, "attributes.deadLetter"),
+        ({"stream": "a", "maxAttempts": -2}, "attributes.maxAttempts"),
+    ],
+)
+def test_bad_redis_stream_attributes_are_refused_at_deploy(attributes: dict[str, object], at: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        get_default_registry().validate("redis-stream", trigger(**attributes), field=FIELD)
+    assert caught.value.field == f"{FIELD}.{at}"
+    assert "s3cret" not in str(caught.value)
