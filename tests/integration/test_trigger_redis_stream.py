@@ -19,7 +19,7 @@ import redis
 from harness import RunningFunction, wait_until
 
 from leaks import alive
-from nubis.processor.triggers.failed_events import FailedEventStore
+from nubis.failed_events import FailedEventStore
 
 HANDLER = """
 import os, time
@@ -131,7 +131,7 @@ def test_without_a_dead_letter_the_platform_store_keeps_the_failed_event(
             env={"OUT": str(tmp_path / "out.txt"), "NUBIS_DATA_DIR": str(tmp_path / "data")},
         )
         store = FailedEventStore(tmp_path / "data" / "failed" / function.name)
-        records = wait_until(store.list, 30, "the failed event in the platform store")
+        records = wait_until(store.records, 30, "the failed event in the platform store")
         assert records[0].body() == b"fail-alone" and records[0].attempts == 2
         assert records[0].source == stream and records[0].event["headers"] == {"k": "kept"}
         assert records[0].trigger_kind == "redis-stream" and "told to fail" in records[0].error

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from nubis.errors import SpecError
+from nubis.failed_events import FailedEvent, FailedEventStore
 from nubis.processor.events import Response, refusal_response
 from nubis.processor.outcomes import Outcome, Refusal
-from nubis.processor.triggers.failed_events import FailedEvent, FailedEventStore
 from nubis.processor.triggers.failures import Policy, Verdict, policy_of
 from nubis.processor.triggers.redis_stream_config import masked_url, parse
 from nubis.processor.triggers.registry import get_default_registry
@@ -76,9 +76,9 @@ def test_the_failed_event_store_keeps_one_private_file_per_event(tmp_path: Path)
     path = store.record(failed)
     store.record(failed)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.name == "orders_1-0.json"
-    [kept] = store.list()
+    [kept] = store.records()
     assert kept.body() == b"\x00payload" and kept.event["headers"] == {"k": "v"} and kept.attempts == 3
-    assert store.remove("orders:1-0") and store.list() == []
+    assert store.remove("orders:1-0") and store.records() == []
 
 
 def trigger(**attributes: object) -> Trigger:

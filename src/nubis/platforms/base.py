@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from nubis.errors import NubisError
+from nubis.failed_events import FailedEventStore
 from nubis.platforms.status import Event, Exit, FunctionStatus, ReplicaStatus
 from nubis.runtimes.base import Artifact
 from nubis.spec import Spec
@@ -229,4 +230,9 @@ class Platform(Protocol):
 
     def logs(self, name: str, since: float | None = None, follow: bool = False) -> AsyncIterator[str]:
         """The replicas' output, line by line; `since`: only lines of the last that many seconds."""
+        ...
+
+    def failed_events(self, name: str) -> FailedEventStore:
+        """Where the function's message triggers keep events that failed for good (and from where
+        `replay` hands them back to its replicas)."""
         ...

@@ -15,6 +15,7 @@ without building anything.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -25,6 +26,7 @@ from typing import Any, Literal
 from msgspec.structs import replace
 
 from nubis.errors import BuildError, TemporaryError
+from nubis.failed_events import FailedEventStore
 from nubis.platforms.base import (
     Builder,
     BuildLog,
@@ -157,7 +159,15 @@ class MemoryBuilder:
 
 
 class MemoryPlatform:
-    def __init__(self, state: MemoryState, ports: PortBook, function_ports: tuple[int, int] = (31000, 31999)) -> None:
+    def __init__(
+        self,
+        state: MemoryState,
+        ports: PortBook,
+        function_ports: tuple[int, int] = (31000, 31999),
+        failed_root: Path | None = None,
+    ) -> None:
+        #: where failed events would be kept (nothing runs here to fail: the store stays empty)
+        self.failed_root = failed_root or Path(tempfile.gettempdir()) / "nubis-memory-failed"
         self.state = state
         self.ports = ports
         self.function_ports = function_ports
@@ -247,6 +257,9 @@ class MemoryPlatform:
         self._check_readable()
         return dict(self.state.functions)
 
+    def failed_events(self, name: str) -> FailedEventStore:
+        return FailedEventStore(self.failed_root / name)
+
     async def logs(self, name: str, since: float | None = None, follow: bool = False) -> AsyncIterator[str]:
         status = self.state.functions.get(name)
         for event in status.events if status is not None else []:
@@ -276,5 +289,7 @@ def create(context: PlatformContext) -> Platform:
     """The registry's factory: the in-memory platform of `context.data_dir` (its state lives as
     long as this process)."""
     state = _STATES.setdefault(context.data_dir.resolve(), MemoryState())
-    platform: Platform = MemoryPlatform(state, context.ports, context.function_ports)
+    platform: Platform = MemoryPlatform(
+        state, context.ports, context.function_ports, failed_root=context.data_dir / "failed"
+    )
     return platform

@@ -27,7 +27,13 @@ class ProcessorOptions:
     replica_socket: str | None = None
     #: where message triggers keep events that failed for good (None: `<data dir>/failed/<function>`)
     failed_events_dir: str | None = None
+    #: what trigger kinds keep for the function across replicas (the cron tick ledger); None:
+    #: `<data dir>/triggers/<function>`
+    trigger_state_dir: str | None = None
     #: filled in by the processor from the function's configuration, for the trigger kinds that
     #: need them (message triggers: their name in records, `nubis.io/fail-on-status`)
     function_name: str = ""
     annotations: dict[str, str] = field(default_factory=dict)
+    #: seconds, the function's eventTimeout (None: none), for kinds that tie a broker's
+    #: redelivery timer to it (the nats trigger's JetStream AckWait)
+    event_timeout: float | None = None

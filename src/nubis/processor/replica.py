@@ -79,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where message triggers keep events that failed for good (the platform's failed-event store)",
     )
     parser.add_argument(
+        "--trigger-state-dir",
+        default=None,
+        help="state the function's replicas share for their triggers (the cron tick ledger)",
+    )
+    parser.add_argument(
         "--ready-fd", type=int, default=None, help="write the ready line on this pipe (not stdout), then close it"
     )
     return parser.parse_args(argv)
@@ -156,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             port_owner=args.port_owner or f"{args.function_dir.resolve()}:{config.metadata.name}",
             replica_socket=args.replica_socket,
             failed_events_dir=args.failed_events_dir,
+            trigger_state_dir=args.trigger_state_dir,
         )
         processor = Processor(config, args.function_dir.resolve(), args.artifact, options)
         code: int = uvloop.run(serve(processor, announce_without_url=True, ready_fd=args.ready_fd))

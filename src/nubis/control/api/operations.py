@@ -217,6 +217,20 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Names of the function's replicas",
         {200: Answer("replica names", "Replicas"), 404: NOT_FOUND},
     ),
+    ("GET", "/api/functions/{name}/failed_events"): Operation(
+        "Nubis extension: the events the function's message triggers gave up on (no deadLetter of their own)",
+        {200: Answer("failed events, oldest first", "FailedEvents"), 404: NOT_FOUND},
+    ),
+    ("POST", "/api/functions/{name}/failed_events/replay"): Operation(
+        "Nubis extension: hand failed events back to the function's replicas, which run them again",
+        {
+            202: Answer("what was handed back", "ReplayAnswer"),
+            **WRITE_ERRORS,
+            400: _error("neither ids nor all, or ids not a list of strings"),
+            404: NOT_FOUND,
+        },
+        body=Body("ReplayRequest"),
+    ),
     ("GET", "/api/functions/{name}/logs"): LOGS,
     ("GET", "/api/functions/{name}/logs/{replica}"): LOGS,
     ("GET", "/api/functions/{name}/deploy_logs"): Operation(

@@ -323,6 +323,36 @@ class IssuedCert(CertRecord):
     ca: str = Field(description="PEM: the platform CA's certificate (ca.crt), to check the tunnel's server")
 
 
+class FailedEventRecord(Open):
+    """An event a message trigger gave up on (`nubis.failed_events`)."""
+
+    id: str
+    function: str
+    trigger_kind: str
+    trigger_name: str
+    source: str = Field(description="the queue, stream or subject it came from")
+    error: str = Field(description="why its last attempt failed")
+    attempts: int
+    event: dict[str, Any] = Field(description="the event's fields; its body base64-encoded under `body`")
+    failed_at: int = Field(description="epoch milliseconds of the last attempt")
+
+
+class FailedEvents(Open):
+    failed_events: list[FailedEventRecord] = Field(alias="failedEvents")
+
+
+class ReplayRequest(Open):
+    """Which failed events to hand back to the function's replicas."""
+
+    ids: list[str] = Field(default_factory=list, description="event ids, as GET .../failed_events lists them")
+    all: bool = Field(default=False, description="every failed event of the function")
+
+
+class ReplayAnswer(Open):
+    replayed: list[str] = Field(description="ids handed back: a replica takes each within about a second")
+    missing: list[str] = Field(description="ids not found (already replayed, or never failed)")
+
+
 #: Every model the document names in `components/schemas` (each one's JSON Schema `$defs` too).
 COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     FunctionConfig,
@@ -351,4 +381,7 @@ COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     CertRequest,
     CertRecord,
     IssuedCert,
+    FailedEvents,
+    ReplayRequest,
+    ReplayAnswer,
 )

@@ -84,6 +84,9 @@ class ReplicaEnvironment:
             # message triggers' events that failed for good (`nubis events failed`)
             "--failed-events-dir",
             str(self.failed_events_dir(deployment.name)),
+            # one cron tick ledger for all the function's replicas: a tick fires once
+            "--trigger-state-dir",
+            str(self.agent_dir / "triggers" / deployment.name),
         ]
         if plan.mechanism == "cgroup" and isinstance(self.cgroups, Cgroups):
             path = self.cgroups.create(f"{deployment.name}.{slot_name}", plan.limits)
@@ -93,7 +96,7 @@ class ReplicaEnvironment:
         return argv
 
     def failed_events_dir(self, function: str) -> Path:
-        """The platform's failed-event store of one function (`nubis.processor.triggers.failed_events`)."""
+        """The platform's failed-event store of one function (`nubis.failed_events`)."""
         return self.agent_dir / "failed" / function
 
     def replica_socket(self, function: str, slot_name: str) -> Path:

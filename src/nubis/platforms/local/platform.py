@@ -18,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 
+from nubis.failed_events import FailedEventStore
 from nubis.platforms.base import (
     Builder,
     BuildOutput,
@@ -192,6 +193,10 @@ class LocalPlatform:
         """Every function's observed state; an agent that hangs counts as unreadable after
         `STATUS_TIMEOUT` s, as one that is gone does."""
         return dict(await self.client.list(timeout=STATUS_TIMEOUT))
+
+    def failed_events(self, name: str) -> FailedEventStore:
+        """The store the replicas write (`--failed-events-dir`, `ReplicaEnvironment.failed_events_dir`)."""
+        return FailedEventStore(self.data_dir / "agent" / "failed" / name)
 
     async def logs(self, name: str, since: float | None = None, follow: bool = False) -> AsyncIterator[str]:
         async for line in self.client.logs(name, follow=follow, since=since):

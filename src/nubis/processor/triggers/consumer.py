@@ -26,14 +26,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
+from nubis.failed_events import FailedEvent, FailedEventStore
 from nubis.processor.events import Response, Submission
 from nubis.processor.frames import EVENT, EventFrame
 from nubis.processor.ids import new_event_id
 from nubis.processor.outcomes import Outcome
 from nubis.processor.triggers.base import Submitter, Trigger
-from nubis.processor.triggers.failed_events import FailedEvent, FailedEventStore
 from nubis.processor.triggers.failures import Policy, Verdict, failure
 
 log = logging.getLogger("nubis.processor")
@@ -43,6 +45,17 @@ RECONNECT_FIRST = 0.5
 RECONNECT_MAX = 30.0
 #: seconds `close` waits for deliveries still being settled
 SETTLE_TIMEOUT = 10.0
+#: seconds between two looks for events handed back for replay (`nubis events replay`)
+REPLAY_POLL_SECONDS = 1.0
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password, if any, replaced by `***`: what `Broker.where`, logs and errors show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class BrokerUnavailable(Exception):
@@ -112,7 +125,7 @@ class Counts:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-class _Answer:
+class WholeAnswer:
     """A Reply that resolves a future with the whole response (streamed bodies are joined)."""
 
     def __init__(self) -> None:
@@ -143,6 +156,32 @@ class _Answer:
         return None  # explicit acknowledgement is not offered by message triggers (yet)
 
 
+class ReplayDelivery:
+    """An event of the failed-event store handed back by `nubis events replay`, claimed by this
+    replica: settled like a broker's delivery, its claim file standing for the message (acked:
+    removed; given back: waiting again; failed again: back in the store under its id)."""
+
+    ordering_key: str | None = None
+
+    def __init__(self, store: FailedEventStore, claim: Path, record: FailedEvent) -> None:
+        self.store = store
+        self.claim = claim
+        self.record = record
+        self.source = record.source
+
+    def event(self) -> EventFrame:
+        fields = {key: value for key, value in self.record.event.items() if key != "body"}
+        frame: EventFrame = {"t": EVENT, "id": self.record.id, **fields, "body": self.record.body()}  # type: ignore[typeddict-item]
+        return frame
+
+    async def ack(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self.claim.unlink)
+
+    async def give_back(self) -> None:
+        await asyncio.to_thread(self.store.unclaim, self.claim)
+
+
 class ConsumerTrigger(Trigger):
     """A message trigger of any kind: `broker` says how to reach it (see the module docstring)."""
 
@@ -158,6 +197,7 @@ class ConsumerTrigger(Trigger):
         workers: int = 1,
         prefetch: int | None = None,
         ordered: bool = False,
+        reconnect_max: float = RECONNECT_MAX,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -168,6 +208,8 @@ class ConsumerTrigger(Trigger):
         self.workers = workers
         self.prefetch = prefetch or workers
         self.ordered = ordered
+        #: seconds: the longest wait between two reconnect attempts (the delay doubles up to it)
+        self.reconnect_max = reconnect_max
         self.counts = Counts()
         #: "connecting", "waiting" (broker out of reach), "consuming", "stopped"
         self.state = "connecting"
@@ -175,7 +217,11 @@ class ConsumerTrigger(Trigger):
         self.pool: Submitter
         self._stopping = asyncio.Event()
         self._window = asyncio.Semaphore(self.prefetch)
+        #: replays have a window of their own: the broker's reader holds a slot of `_window` while
+        #: it waits for the next message, which would starve them at a prefetch of one
+        self._replay_window = asyncio.Semaphore(self.prefetch)
         self._loop_task: asyncio.Task[None] | None = None
+        self._replay_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_of_key: dict[str, asyncio.Task[None]] = {}
 
@@ -183,13 +229,15 @@ class ConsumerTrigger(Trigger):
     async def start(self, pool: Submitter) -> None:
         self.pool = pool
         self._loop_task = asyncio.create_task(self._consume(), name=f"{self.kind} trigger {self.name}")
+        self._replay_task = asyncio.create_task(self._replay(), name=f"{self.kind} trigger {self.name} replays")
 
     async def stop_accepting(self) -> None:
         self._stopping.set()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in (self._loop_task, self._replay_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def close(self) -> None:
         self._stopping.set()
@@ -217,7 +265,7 @@ class ConsumerTrigger(Trigger):
             except (TimeoutError, BrokerUnavailable, OSError) as exc:
                 self._set_state("waiting", f"cannot reach {self.broker.where}: {exc}; retrying in {delay:g} s")
                 await self._pause(delay)
-                delay = min(RECONNECT_MAX, delay * 2)
+                delay = min(self.reconnect_max, delay * 2)
                 continue
             delay = RECONNECT_FIRST
             self._set_state("consuming", "")
@@ -244,7 +292,7 @@ class ConsumerTrigger(Trigger):
             self.counts.received += 1
             key = delivery.ordering_key if self.ordered else None
             before = self._last_of_key.get(key) if key is not None else None
-            task = self._spawn(self._settle(session, delivery, before))
+            task = self._spawn(self._settle(session, delivery, before, self._window))
             if key is not None:
                 self._last_of_key[key] = task
                 task.add_done_callback(lambda done, key=key: self._forget_key(key, done))  # type: ignore[misc]
@@ -259,8 +307,31 @@ class ConsumerTrigger(Trigger):
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def _replay(self) -> None:
+        """Take the events `nubis events replay` handed back for this trigger, as the window allows."""
+        while not self._stopping.is_set():
+            await self._pause(REPLAY_POLL_SECONDS)
+            if self._stopping.is_set():
+                return
+            claims = await asyncio.to_thread(self.failed_store.claim, self.name, self.prefetch)
+            for claim, record in claims:
+                await self._replay_window.acquire()
+                if self._stopping.is_set():
+                    self._replay_window.release()
+                    await asyncio.to_thread(self.failed_store.unclaim, claim)
+                    continue
+                log.info("%s: replaying event %s (failed %d times before)", self, record.id, record.attempts)
+                delivery = ReplayDelivery(self.failed_store, claim, record)
+                self._spawn(self._settle(self._session, delivery, None, self._replay_window))
+
     # -- one delivery, from its first attempt to its settlement ----------------------------------
-    async def _settle(self, session: Session, delivery: Delivery, before: asyncio.Task[None] | None) -> None:
+    async def _settle(
+        self,
+        session: Session | None,
+        delivery: Delivery,
+        before: asyncio.Task[None] | None,
+        window: asyncio.Semaphore,
+    ) -> None:
         try:
             if before is not None:
                 await asyncio.wait([before])  # order: the previous one of this key is settled first
@@ -274,9 +345,9 @@ class ConsumerTrigger(Trigger):
                 exc,
             )
         finally:
-            self._window.release()
+            window.release()
 
-    async def _attempts(self, session: Session, delivery: Delivery) -> None:
+    async def _attempts(self, session: Session | None, delivery: Delivery) -> None:
         frame = delivery.event()
         frame["t"] = EVENT
         if not frame.get("id"):
@@ -286,7 +357,7 @@ class ConsumerTrigger(Trigger):
             if self._stopping.is_set() or not await self.pool.acquire():
                 await self._give_back(delivery)
                 return
-            answer = _Answer()
+            answer = WholeAnswer()
             self.pool.submit(Submission(frame.copy(), answer), reserved=True)
             response = await answer.future
             verdict = self.policy.judge(response, attempt, self._stopping.is_set())
@@ -320,7 +391,7 @@ class ConsumerTrigger(Trigger):
         await delivery.give_back()
 
     async def _dead_letter(
-        self, session: Session, delivery: Delivery, frame: EventFrame, error: str, attempts: int
+        self, session: Session | None, delivery: Delivery, frame: EventFrame, error: str, attempts: int
     ) -> None:
         failed = FailedEvent.of(
             frame,
@@ -331,7 +402,7 @@ class ConsumerTrigger(Trigger):
             error=error,
             attempts=attempts,
         )
-        if self.broker.dead_letter is not None:
+        if self.broker.dead_letter is not None and session is not None and not isinstance(delivery, ReplayDelivery):
             await session.dead_letter(delivery, failed)
             where = f"dead letter {self.broker.dead_letter}"
         else:

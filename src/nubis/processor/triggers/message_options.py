@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from nubis.errors import SpecError
+from nubis.failed_events import FailedEventStore
 from nubis.processor.options import ProcessorOptions
-from nubis.processor.triggers.failed_events import FailedEventStore
 from nubis.processor.triggers.failures import Policy, policy_of
 from nubis.settings import default_data_dir
 from nubis.spec import Trigger as TriggerSpec
@@ -26,6 +26,8 @@ class MessageOptions:
     failed_events_dir: Path
     #: the command line's worker count, instead of the trigger's numWorkers
     workers: int | None
+    #: seconds, the function's eventTimeout (None: none)
+    event_timeout: float | None = None
 
 
 def message_options(overrides: ProcessorOptions) -> MessageOptions:
@@ -34,7 +36,13 @@ def message_options(overrides: ProcessorOptions) -> MessageOptions:
         if overrides.failed_events_dir
         else default_data_dir() / "failed" / (overrides.function_name or "function")
     )
-    return MessageOptions(overrides.function_name, dict(overrides.annotations), directory, overrides.workers)
+    return MessageOptions(
+        overrides.function_name,
+        dict(overrides.annotations),
+        directory,
+        overrides.workers,
+        event_timeout=overrides.event_timeout,
+    )
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EventFrame
 from nubis.processor.options import ProcessorOptions
 from nubis.processor.triggers.consumer import BrokerUnavailable, ConsumerTrigger
-from nubis.processor.triggers.failed_events import FailedEvent
 from nubis.processor.triggers.message_options import MessageOptions, consumer_settings, message_options
 from nubis.processor.triggers.redis_stream_config import RedisStreamConfig, parse
 from nubis.spec import Trigger as TriggerSpec

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 #: kind -> "module:factory" (a `TriggerFactory`). Nuclio's aliases map to the same module.
 BUILTIN_TRIGGERS: dict[str, str] = {
     "http": "nubis.processor.triggers.http:create",
+    "cron": "nubis.processor.triggers.cron:create",
     "redis-stream": "nubis.processor.triggers.redis_stream:create",
 }
 
@@ -29,6 +30,7 @@ BUILTIN_TRIGGERS: dict[str, str] = {
 #: spec at the API without importing the trigger's server or broker client.
 BUILTIN_VALIDATORS: dict[str, str] = {
     "http": "nubis.processor.triggers.http_config:validate",
+    "cron": "nubis.processor.triggers.cron_config:validate",
     "redis-stream": "nubis.processor.triggers.redis_stream_config:validate",
 }
 
