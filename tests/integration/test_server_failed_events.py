@@ -69,6 +69,18 @@ def test_failed_events_are_listed_and_replayed_to_the_running_replica(server: Ru
             assert api.get("/api/functions/nosuch/failed_events").status_code == 404
             assert api.post("/api/functions/replayed/failed_events/replay", json={}).status_code == 400
 
+            def reported() -> dict[str, Any] | None:
+                states: dict[str, Any] = api.get("/api/functions/replayed/triggers").json()["triggers"]
+                events = states.get("events")
+                return events if events and events["counts"].get("dead_lettered") == 2 else None
+
+            events = wait_until(reported, 30, "the replica's trigger report")
+            assert events["kind"] == "redis-stream" and events["state"] == "consuming", events
+            assert events["counts"]["failed"] == 4 and events["counts"]["retried"] == 2, events
+            assert list(events["replicas"]) == ["g1-r0"]
+            wide = cli(server, "get", "functions", "replayed", "-o", "wide")
+            assert "events=consuming (received 2, failed 4, retried 2, dead-lettered 2)" in wide.stdout, wide.stdout
+
             listed = cli(server, "events", "failed", "replayed")
             assert listed.returncode == 0, listed.stderr
             assert all(r["id"] in listed.stdout for r in records) and "redis-stream/events" in listed.stdout

@@ -54,11 +54,12 @@ def get_functions(
             functions = {name: api.json("GET", f"/api/functions/{name}")}
         else:
             functions = api.json("GET", "/api/functions", headers=headers) or {}
+        triggers = {fn: _triggers_cell(api, fn) for fn in functions} if output == "wide" else {}
     if output in ("json", "yaml"):
         _emit(functions, output)
         return
     columns = ["NAME", "PROJECT", "STATE", "PORT", "REPLICAS"] + (
-        ["RUNTIME", "HANDLER", "URL"] if output == "wide" else []
+        ["RUNTIME", "HANDLER", "URL", "TRIGGERS"] if output == "wide" else []
     )
     rows: list[list[str]] = []
     for fn_name, obj in sorted(functions.items()):
@@ -72,9 +73,32 @@ def get_functions(
         ]
         if output == "wide":
             urls = status.get("externalInvocationUrls") or [""]
-            row += [spec.get("runtime", ""), spec.get("handler", ""), urls[0]]
+            row += [spec.get("runtime", ""), spec.get("handler", ""), urls[0], triggers.get(fn_name, "")]
         rows.append(row)
     _print_table(columns, rows)
+
+
+#: the order a trigger's counters are shown in (others after, by name)
+_COUNT_ORDER = {
+    name: index
+    for index, name in enumerate(("received", "handled", "failed", "retried", "dead_lettered", "returned", "fired"))
+}
+
+
+def _triggers_cell(api: Api, name: str) -> str:
+    """`orders=consuming (handled 12, failed 1); nightly=scheduled (fired 3)`: what the replicas last
+    reported of the function's message and cron triggers."""
+    response = api.request("GET", f"/api/functions/{name}/triggers", ok=(404,))
+    if response.status_code == 404:
+        return ""
+    cells = []
+    for trigger, state in sorted(response.json().get("triggers", {}).items()):
+        shown = sorted(
+            state["counts"].items(), key=lambda item: (_COUNT_ORDER.get(item[0], len(_COUNT_ORDER)), item[0])
+        )
+        counts = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in shown if value)
+        cells.append(f"{trigger}={state['state']}" + (f" ({counts})" if counts else ""))
+    return "; ".join(cells)
 
 
 @get_app.command("projects")

@@ -33,6 +33,17 @@ class Exit(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+class TriggerReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a replica last said of one of its triggers (a message trigger: connected or waiting
+    for its broker, its counters; cron: its schedule and ticks fired)."""
+
+    name: str
+    kind: str
+    state: str
+    message: str = ""
+    counts: dict[str, int] = {}
+
+
 class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     pid: int | None
@@ -40,6 +51,7 @@ class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True):
     state: ReplicaStateName
     restarts: int
     last_exit: Exit | None = None
+    triggers: list[TriggerReport] = []
 
 
 class FunctionStatus(msgspec.Struct, frozen=True, kw_only=True):

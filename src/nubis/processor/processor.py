@@ -7,6 +7,7 @@ found before any process starts, so a bad spec fails fast with a precise message
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from nubis.errors import SpecError
 from nubis.processor.options import ProcessorOptions as ProcessorOptions  # re-exported: the replica's and CLI's
 from nubis.processor.pool import WorkerPool
+from nubis.processor.reporting import keep_reporting
 from nubis.processor.starters import SpawnStarter
 from nubis.processor.triggers.base import Trigger
 from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
@@ -58,6 +60,7 @@ class Processor:
         self.failed = asyncio.Event()
         self.failure: str | None = None
         self._starter: ZygoteStarter | SpawnStarter | None = None
+        self._reporting: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -105,6 +108,7 @@ class Processor:
         """Create every trigger and pool object (no processes yet): all config errors surface here."""
         self._starter = self._make_starter()
         event_timeout = self.config.spec.event_timeout_seconds()
+        self.options = dataclasses.replace(self.options, event_timeout=event_timeout)
         next_wid = 0
         for key, trigger in self.config.effective_triggers().items():
             if trigger.disabled:
@@ -150,6 +154,9 @@ class Processor:
             await self.stop(drain=False)
             raise
         self.started = True
+        if self.options.trigger_state_dir:
+            reporting = keep_reporting(self.triggers, Path(self.options.trigger_state_dir))
+            self._reporting = asyncio.create_task(reporting, name="trigger reports")
 
     def _fail(self, reason: str) -> None:
         log.error("%s: %s; stopping this replica", self.name, reason)
@@ -158,6 +165,11 @@ class Processor:
 
     async def stop(self, drain: bool = True) -> None:
         """Refuse new events, let accepted ones finish (drain callbacks run), then stop every process."""
+        if self._reporting is not None:
+            self._reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
+            self._reporting = None
         for trigger in self.triggers:
             await trigger.stop_accepting()
         timeout = self.options.drain_timeout if drain else 0.0

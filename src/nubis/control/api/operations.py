@@ -217,6 +217,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Names of the function's replicas",
         {200: Answer("replica names", "Replicas"), 404: NOT_FOUND},
     ),
+    ("GET", "/api/functions/{name}/triggers"): Operation(
+        "Nubis extension: each trigger's state and counters as the function's replicas last reported them",
+        {200: Answer("trigger states by name", "TriggerStates"), 404: NOT_FOUND},
+    ),
     ("GET", "/api/functions/{name}/failed_events"): Operation(
         "Nubis extension: the events the function's message triggers gave up on (no deadLetter of their own)",
         {200: Answer("failed events, oldest first", "FailedEvents"), 404: NOT_FOUND},

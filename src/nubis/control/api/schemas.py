@@ -323,6 +323,23 @@ class IssuedCert(CertRecord):
     ca: str = Field(description="PEM: the platform CA's certificate (ca.crt), to check the tunnel's server")
 
 
+class ReplicaTriggerState(Open):
+    state: str = Field(description="consuming, waiting (for its broker), connecting, stopped; cron: scheduled")
+    message: str = ""
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+class TriggerState(ReplicaTriggerState):
+    """One trigger over the function's replicas: `waiting` when any replica waits, counts summed."""
+
+    kind: str
+    replicas: dict[str, ReplicaTriggerState] = Field(default_factory=dict, description="by replica name")
+
+
+class TriggerStates(Open):
+    triggers: dict[str, TriggerState] = Field(description="by trigger name; HTTP triggers report nothing")
+
+
 class FailedEventRecord(Open):
     """An event a message trigger gave up on (`nubis.failed_events`)."""
 
@@ -382,6 +399,7 @@ COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     CertRecord,
     IssuedCert,
     FailedEvents,
+    TriggerStates,
     ReplayRequest,
     ReplayAnswer,
 )

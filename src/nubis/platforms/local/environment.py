@@ -86,7 +86,7 @@ class ReplicaEnvironment:
             str(self.failed_events_dir(deployment.name)),
             # one cron tick ledger for all the function's replicas: a tick fires once
             "--trigger-state-dir",
-            str(self.agent_dir / "triggers" / deployment.name),
+            str(self.trigger_state_dir(deployment.name)),
         ]
         if plan.mechanism == "cgroup" and isinstance(self.cgroups, Cgroups):
             path = self.cgroups.create(f"{deployment.name}.{slot_name}", plan.limits)
@@ -94,6 +94,11 @@ class ReplicaEnvironment:
         elif plan.mechanism == "rlimit" and plan.limits.memory is not None:
             argv += ["--memory-limit", str(plan.limits.memory)]
         return argv
+
+    def trigger_state_dir(self, function: str) -> Path:
+        """What the function's replicas share for their triggers: the cron tick ledger, and each
+        replica's trigger report (`nubis.trigger_reports`)."""
+        return self.agent_dir / "triggers" / function
 
     def failed_events_dir(self, function: str) -> Path:
         """The platform's failed-event store of one function (`nubis.failed_events`)."""

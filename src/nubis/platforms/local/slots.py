@@ -13,14 +13,19 @@ policy here without starting anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
 
 from nubis.platforms.local.models import Deployment
 from nubis.platforms.local.process import ReplicaProcess
-from nubis.platforms.status import Exit, ReplicaStateName, ReplicaStatus
+from nubis.platforms.status import Exit, ReplicaStateName, ReplicaStatus, TriggerReport
+from nubis.trigger_reports import read_reports
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -76,16 +81,25 @@ class Slot:
             or self.recent_restarts(CRASH_LOOP_WINDOW) >= CRASH_LOOP_RESTARTS
         )
 
-    def report(self) -> ReplicaStatus:
+    def report(self, trigger_state_dir: Path | None = None) -> ReplicaStatus:
+        """The slot's status; with `trigger_state_dir`, what its running replica last said of its
+        triggers (`nubis.trigger_reports`)."""
         process = self.process
         running = process is not None and not process.exited.is_set()
+        pid = process.pid if running and process is not None else None
+        triggers: list[TriggerReport] = []
+        if pid is not None and trigger_state_dir is not None:
+            for item in read_reports(trigger_state_dir, pid):
+                with contextlib.suppress(msgspec.ValidationError, TypeError):
+                    triggers.append(msgspec.convert(item, TriggerReport))
         return ReplicaStatus(
             name=self.name,
-            pid=process.pid if running and process is not None else None,
+            pid=pid,
             generation=self.generation,
             state=self.state,
             restarts=self.restarts,
             last_exit=self.last_exit,
+            triggers=triggers,
         )
 
 

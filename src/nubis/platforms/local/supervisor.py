@@ -84,8 +84,9 @@ class FunctionSupervisor(Rollouts):
         desired = self.desired or self.active
         assert desired is not None
         state = self.state()
-        serving = [s.report() for s in self.slots]
-        replicas = serving + [s.report() for s in self.pending]
+        reports = self.environment.trigger_state_dir(self.name)
+        serving = [s.report(reports) for s in self.slots]
+        replicas = serving + [s.report(reports) for s in self.pending]
         draining = [
             Draining(name=s.name, pid=s.process.pid if s.process else None, generation=s.generation)
             for s in self.draining

@@ -9,7 +9,7 @@ processor knows nothing of any kind.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from nubis.processor.events import Submission
 
@@ -82,6 +82,11 @@ class Trigger(Protocol):
     def open_connections(self) -> int:
         """Connections still open after `stop_listening` (the hand-off waits for them)."""
         return 0
+
+    def report(self) -> dict[str, Any] | None:
+        """`{state, message, counts}` for the function's status (`nubis.processor.reporting`);
+        None for a trigger with nothing to say (HTTP: its traffic is the gateway's metrics)."""
+        return None
 
 
 class TriggerFactory(Protocol[OptionsT]):

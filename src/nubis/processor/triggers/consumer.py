@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -253,6 +253,11 @@ class ConsumerTrigger(Trigger):
 
     def describe(self) -> str:
         return f"{self.kind} trigger {self.name!r} consuming {self.broker.where}"
+
+    def report(self) -> dict[str, Any]:
+        counts = {key: value for key, value in asdict(self.counts).items() if key != "extra"}
+        counts.update(self.counts.extra)
+        return {"state": self.state, "message": self.state_message, "counts": counts}
 
     _session: Session | None = None
 

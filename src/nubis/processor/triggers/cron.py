@@ -142,6 +142,9 @@ class CronTrigger(Trigger):
     def describe(self) -> str:
         return f"cron trigger {self.name!r} firing {self.config.describe()}"
 
+    def report(self) -> dict[str, object]:
+        return {"state": "scheduled", "message": self.config.describe(), "counts": {"fired": self.fired}}
+
     async def _run(self) -> None:
         now = time.time()
         last, due = await asyncio.to_thread(self.ledger.last), self.ticks.at_or_before(now)
