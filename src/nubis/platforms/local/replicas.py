@@ -30,6 +30,7 @@ from nubis.platforms.local.slots import (
 )
 from nubis.platforms.status import Event, Exit
 from nubis.sockets import remove_dead
+from nubis.trigger_reports import report_path
 
 log = logging.getLogger("nubis.agent")
 
@@ -192,8 +193,11 @@ class ReplicaSet:
 
     def _forget_socket(self, slot: Slot) -> None:
         """A replica that exited without removing its socket (SIGKILL, a crash) leaves a file that
-        refuses connections: remove it, so the gateway stops trying it."""
+        refuses connections: remove it, so the gateway stops trying it; and its trigger report."""
         remove_dead(self.environment.replica_socket(self.name, slot.name))
+        if slot.process is not None and slot.process.pid:
+            with contextlib.suppress(OSError):
+                report_path(self.environment.trigger_state_dir(self.name), slot.process.pid).unlink()
 
     def _remove_cgroup(self, slot: Slot) -> None:
         if isinstance(self.environment.cgroups, Cgroups):
