@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 BUILTIN_TRIGGERS: dict[str, str] = {
     "http": "nubis.processor.triggers.http:create",
     "cron": "nubis.processor.triggers.cron:create",
+    "nats": "nubis.processor.triggers.nats:create",
     "redis-stream": "nubis.processor.triggers.redis_stream:create",
 }
 
@@ -31,6 +32,7 @@ BUILTIN_TRIGGERS: dict[str, str] = {
 BUILTIN_VALIDATORS: dict[str, str] = {
     "http": "nubis.processor.triggers.http_config:validate",
     "cron": "nubis.processor.triggers.cron_config:validate",
+    "nats": "nubis.processor.triggers.nats_config:validate",
     "redis-stream": "nubis.processor.triggers.redis_stream_config:validate",
 }
 
