@@ -175,8 +175,10 @@ def test_bad_create_bodies_are_400_with_a_precise_message(
         ({"handler": "not a handler"}, "module:function"),
         ({"triggers": {"a": {"kind": "http"}, "b": {"kind": "http"}}}, "http"),
         # refused at the API, not at replica start: the field, the kind found, the known kinds
-        ({"triggers": {"tick": {"kind": "cron"}}}, "spec.triggers.tick.kind: trigger kind 'cron' is not supported"),
-        ({"triggers": {"tick": {"kind": "cron"}}}, "(expected one of http, found 'cron')"),
+        ({"triggers": {"t": {"kind": "pigeon"}}}, "spec.triggers.t.kind: trigger kind 'pigeon' is not supported"),
+        ({"triggers": {"t": {"kind": "pigeon"}}}, "(expected one of cron, http, "),
+        # a kind's attributes are checked at the API too
+        ({"triggers": {"tick": {"kind": "cron", "attributes": {"interval": "soon"}}}}, "spec.triggers.tick.attributes"),
     ],
 )
 def test_invalid_specs_are_refused_and_nothing_is_stored(server: RunningServer, spec: dict, fragment: str) -> None:  # type: ignore[type-arg]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nubis.control.api.bodies import PROJECT_LABEL, section, text_map
+from nubis.control.api.trigger_secrets import MASK, masked_spec, masks_left, scrubbed_spec
 from nubis.control.sources import allowed_build_path, decode_source
 from nubis.errors import BadRequest
 from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
@@ -63,6 +64,12 @@ def validated_config(
     # What the server sets, sent back by a client that PUTs what it read, is not part of the spec.
     data["metadata"].pop("resourceVersion", None)
     data["metadata"].pop("generation", None)
+    masked = masks_left(data["spec"])
+    if masked:
+        raise BadRequest(
+            f"{masked[0]} holds the mask {MASK} where no credential is stored: an answer's masked "
+            "credentials may only be sent back to the same function, trigger and URL; send the value itself"
+        )
     config = parse_config(data).config
     spec = config.spec
     build = spec.build
@@ -122,11 +129,12 @@ def function_object(record: FunctionRecord, logs: list[dict[str, Any]] | None = 
     status["observedGeneration"] = record.deployed_generation
     if logs is not None:
         status["logs"] = logs
-    return {"metadata": metadata, "spec": record.config.get("spec") or {}, "status": status}
+    return {"metadata": metadata, "spec": masked_spec(record.config.get("spec") or {}), "status": status}
 
 
 def export_object(record: FunctionRecord) -> dict[str, Any]:
-    """Export form: `{metadata, spec}` with skip annotations, no namespace, trigger secrets scrubbed."""
+    """Export form: `{metadata, spec}` with skip annotations, no namespace, trigger secrets scrubbed
+    (emptied, and gone from URLs: an export is a file that travels)."""
     obj = function_object(record)
     metadata = obj["metadata"]
     metadata.pop("namespace", None)
@@ -137,13 +145,7 @@ def export_object(record: FunctionRecord) -> dict[str, Any]:
     annotations[SKIP_DEPLOY] = "true"
     annotations["nuclio.io/previous-state"] = obj["status"].get("state", "")
     metadata["annotations"] = annotations
-    spec = copy.deepcopy(obj["spec"])
-    for trigger in (spec.get("triggers") or {}).values():
-        if isinstance(trigger, dict):
-            for secret in ("password", "secret"):
-                if trigger.get(secret):
-                    trigger[secret] = ""
-    return {"metadata": metadata, "spec": spec}
+    return {"metadata": metadata, "spec": scrubbed_spec(record.config.get("spec") or {})}
 
 
 def is_provisioning(record: FunctionRecord) -> bool:

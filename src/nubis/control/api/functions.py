@@ -21,6 +21,7 @@ from nubis.control.api.function_objects import (
     without_import_annotations,
 )
 from nubis.control.api.responses import cached_json, empty, json_response
+from nubis.control.api.trigger_secrets import unmask
 from nubis.control.api.unchanged import is_unchanged
 from nubis.errors import BadRequest, Conflict, PreconditionFailed
 from nubis.spec import parse_duration
@@ -162,6 +163,9 @@ async def update_function(request: Request) -> Response:
     project = await _project_for(request, body, current.project)
     if project != current.project:
         raise BadRequest(f"function {name} belongs to project {current.project}; it cannot move to {project}")
+    if isinstance(body.get("spec"), dict):
+        # what a GET answered, sent back: its masked trigger credentials keep the stored ones
+        body = dict(body, spec=unmask(body["spec"], current.config.get("spec") or {}))
     config = validated_config(body, name=name, project=project, code_roots=control.settings.code_roots)
     expected = section(body, "metadata").get("resourceVersion") or None
     fresh = expected is None or expected == current.resource_version
