@@ -45,6 +45,8 @@ RECONNECT_FIRST = 0.5
 RECONNECT_MAX = 30.0
 #: seconds `close` waits for deliveries still being settled
 SETTLE_TIMEOUT = 10.0
+#: seconds between two questions to the broker about the backlog (lag), where it answers them
+BACKLOG_SECONDS = 5.0
 #: seconds between two looks for events handed back for replay (`nubis events replay`)
 REPLAY_POLL_SECONDS = 1.0
 
@@ -122,6 +124,9 @@ class Counts:
     dead_lettered: int = 0
     returned: int = 0
     reconnects: int = 0
+    #: deliveries the broker says it delivered before (a crash's duplicates, or given back)
+    redelivered: int = 0
+    #: what a kind reports besides (`lag`, `pending`: the broker's backlog, where it tells)
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -274,6 +279,7 @@ class ConsumerTrigger(Trigger):
                 continue
             delay = RECONNECT_FIRST
             self._set_state("consuming", "")
+            backlog = asyncio.create_task(self._watch_backlog(self._session))
             try:
                 await self._receive(self._session)
             except (BrokerUnavailable, OSError) as exc:
@@ -284,6 +290,19 @@ class ConsumerTrigger(Trigger):
                     with contextlib.suppress(Exception):
                         await session.close()
                 await self._pause(delay)
+            finally:
+                backlog.cancel()
+
+    async def _watch_backlog(self, session: Session) -> None:
+        """Ask the broker for the trigger's backlog every BACKLOG_SECONDS, where the kind's session
+        can tell (an optional `backlog()` answering e.g. `{"lag": n, "pending": m}`)."""
+        backlog = getattr(session, "backlog", None)
+        if backlog is None:
+            return
+        while True:
+            with contextlib.suppress(BrokerUnavailable, OSError):
+                self.counts.extra.update(await backlog())
+            await asyncio.sleep(BACKLOG_SECONDS)
 
     async def _receive(self, session: Session) -> None:
         deliveries = session.deliveries().__aiter__()
@@ -295,6 +314,8 @@ class ConsumerTrigger(Trigger):
                 self._window.release()
                 raise
             self.counts.received += 1
+            if getattr(delivery, "redelivered", False):
+                self.counts.redelivered += 1
             key = delivery.ordering_key if self.ordered else None
             before = self._last_of_key.get(key) if key is not None else None
             task = self._spawn(self._settle(session, delivery, before, self._window))

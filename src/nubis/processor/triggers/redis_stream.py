@@ -59,8 +59,17 @@ def _text(value: bytes | str) -> str:
 class StreamEntry:
     """One entry of one stream, delivered to this consumer."""
 
-    def __init__(self, session: StreamSession, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    def __init__(
+        self,
+        session: StreamSession,
+        stream: str,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        redelivered: bool = False,
+    ) -> None:
         self.session = session
+        #: taken over from another consumer (given back, or left by a dead one)
+        self.redelivered = redelivered
         self.source = stream
         self.ordering_key: str | None = stream
         self.entry_id = entry_id
@@ -112,12 +121,12 @@ class StreamSession:
         while True:
             for stream in config.streams:
                 for entry_id, fields in await self._returned(stream):
-                    yield StreamEntry(self, stream, entry_id, fields)
+                    yield StreamEntry(self, stream, entry_id, fields, redelivered=True)
             if time.monotonic() >= self._next_autoclaim:
                 self._next_autoclaim = time.monotonic() + config.claim_idle / 2
                 for stream in config.streams:
                     for entry_id, fields in await self._abandoned(stream):
-                        yield StreamEntry(self, stream, entry_id, fields)
+                        yield StreamEntry(self, stream, entry_id, fields, redelivered=True)
             streams = {stream: ">" for stream in config.streams}
             reply = await self.call(
                 self.client.xreadgroup(config.group, self.consumer, streams, count=self.prefetch, block=BLOCK_MS)
@@ -146,6 +155,16 @@ class StreamSession:
         )
         entries = reply[1] if reply and len(reply) > 1 else []
         return [(_text(entry_id), fields) for entry_id, fields in entries if fields]
+
+    async def backlog(self) -> dict[str, int]:
+        """`lag`: entries of the streams the group has not read yet; `pending`: read, not acked."""
+        lag = pending = 0
+        for stream in self.config.streams:
+            for group in await self.call(self.client.xinfo_groups(stream)):
+                if _text(group["name"]) == self.config.group:
+                    lag += int(group.get("lag") or 0)
+                    pending += int(group.get("pending") or 0)
+        return {"lag": lag, "pending": pending}
 
     async def dead_letter(self, delivery: Any, failed: FailedEvent) -> None:
         assert isinstance(delivery, StreamEntry) and self.config.dead_letter is not None
