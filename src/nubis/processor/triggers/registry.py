@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 BUILTIN_TRIGGERS: dict[str, str] = {
     "http": "nubis.processor.triggers.http:create",
     "cron": "nubis.processor.triggers.cron:create",
+    "rabbit-mq": "nubis.processor.triggers.rabbitmq:create",
+    "rabbitMq": "nubis.processor.triggers.rabbitmq:create",
     "nats": "nubis.processor.triggers.nats:create",
     "redis-stream": "nubis.processor.triggers.redis_stream:create",
 }
@@ -32,6 +34,8 @@ BUILTIN_TRIGGERS: dict[str, str] = {
 BUILTIN_VALIDATORS: dict[str, str] = {
     "http": "nubis.processor.triggers.http_config:validate",
     "cron": "nubis.processor.triggers.cron_config:validate",
+    "rabbit-mq": "nubis.processor.triggers.rabbitmq_config:validate",
+    "rabbitMq": "nubis.processor.triggers.rabbitmq_config:validate",
     "nats": "nubis.processor.triggers.nats_config:validate",
     "redis-stream": "nubis.processor.triggers.redis_stream_config:validate",
 }
