@@ -13,8 +13,9 @@ from nubis.failed_events import FailedEvent, FailedEventStore
 from nubis.processor.events import Response, refusal_response
 from nubis.processor.outcomes import Outcome, Refusal
 from nubis.processor.triggers.failures import Policy, Verdict, policy_of
-from nubis.processor.triggers.redis_stream_config import masked_url, parse
+from nubis.processor.triggers.redis_stream_config import parse
 from nubis.processor.triggers.registry import get_default_registry
+from nubis.redact import masked_url
 from nubis.spec import Trigger
 
 FIELD = "spec.triggers.events"

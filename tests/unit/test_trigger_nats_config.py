@@ -10,8 +10,9 @@ import pytest
 from nubis.errors import SpecError
 from nubis.processor.triggers.message_options import MessageOptions
 from nubis.processor.triggers.nats import NatsBroker, create
-from nubis.processor.triggers.nats_config import NatsConfig, masked_url, parse, subject_matches
+from nubis.processor.triggers.nats_config import NatsConfig, parse, subject_matches
 from nubis.processor.triggers.registry import get_default_registry
+from nubis.redact import masked_url
 from nubis.spec import Trigger
 
 FIELD = "spec.triggers.events"

@@ -13,9 +13,10 @@ import pytest
 
 from nubis.errors import SpecError
 from nubis.processor.options import ProcessorOptions
-from nubis.processor.triggers.consumer import ConsumerTrigger, masked_url
+from nubis.processor.triggers.consumer import ConsumerTrigger
 from nubis.processor.triggers.rabbitmq_config import parse, vhost_of
 from nubis.processor.triggers.registry import BUILTIN_TRIGGERS, BUILTIN_VALIDATORS, TriggerRegistry
+from nubis.redact import masked_url
 from nubis.spec.trigger import Trigger
 
 FIELD = "spec.triggers.orders"

@@ -14,7 +14,8 @@ from __future__ import annotations
 import copy
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from nubis.redact import masked_url as _masked
 
 MASK = "********"
 _SECRET_NAME = re.compile(r"pass(word)?|secret|token|access_?key|credential|private_?key", re.IGNORECASE)
@@ -93,19 +94,6 @@ def _mask_attributes(attributes: dict[str, Any]) -> None:
             attributes[key] = masked_url(value)
 
 
-def masked_url(url: str) -> str:
-    """`url` with its password, if any, replaced by the mask."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{parts.username or ''}:{MASK}@{host}", parts.path, parts.query, parts.fragment))
-
-
 def masks_left(spec: dict[str, Any]) -> list[str]:
     """Fields of `spec`'s triggers still holding a mask (`spec.triggers.q.url`): a credential
     that was never stored there, which must be sent in clear."""
@@ -122,6 +110,11 @@ def masks_left(spec: dict[str, Any]) -> list[str]:
     if isinstance(triggers, dict):
         walk(triggers, "spec.triggers")
     return found
+
+
+def masked_url(url: str) -> str:
+    """`url` with its credentials replaced by the mask."""
+    return _masked(url, MASK)
 
 
 def _restore(new: dict[str, Any], old: dict[str, Any]) -> None:

@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from nubis.failed_events import FailedEvent, FailedEventStore
 from nubis.processor.events import Response, Submission
@@ -49,15 +48,6 @@ SETTLE_TIMEOUT = 10.0
 BACKLOG_SECONDS = 5.0
 #: seconds between two looks for events handed back for replay (`nubis events replay`)
 REPLAY_POLL_SECONDS = 1.0
-
-
-def masked_url(url: str) -> str:
-    """`url` with its password, if any, replaced by `***`: what `Broker.where`, logs and errors show."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class BrokerUnavailable(Exception):

@@ -33,10 +33,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from nubis.errors import SpecError
 from nubis.processor.triggers.message_options import MessageOptions, consumer_settings
+from nubis.redact import masked_url
 from nubis.spec import Trigger as TriggerSpec
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -80,16 +81,6 @@ class NatsConfig:
             stream = self.stream or "capturing it"
             return f"{servers} subject {self.subject} (JetStream stream {stream}, durable {self.durable})"
         return f"{servers} subject {self.subject} (core NATS, queue group {self.queue_group})"
-
-
-def masked_url(url: str) -> str:
-    """`url` with its password, or a token (a user without a password), replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    userinfo = "***" if parts.password is None else f"{parts.username or ''}:***"
-    return urlunsplit((parts.scheme, f"{userinfo}@{host}", parts.path, parts.query, parts.fragment))
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

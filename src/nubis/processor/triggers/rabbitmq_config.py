@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from nubis.errors import SpecError
-from nubis.processor.triggers.consumer import masked_url
+from nubis.redact import masked_url
 from nubis.spec import Trigger as TriggerSpec
 from nubis.spec.durations import parse_duration
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from nubis.errors import SpecError
+from nubis.redact import masked_url
 from nubis.spec import Trigger as TriggerSpec
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -46,17 +47,6 @@ class RedisStreamConfig:
     def where(self) -> str:
         """The URL without its password, and the streams: what logs and errors may show."""
         return f"{masked_url(self.url)} streams {', '.join(self.streams)} (group {self.group})"
-
-
-def masked_url(url: str) -> str:
-    """`url` with any password replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
 
 
 def parse(trigger: TriggerSpec, field: str, function: str) -> RedisStreamConfig:
