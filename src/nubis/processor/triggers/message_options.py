@@ -1,12 +1,13 @@
 """What every message trigger kind takes from the processor and from its spec, the same way: the
 function's name and annotations, the failed-event store, workers, prefetch and the failure policy.
 
-A kind's factory calls `message_options` in its `options` and `consumer_settings` in its
-`create`, then passes the result to `ConsumerTrigger` with its own `Broker`.
+A kind's factory subclasses `MessageTriggerFactory` and supplies `consumer`: the
+`ConsumerTrigger` with its own `Broker` and the shared settings.
 """
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from nubis.errors import SpecError
 from nubis.failed_events import FailedEventStore
 from nubis.processor.options import ProcessorOptions
+from nubis.processor.triggers.consumer import ConsumerTrigger
 from nubis.processor.triggers.failures import Policy, policy_of
 from nubis.settings import default_data_dir
 from nubis.spec import Trigger as TriggerSpec
@@ -81,3 +83,19 @@ def consumer_settings(
         )
     policy = policy_of(attributes, options.annotations, field)
     return ConsumerSettings(options.function, policy, FailedEventStore(options.failed_events_dir), workers, prefetch)
+
+
+class MessageTriggerFactory(abc.ABC):
+    """The registry's factory for a message kind (`TriggerFactory[MessageOptions]`)."""
+
+    def options(self, overrides: ProcessorOptions) -> MessageOptions:
+        return message_options(overrides)
+
+    def create(self, *, name: str, trigger: TriggerSpec, field: str, options: MessageOptions) -> ConsumerTrigger:
+        return self.consumer(name, trigger, field, options, consumer_settings(trigger, field, options))
+
+    @abc.abstractmethod
+    def consumer(
+        self, name: str, trigger: TriggerSpec, field: str, options: MessageOptions, settings: ConsumerSettings
+    ) -> ConsumerTrigger:
+        """The kind's trigger: its attributes parsed (SpecError at `field`), its broker, `settings`."""

@@ -28,9 +28,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from nubis.processor.frames import EventFrame
-from nubis.processor.options import ProcessorOptions
 from nubis.processor.triggers.consumer import BrokerUnavailable, ConsumerTrigger, Delivery
-from nubis.processor.triggers.message_options import MessageOptions, consumer_settings, message_options
+from nubis.processor.triggers.message_options import ConsumerSettings, MessageOptions, MessageTriggerFactory
 from nubis.processor.triggers.nats_config import NatsConfig, parse
 from nubis.processor.triggers.nats_jetstream import open_pull_session
 from nubis.processor.triggers.nats_session import LOST, NatsDelivery, NatsSession, message_frame
@@ -138,13 +137,12 @@ def _url_secret(url: str) -> str:
     return parts.password or parts.username or ""
 
 
-class NatsFactory:
+class NatsFactory(MessageTriggerFactory):
     """The registry's factory for kind `nats`."""
 
-    def options(self, overrides: ProcessorOptions) -> MessageOptions:
-        return message_options(overrides)
-
-    def create(self, *, name: str, trigger: TriggerSpec, field: str, options: MessageOptions) -> ConsumerTrigger:
+    def consumer(
+        self, name: str, trigger: TriggerSpec, field: str, options: MessageOptions, settings: ConsumerSettings
+    ) -> ConsumerTrigger:
         config = parse(
             trigger,
             field,
@@ -153,7 +151,6 @@ class NatsFactory:
             annotations=options.annotations,
             event_timeout=options.event_timeout,
         )
-        settings = consumer_settings(trigger, field, options)
         broker = NatsBroker(config, f"nubis {options.function or 'function'}/{name}")
         # not ordered: JetStream redelivers out of order once more than one message is unacked;
         # `maxAckPending: 1` keeps a stream's order across every replica (docs/triggers/nats.md)

@@ -27,9 +27,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EVENT, EventFrame
-from nubis.processor.options import ProcessorOptions
 from nubis.processor.triggers.consumer import BrokerUnavailable, ConsumerTrigger, Delivery
-from nubis.processor.triggers.message_options import MessageOptions, consumer_settings, message_options
+from nubis.processor.triggers.message_options import ConsumerSettings, MessageOptions, MessageTriggerFactory
 from nubis.processor.triggers.rabbitmq_config import RabbitConfig, parse
 from nubis.spec import Trigger as TriggerSpec
 
@@ -277,15 +276,13 @@ class RabbitBroker:
         return session
 
 
-class RabbitTriggerFactory:
-    """The registry's factory for kinds `rabbit-mq` and `rabbitMq` (`TriggerFactory[MessageOptions]`)."""
+class RabbitTriggerFactory(MessageTriggerFactory):
+    """The registry's factory for kinds `rabbit-mq` and `rabbitMq`."""
 
-    def options(self, overrides: ProcessorOptions) -> MessageOptions:
-        return message_options(overrides)
-
-    def create(self, *, name: str, trigger: TriggerSpec, field: str, options: MessageOptions) -> ConsumerTrigger:
+    def consumer(
+        self, name: str, trigger: TriggerSpec, field: str, options: MessageOptions, settings: ConsumerSettings
+    ) -> ConsumerTrigger:
         config = parse(trigger, field, options.function)
-        settings = consumer_settings(trigger, field, options)
         return ConsumerTrigger(
             kind=trigger.kind,
             name=name,

@@ -38,9 +38,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EventFrame
-from nubis.processor.options import ProcessorOptions
 from nubis.processor.triggers.consumer import BrokerUnavailable, ConsumerTrigger
-from nubis.processor.triggers.message_options import MessageOptions, consumer_settings, message_options
+from nubis.processor.triggers.message_options import ConsumerSettings, MessageOptions, MessageTriggerFactory
 from nubis.processor.triggers.redis_stream_config import RedisStreamConfig, parse
 from nubis.spec import Trigger as TriggerSpec
 
@@ -215,18 +214,14 @@ def _without_url(exc: BaseException) -> str:
     return str(exc).split("\n", 1)[0][:300]
 
 
-class RedisStreamFactory:
+class RedisStreamFactory(MessageTriggerFactory):
     """The registry's factory for kind `redis-stream`."""
 
-    def options(self, overrides: ProcessorOptions) -> MessageOptions:
-        return message_options(overrides)
-
-    def create(self, *, name: str, trigger: TriggerSpec, field: str, options: MessageOptions) -> ConsumerTrigger:
-        config = parse(trigger, field, options.function)
-        settings = consumer_settings(trigger, field, options)
-        return ConsumerTrigger(
-            kind=KIND, name=name, broker=RedisStreamBroker(config), ordered=True, **settings.as_kwargs()
-        )
+    def consumer(
+        self, name: str, trigger: TriggerSpec, field: str, options: MessageOptions, settings: ConsumerSettings
+    ) -> ConsumerTrigger:
+        broker = RedisStreamBroker(parse(trigger, field, options.function))
+        return ConsumerTrigger(kind=KIND, name=name, broker=broker, ordered=True, **settings.as_kwargs())
 
 
 create = RedisStreamFactory()
