@@ -1,13 +1,17 @@
 """Message trigger benchmark: per broker, the raw client consuming and acknowledging N messages with
 a no-op, against Nubis's trigger doing the same through a worker (`nubis run`, a no-op handler).
 
-Identical settings on both sides: the same payload, one acknowledgement per message, the same
-prefetch. Each round publishes N messages to a fresh stream/queue that the consumer already
-waits on, and times from the first publish to the last acknowledgement (the publishing is the
-same work on both sides). Rounds are interleaved; the report gives events/s (median over rounds),
-the ratio Nubis/raw (target >= 0.5, issue 10) and the spread of the ratios.
+Identical settings on both sides: the same payload (100 bytes), one acknowledgement per message,
+the same prefetch, the same broker. Each round publishes N messages to a source the consumer
+already waits on and times from the first publish to the last acknowledgement (publishing is the
+same work on both sides). Rounds are interleaved, raw then Nubis; the report gives events/s
+(median over rounds), the ratio Nubis/raw (target >= 0.5, issue 10) and the spread of the ratios.
+The Nubis function runs pinned to core 1, the benchmark and the raw consumers on core 0.
 
-Brokers: redis-stream (the Redis on 127.0.0.1:6379). More kinds add a `Side` pair here.
+Brokers (`--brokers`): redis-stream (Redis on 6379), rabbit-mq (RabbitMQ on 5672, guest),
+nats (JetStream on 4222). RabbitMQ's "consumed" is its queue's ready count reaching 0 (AMQP does
+not report unacknowledged counts to a client): at most `prefetch` messages are then still in
+flight, against N; the others wait for the group's / durable's pending count to reach 0.
 """
 
 from __future__ import annotations
@@ -15,85 +19,259 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-
-import redis.asyncio as aioredis
+from typing import Any, Protocol
 
 from _harness import VENV_BIN, pinned, start_server, stop
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 PAYLOAD = b"x" * 100
 HANDLER = "def handler(context, event):\n    return ''\n"
+BROKERS = ("redis-stream", "rabbit-mq", "nats")
 
 
-async def _wait_acked(client: aioredis.Redis, stream: str, group: str, total: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        groups = await client.xinfo_groups(stream)
-        for info in groups:
-            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-            if name == group and info.get("entries-read") == total and info["pending"] == 0:
-                return
-        await asyncio.sleep(0.002)
-    raise TimeoutError(f"{stream}: not every message acknowledged within {timeout:g} s")
+class Bench(Protocol):
+    kind: str
+
+    def trigger(self, prefetch: int) -> dict[str, Any]: ...
+    async def setup(self) -> None: ...
+    async def raw_round(self, total: int, prefetch: int) -> float: ...
+    async def publish(self, total: int) -> None: ...
+    async def consumed(self, total: int) -> bool: ...
+    async def teardown(self) -> None: ...
 
 
-async def _publish(client: aioredis.Redis, stream: str, total: int) -> None:
-    pipe = client.pipeline(transaction=False)
-    for _ in range(total):
-        pipe.xadd(stream, {"body": PAYLOAD})
-    await pipe.execute()
+class RedisBench:
+    kind = "redis-stream"
+    url = "redis://127.0.0.1:6379/0"
+
+    def __init__(self) -> None:
+        self.stream = f"bench-nubis-{uuid.uuid4().hex[:8]}"
+        self.read = 0
+
+    def trigger(self, prefetch: int) -> dict[str, Any]:
+        attributes = {"stream": self.stream, "prefetchCount": prefetch, "initialOffset": "latest"}
+        return {"kind": self.kind, "url": self.url, "numWorkers": 1, "attributes": attributes}
+
+    async def setup(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.client = aioredis.from_url(self.url)
+
+    async def raw_round(self, total: int, prefetch: int) -> float:
+        import redis.asyncio as aioredis
+
+        stream, group = f"bench-raw-{uuid.uuid4().hex[:8]}", "bench"
+        client = aioredis.from_url(self.url)
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+
+        async def consume() -> None:
+            done = 0
+            while done < total:
+                reply = await client.xreadgroup(group, "raw", {stream: ">"}, count=prefetch, block=1000)
+                for _, entries in reply or []:
+                    for entry_id, _fields in entries:
+                        await client.xack(stream, group, entry_id)
+                        done += 1
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        await self._publish(stream, total)
+        await consumer
+        elapsed = time.perf_counter() - started
+        await client.delete(stream)
+        await client.aclose()
+        return total / elapsed
+
+    async def _publish(self, stream: str, total: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for _ in range(total):
+            pipe.xadd(stream, {"body": PAYLOAD})
+        await pipe.execute()
+
+    async def publish(self, total: int) -> None:
+        self.read += total
+        await self._publish(self.stream, total)
+
+    async def consumed(self, total: int) -> bool:
+        for info in await self.client.xinfo_groups(self.stream):
+            if info.get("entries-read") == self.read and info["pending"] == 0:
+                return True
+        return False
+
+    async def teardown(self) -> None:
+        await self.client.delete(self.stream)
+        await self.client.aclose()
 
 
-async def raw_redis_round(total: int, prefetch: int) -> float:
-    """redis-py consuming with XREADGROUP (COUNT prefetch) and one XACK per entry."""
-    stream, group = f"bench-raw-{uuid.uuid4().hex[:8]}", "bench"
-    client = aioredis.from_url(REDIS_URL)
-    await client.xgroup_create(stream, group, id="0", mkstream=True)
+class RabbitBench:
+    kind = "rabbit-mq"
+    url = "amqp://guest:guest@127.0.0.1:5672/"
 
-    async def consume() -> None:
+    def __init__(self) -> None:
+        self.queue = f"bench-nubis-{uuid.uuid4().hex[:8]}"
+
+    def trigger(self, prefetch: int) -> dict[str, Any]:
+        attributes = {"queueName": self.queue, "prefetchCount": prefetch}
+        return {"kind": self.kind, "url": self.url, "numWorkers": 1, "attributes": attributes}
+
+    async def setup(self) -> None:
+        import aio_pika
+
+        self.connection = await aio_pika.connect(self.url)
+        self.channel = await self.connection.channel()
+        await self.channel.declare_queue(self.queue, durable=True)
+
+    async def _publish(self, queue: str, total: int) -> None:
+        import aio_pika
+
+        exchange = self.channel.default_exchange
+        await asyncio.gather(*(exchange.publish(aio_pika.Message(PAYLOAD), routing_key=queue) for _ in range(total)))
+
+    async def raw_round(self, total: int, prefetch: int) -> float:
+        import aio_pika
+
+        connection = await aio_pika.connect(self.url)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(f"bench-raw-{uuid.uuid4().hex[:8]}", durable=True)
+        done = asyncio.get_running_loop().create_future()
+        count = 0
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal count
+            await message.ack()
+            count += 1
+            if count == total and not done.done():
+                done.set_result(None)
+
+        await queue.consume(on_message)
+        started = time.perf_counter()
+        await self._publish(queue.name, total)
+        await done
+        elapsed = time.perf_counter() - started
+        await queue.delete(if_unused=False, if_empty=False)
+        await connection.close()
+        return total / elapsed
+
+    async def publish(self, total: int) -> None:
+        await self._publish(self.queue, total)
+
+    async def consumed(self, total: int) -> bool:
+        queue = await self.channel.declare_queue(self.queue, passive=True)
+        return queue.declaration_result.message_count == 0
+
+    async def teardown(self) -> None:
+        await self.channel.queue_delete(self.queue)
+        await self.connection.close()
+
+
+class NatsBench:
+    kind = "nats"
+    url = "nats://127.0.0.1:4222"
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.stream, self.subjects = f"BENCH_{tag}", f"bench.{tag}.>"
+        self.topic, self.durable = f"bench.{tag}.nubis", "nubis-bench"
+
+    def trigger(self, prefetch: int) -> dict[str, Any]:
+        attributes = {
+            "topic": self.topic,
+            "stream": self.stream,
+            "durable": self.durable,
+            "prefetchCount": prefetch,
+            "maxAckPending": prefetch,
+            "initialOffset": "latest",
+        }
+        return {"kind": self.kind, "url": self.url, "numWorkers": 1, "attributes": attributes}
+
+    async def setup(self) -> None:
+        import nats
+
+        self.client = await nats.connect(self.url)
+        self.js = self.client.jetstream()
+        await self.js.add_stream(name=self.stream, subjects=[self.subjects])
+
+    async def _publish(self, subject: str, total: int) -> None:
+        await asyncio.gather(*(self.js.publish(subject, PAYLOAD) for _ in range(total)))
+
+    async def raw_round(self, total: int, prefetch: int) -> float:
+        from nats.js.api import ConsumerConfig
+
+        subject = self.topic.replace(".nubis", f".raw{uuid.uuid4().hex[:6]}")
+        durable = f"raw-{uuid.uuid4().hex[:6]}"
+        config = ConsumerConfig(max_ack_pending=prefetch)
+        subscription = await self.js.pull_subscribe(subject, durable, stream=self.stream, config=config)
+        started = time.perf_counter()
+        publishing = asyncio.create_task(self._publish(subject, total))
         done = 0
         while done < total:
-            reply = await client.xreadgroup(group, "raw", {stream: ">"}, count=prefetch, block=1000)
-            for _, entries in reply or []:
-                for entry_id, _fields in entries:
-                    await client.xack(stream, group, entry_id)  # the no-op, then one ack per message
-                    done += 1
+            try:
+                messages = await subscription.fetch(prefetch, timeout=1)
+            except TimeoutError:
+                continue
+            for message in messages:
+                await message.ack()
+                done += 1
+        await publishing
+        elapsed = time.perf_counter() - started
+        await self.js.delete_consumer(self.stream, durable)
+        return total / elapsed
 
-    publisher = aioredis.from_url(REDIS_URL)
-    consumer = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    async def publish(self, total: int) -> None:
+        await self._publish(self.topic, total)
+
+    async def consumed(self, total: int) -> bool:
+        info = await self.js.consumer_info(self.stream, self.durable)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    async def teardown(self) -> None:
+        await self.js.delete_stream(self.stream)
+        await self.client.close()
+
+
+def _bench(kind: str) -> Bench:
+    return {"redis-stream": RedisBench, "rabbit-mq": RabbitBench, "nats": NatsBench}[kind]()
+
+
+async def _nubis_round(bench: Bench, total: int) -> float:
     started = time.perf_counter()
-    await _publish(publisher, stream, total)
-    await consumer
-    elapsed = time.perf_counter() - started
-    await client.delete(stream)
-    await client.aclose()
-    await publisher.aclose()
-    return total / elapsed
+    await bench.publish(total)
+    deadline = time.monotonic() + 300
+    while not await bench.consumed(total):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{bench.kind}: not every message consumed within 300 s")
+        await asyncio.sleep(0.002)
+    return total / (time.perf_counter() - started)
 
 
-async def nubis_redis_round(total: int, stream: str, group: str) -> float:
-    client = aioredis.from_url(REDIS_URL)
-    started = time.perf_counter()
-    await _publish(client, stream, total)
-    await _wait_acked(client, stream, group, total + _read_before(stream), timeout=300)
-    elapsed = time.perf_counter() - started
-    await client.aclose()
-    return total / elapsed
-
-
-_READ: dict[str, int] = {}
-
-
-def _read_before(stream: str) -> int:
-    """Entries the group read in earlier rounds (rounds reuse one stream: the function stays up)."""
-    return _READ.get(stream, 0)
+async def _run_broker(bench: Bench, args: argparse.Namespace, work: Path) -> tuple[list[float], list[float]]:
+    await bench.setup()
+    triggers = {"events": bench.trigger(args.prefetch)}
+    argv = [str(VENV_BIN / "nubis"), "run", str(work / "noop.py"), "--handler", "noop:handler"]
+    argv += ["--triggers", json.dumps(triggers), "--log-level", "warn", "--port", "0"]
+    function = start_server(pinned(1, argv), "ready at")
+    raw: list[float] = []
+    nubis: list[float] = []
+    try:
+        await asyncio.sleep(1.5)  # the trigger connected and made its group / durable
+        for round_no in range(1, args.rounds + 1):
+            raw.append(await bench.raw_round(args.messages, args.prefetch))
+            nubis.append(await _nubis_round(bench, args.messages))
+            print(
+                f"round {round_no} {bench.kind:<12} raw {raw[-1]:>8.0f} ev/s  nubis {nubis[-1]:>8.0f} ev/s", flush=True
+            )
+    finally:
+        stop(function)
+        await bench.teardown()
+    return raw, nubis
 
 
 def main() -> int:
@@ -101,46 +279,25 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prefetch", type=int, default=16)
+    parser.add_argument("--brokers", default=",".join(BROKERS), help=f"comma-separated, of {', '.join(BROKERS)}")
     args = parser.parse_args()
+    kinds = [kind for kind in args.brokers.split(",") if kind]
+    if unknown := set(kinds) - set(BROKERS):
+        parser.error(f"unknown broker(s): {', '.join(sorted(unknown))}")
+    os.sched_setaffinity(0, {0})
     work = Path(tempfile.mkdtemp(prefix="nubis-trigger-bench-"))
     (work / "noop.py").write_text(HANDLER)
-    stream = f"bench-nubis-{uuid.uuid4().hex[:8]}"
-    triggers = {
-        "events": {
-            "kind": "redis-stream",
-            "url": REDIS_URL,
-            "numWorkers": 1,
-            "attributes": {"stream": stream, "prefetchCount": args.prefetch, "initialOffset": "latest"},
-        }
-    }
-    argv = [str(VENV_BIN / "nubis"), "run", str(work / "noop.py"), "--handler", "noop:handler"]
-    argv += ["--triggers", json.dumps(triggers), "--log-level", "warn", "--port", "0"]
-    function = start_server(pinned(1, argv), "ready at")
-    raw, nubis = [], []
-    try:
-        time.sleep(1.0)  # the consumer group exists once the trigger connected
-        for round_no in range(1, args.rounds + 1):
-            raw.append(asyncio.run(raw_redis_round(args.messages, args.prefetch)))
-            nubis.append(asyncio.run(nubis_redis_round(args.messages, stream, "nubis-noop")))
-            _READ[stream] = _READ.get(stream, 0) + args.messages
-            print(f"round {round_no} redis-stream raw {raw[-1]:>8.0f} ev/s  nubis {nubis[-1]:>8.0f} ev/s", flush=True)
-    finally:
-        stop(function)
-        asyncio.run(_delete(stream))
-    ratios = [n / r for n, r in zip(nubis, raw, strict=True)]
-    print(f"\nredis-stream, {args.messages} messages, prefetch {args.prefetch}, median over {args.rounds} rounds")
-    print(f"raw redis-py  {statistics.median(raw):>8.0f} events/s")
-    print(f"nubis trigger {statistics.median(nubis):>8.0f} events/s")
+    results = {kind: asyncio.run(_run_broker(_bench(kind), args, work)) for kind in kinds}
     print(
-        f"ratio nubis/raw {statistics.median(ratios):.3f} (spread {min(ratios):.3f}-{max(ratios):.3f}; target >= 0.5)"
+        f"\n{args.messages} messages of {len(PAYLOAD)} bytes, prefetch {args.prefetch}, {args.rounds} rounds (median)"
     )
+    for kind, (raw, nubis) in results.items():
+        ratios = [n / r for n, r in zip(nubis, raw, strict=True)]
+        print(
+            f"{kind:<12} raw {statistics.median(raw):>8.0f} ev/s  nubis {statistics.median(nubis):>8.0f} ev/s  "
+            f"ratio {statistics.median(ratios):.3f} (spread {min(ratios):.3f}-{max(ratios):.3f}; target >= 0.5)"
+        )
     return 0
-
-
-async def _delete(stream: str) -> None:
-    client = aioredis.from_url(REDIS_URL)
-    await client.delete(stream)
-    await client.aclose()
 
 
 if __name__ == "__main__":

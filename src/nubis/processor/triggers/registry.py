@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 BUILTIN_TRIGGERS: dict[str, str] = {
     "http": "nubis.processor.triggers.http:create",
     "cron": "nubis.processor.triggers.cron:create",
+    "mqtt": "nubis.processor.triggers.mqtt:create",
     "rabbit-mq": "nubis.processor.triggers.rabbitmq:create",
     "rabbitMq": "nubis.processor.triggers.rabbitmq:create",
     "nats": "nubis.processor.triggers.nats:create",
@@ -34,6 +35,7 @@ BUILTIN_TRIGGERS: dict[str, str] = {
 BUILTIN_VALIDATORS: dict[str, str] = {
     "http": "nubis.processor.triggers.http_config:validate",
     "cron": "nubis.processor.triggers.cron_config:validate",
+    "mqtt": "nubis.processor.triggers.mqtt_config:validate",
     "rabbit-mq": "nubis.processor.triggers.rabbitmq_config:validate",
     "rabbitMq": "nubis.processor.triggers.rabbitmq_config:validate",
     "nats": "nubis.processor.triggers.nats_config:validate",
