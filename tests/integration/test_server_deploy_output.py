@@ -19,6 +19,8 @@ from harness import FUNCTIONS, REPO, nubis_executable
 from server_harness import RunningServer, started_server, wait_state
 from test_server_cli import cli
 
+from nubis.processor.triggers.registry import get_default_registry
+
 HELLO_SOURCE = (REPO / "examples" / "hello" / "main.py").read_text()
 TRACEBACK = "Traceback (most recent call last)"
 
@@ -174,12 +176,13 @@ def test_missing_resources_and_bad_names_are_named(server: RunningServer) -> Non
 
 
 def test_an_unknown_trigger_kind_is_refused_at_deploy(server: RunningServer, tmp_path: Path) -> None:
-    directory = function_dir(tmp_path, "ticker", HELLO_SOURCE, triggers={"tick": {"kind": "cron"}})
+    directory = function_dir(tmp_path, "ticker", HELLO_SOURCE, triggers={"tick": {"kind": "pigeon"}})
     result = cli(server, "deploy", str(directory))
     assert result.returncode == 1
+    kinds = ", ".join(get_default_registry().kinds())
     assert result.stderr.strip() == (
-        "error: spec.triggers.tick.kind: trigger kind 'cron' is not supported by Nubis yet "
-        "(expected one of http, found 'cron') (HTTP 400)"
+        "error: spec.triggers.tick.kind: trigger kind 'pigeon' is not supported by Nubis yet "
+        f"(expected one of {kinds}, found 'pigeon') (HTTP 400)"
     )
     with server.client() as api:
         assert api.get("/api/functions/ticker").status_code == 404

@@ -6,7 +6,9 @@
   asks for. A **stream** is never created unless `createStream` asks: without `stream`, the one
   capturing the subject is looked up; none is a broker that cannot serve yet (state "waiting").
 - **Pulls** ask for as many messages as this session holds fewer than the trigger's prefetch, so
-  one replica never holds more than its window unacknowledged.
+  one replica never holds more than its window unacknowledged; and only once it holds half its
+  window or less, so a busy replica pulls batches, not one message per round trip to the server
+  (that halved the trigger's rate: benchmarks/triggers.py).
 - **Held messages are kept alive**: one held longer than AckWait/2 (waiting for a worker, for a
   retry, or a long handler) is reported in progress (+WPI) to JetStream, which then does not
   redeliver it elsewhere meanwhile. A replica that dies stops doing so, and its messages come
@@ -58,11 +60,11 @@ class JetStreamDelivery(NatsDelivery):
         )
 
     async def ack(self) -> None:
-        self.session.held.discard(self)
+        self.session.release(self)
         await self.session.call(self.msg.ack())
 
     async def give_back(self) -> None:
-        self.session.held.discard(self)
+        self.session.release(self)
         await self.session.call(self.msg.nak())
 
 
@@ -83,11 +85,21 @@ class PullSession(NatsSession):
         self.held: weakref.WeakSet[JetStreamDelivery] = weakref.WeakSet()
         #: fetched, not yet taken by the loop
         self._fetched: collections.deque[Msg] = collections.deque()
+        #: set when a held message is settled: the window may have room for a batch again
+        self._room = asyncio.Event()
         self._keeper = asyncio.create_task(self._keep_alive(), name=f"nats in-progress {config.durable}")
+
+    def release(self, delivery: JetStreamDelivery) -> None:
+        self.held.discard(delivery)
+        self._room.set()
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
         while True:
             if not self._fetched:
+                if len(self.held) > self.prefetch // 2:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
                 batch = max(1, self.prefetch - len(self.held))
                 self._fetched.extend(await self.receive(self.subscription.fetch(batch, timeout=FETCH_SECONDS)) or [])
                 continue
