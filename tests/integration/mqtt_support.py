@@ -57,11 +57,6 @@ def publish(port: int, topic: str, *bodies: str, ca: Path | None = None) -> None
             client.publish(topic, body)
 
 
-def lines(path: Path) -> list[list[str]]:
-    """The handler's output: body, pid, trigger kind, trigger name, path, url, header k, content type."""
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def triggers(port: int, topic: str, client_id: str, workers: int = 2, **attributes: Any) -> str:
     subscriptions = attributes.pop("subscriptions", [{"topic": topic, "qos": 1}])
     spec = {

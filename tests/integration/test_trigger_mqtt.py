@@ -17,8 +17,9 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from handler_output import lines
 from harness import RunningFunction, wait_until
-from mqtt_support import SHARED_PORT, Client, Mosquitto, lines, publish, triggers, write_function
+from mqtt_support import SHARED_PORT, Client, Mosquitto, publish, triggers, write_function
 from paho.mqtt.enums import CallbackAPIVersion
 from test_gateway_tls import self_signed
 

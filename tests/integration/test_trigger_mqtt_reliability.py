@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from handler_output import lines
 from harness import RunningFunction, wait_until
-from mqtt_support import Mosquitto, lines, publish, triggers, write_function
+from mqtt_support import Mosquitto, publish, triggers, write_function
 
 from leaks import alive
 

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import nats
 import pytest
+from handler_output import function_with, lines
 from harness import RunningFunction, wait_until
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -116,9 +117,7 @@ def settled(url: str, stream: str, durable: str) -> api.ConsumerInfo | None:
 
 @pytest.fixture
 def function_dir(tmp_path: Path) -> Path:
-    (tmp_path / "fn").mkdir()
-    (tmp_path / "fn" / "handler.py").write_text(HANDLER)
-    return tmp_path / "fn"
+    return function_with(tmp_path, HANDLER)
 
 
 @pytest.fixture
@@ -138,10 +137,6 @@ def names() -> Iterator[str]:
 
 def triggers(url: str = SHARED_URL, workers: int = 2, **attributes: object) -> str:
     return json.dumps({"events": {"kind": "nats", "url": url, "numWorkers": workers, "attributes": attributes}})
-
-
-def lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def start(run: Callable[..., RunningFunction], path: Path, spec: str, **env: str) -> RunningFunction:

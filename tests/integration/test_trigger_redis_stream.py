@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from handler_output import function_with, lines
 from harness import RunningFunction, wait_until
 
 from leaks import alive
@@ -42,9 +43,7 @@ SHARED_URL = "redis://127.0.0.1:6379/0"
 
 @pytest.fixture
 def function_dir(tmp_path: Path) -> Path:
-    (tmp_path / "fn").mkdir()
-    (tmp_path / "fn" / "handler.py").write_text(HANDLER)
-    return tmp_path / "fn"
+    return function_with(tmp_path, HANDLER)
 
 
 @pytest.fixture
@@ -59,10 +58,6 @@ def stream() -> Iterator[str]:
 def triggers(stream: str, url: str = SHARED_URL, **attributes: object) -> str:
     spec = {"kind": "redis-stream", "url": url, "numWorkers": 2, "attributes": {"stream": stream, **attributes}}
     return json.dumps({"events": spec})
-
-
-def lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_entries_reach_the_handler_and_are_acked_after_it(
