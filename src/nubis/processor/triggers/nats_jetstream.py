@@ -47,6 +47,8 @@ class JetStreamDelivery(NatsDelivery):
         super().__init__(msg)
         self.session = session
         self.metadata = msg.metadata
+        #: JetStream delivered it before (to a replica that died, or it was given back)
+        self.redelivered = self.metadata.num_delivered is not None and self.metadata.num_delivered > 1
         #: monotonic time of its delivery or last in-progress report
         self.since = time.monotonic()
 
@@ -88,6 +90,11 @@ class PullSession(NatsSession):
         #: set when a held message is settled: the window may have room for a batch again
         self._room = asyncio.Event()
         self._keeper = asyncio.create_task(self._keep_alive(), name=f"nats in-progress {config.durable}")
+
+    async def backlog(self) -> dict[str, int]:
+        """`lag`: messages of the stream the durable has not delivered yet; `pending`: delivered, not acked."""
+        info = await self.call(self.subscription.consumer_info())
+        return {"lag": int(info.num_pending or 0), "pending": int(info.num_ack_pending or 0)}
 
     def release(self, delivery: JetStreamDelivery) -> None:
         self.held.discard(delivery)
