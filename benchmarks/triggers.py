@@ -151,11 +151,12 @@ class RabbitBench:
             if count == total and not done.done():
                 done.set_result(None)
 
-        await queue.consume(on_message)
+        tag = await queue.consume(on_message)
         started = time.perf_counter()
         await self._publish(queue.name, total)
         await done
         elapsed = time.perf_counter() - started
+        await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
         await connection.close()
         return total / elapsed
