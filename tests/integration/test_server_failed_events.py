@@ -83,6 +83,15 @@ def test_failed_events_are_listed_and_replayed_to_the_running_replica(server: Ru
                 lambda: (e := reported()) is not None and "lag" in e["counts"] and e, 30, "the backlog in the report"
             )
             assert backlog["counts"]["lag"] == 0 and backlog["counts"]["pending"] == 0, backlog
+            metrics = api.get("/api/metrics")
+            assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+            labels = 'function="replayed",kind="redis-stream",replica="g1-r0",trigger="events"'
+            dead = 'function="replayed",kind="redis-stream",outcome="dead_lettered",replica="g1-r0",trigger="events"'
+            assert f"nubis_trigger_events_total{{{dead}}} 2.0" in metrics.text, metrics.text
+            assert f"nubis_trigger_up{{{labels}}} 1.0" in metrics.text
+            assert f"nubis_trigger_lag{{{labels}}} 0.0" in metrics.text
+            with server.client(token=None) as anonymous:
+                assert anonymous.get("/api/metrics").status_code == 401
             wide = cli(server, "get", "functions", "replayed", "-o", "wide")
             assert "events=consuming (received 2, failed 4, retried 2, dead-lettered 2" in wide.stdout, wide.stdout
 

@@ -21,6 +21,7 @@ from nubis.control.api import (
     platform_info,
     projects,
     templates,
+    trigger_metrics,
     trigger_states,
 )
 from nubis.control.api.gatekeeping import route
@@ -45,6 +46,7 @@ def api_routes() -> list[Route]:
         route("/api/functions/{name}/logs/{replica}", logs.function_logs, ["GET"], "read"),
         route("/api/functions/{name}/deploy_logs", functions.function_deploy_logs, ["GET"], "read"),
         route("/api/functions/{name}/triggers", trigger_states.function_triggers, ["GET"], "read"),
+        route("/api/metrics", trigger_metrics.trigger_metrics, ["GET"], "read"),
         route("/api/functions/{name}/failed_events", failed_events.list_failed_events, ["GET"], "read"),
         route("/api/functions/{name}/failed_events/replay", failed_events.replay_failed_events, ["POST"], "write"),
         route("/api/function_archives", archives.upload_archive, ["POST"], "write"),

@@ -221,6 +221,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Nubis extension: each trigger's state and counters as the function's replicas last reported them",
         {200: Answer("trigger states by name", "TriggerStates"), 404: NOT_FOUND},
     ),
+    ("GET", "/api/metrics"): Operation(
+        "Nubis extension: the message and cron triggers' counters, backlog and state, in Prometheus' text format",
+        {200: Answer("Prometheus exposition", schema={"type": "string"}, media=TEXT)},
+    ),
     ("GET", "/api/functions/{name}/failed_events"): Operation(
         "Nubis extension: the events the function's message triggers gave up on (no deadLetter of their own)",
         {200: Answer("failed events, oldest first", "FailedEvents"), 404: NOT_FOUND},
