@@ -168,3 +168,14 @@ def test_none_passes_and_oauth2_without_an_issuer_is_503() -> None:
     assert auth.decide(None, []) is None and auth.decide(Guard("none", "gw"), []) is None
     refusal = auth.decide(Guard("oauth2", "gw"), [(b"Authorization", b"Bearer x")])
     assert isinstance(refusal, Refusal) and refusal.status == 503 and "--oidc-issuer" in refusal.message
+
+
+def test_no_api_gateway_path_reaches_a_replicas_own_paths() -> None:
+    table = RoutingTable.build(
+        FUNCTIONS,
+        [gateway("whole", "w", "/", one("alpha")), gateway("into", "i", "/probe", one("alpha", "/__internal"))],
+    )
+    for target, host in ((b"/__internal/health", b"w"), (b"/probe/health", b"i"), (b"/probe", b"i")):
+        refusal = matched(table, target, host).refusal
+        assert refusal is not None and refusal.status == 404, target
+    assert matched(table, b"/__internals", b"w").refusal is None

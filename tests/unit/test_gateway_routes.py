@@ -27,3 +27,10 @@ def test_unknown_names_prefixes_and_functions_without_a_port_have_no_route() -> 
     assert len(table) == 1
     for target in (b"/", b"/hell", b"/hellox", b"/noport/x", b"*", b"http://hello/x", b""):
         assert table.match(target) is None, target
+
+
+def test_a_replicas_own_paths_are_not_routed() -> None:
+    table = RoutingTable.of_functions([("hello", 31000)])
+    for target in (b"/hello/__internal", b"/hello/__internal/health", b"/hello/__internal/metrics?x=1"):
+        assert table.match(target) is None, target
+    assert table.match(b"/hello/__internals") is not None  # only the reserved segment

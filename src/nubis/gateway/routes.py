@@ -149,6 +149,8 @@ class RoutingTable:
         if route is None:
             return None
         upstream_path = slash + rest if slash else b"/"
+        if _internal(upstream_path):
+            return None
         return Match(route, upstream_path + mark + query)
 
     def _gateway_match(self, rule: GatewayRule, path: bytes, query: bytes) -> Match:
@@ -159,6 +161,8 @@ class RoutingTable:
             rest = path[len(rule.prefix) :]
             base = share.rewrite_target
             path = (base.rstrip(b"/") + rest if rest else base) or b"/"
+        if _internal(path):
+            return Match(share.route, path + query, rule.guard, Refusal(404, "no such path"))
         refusal = None
         if not share.reachable:
             message = f"function {share.route.function} of API gateway {rule.name} is not deployed"
@@ -173,6 +177,12 @@ class RoutingTable:
         return sum(self.counts())
 
 
+def _internal(path: bytes) -> bool:
+    """A replica's own endpoints (`/__internal/...`: its health) are the platform's, not the
+    world's: no route reaches them."""
+    return path == INTERNAL_PREFIX or path.startswith(INTERNAL_PREFIX + b"/")
+
+
 def host_key(host: bytes) -> bytes:
     """A `Host` value as routes compare it: lower case, without its port (`[::1]:80` -> `[::1]`)
     or the trailing dot of a fully qualified name (`a.example.com.` is `a.example.com`)."""
@@ -182,6 +192,8 @@ def host_key(host: bytes) -> bytes:
     return host.partition(b":")[0].removesuffix(b".")
 
 
+#: the replicas' own paths (the processor's `/__internal/health`)
+INTERNAL_PREFIX = b"/__internal"
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _SLASHES = re.compile(rb"//+")
