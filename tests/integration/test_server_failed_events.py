@@ -17,6 +17,8 @@ import redis
 from harness import REPO, nubis_executable, wait_until
 from server_harness import RunningServer, inline_function, wait_state
 
+from nubis.sockets import replica_sockets_dir
+
 SOURCE = b"""
 import os
 
@@ -116,6 +118,13 @@ def test_failed_events_are_listed_and_replayed_to_the_running_replica(server: Ru
             assert again.returncode == 1 and "not found" in again.stderr
             assert json.loads(cli(server, "events", "failed", "replayed", "-o", "json").stdout) == []
             api.delete("/api/functions/replayed")
+            # what the agent kept for the function goes with it: its sockets, trigger state, failed events
+            kept = [
+                replica_sockets_dir(server.data_dir, "replayed"),
+                server.data_dir / "agent" / "triggers" / "replayed",
+                server.data_dir / "agent" / "failed" / "replayed",
+            ]
+            wait_until(lambda: not any(path.exists() for path in kept), 30, "the function's files removed")
     finally:
         client.delete(stream)
         client.close()

@@ -43,6 +43,7 @@ from nubis.platforms.local.paths import agent_dir, socket_path
 from nubis.platforms.local.state import DesiredStore, FunctionRecord
 from nubis.platforms.local.supervisor import FunctionSupervisor
 from nubis.settings import default_data_dir
+from nubis.sockets import replica_sockets_dir
 
 log = logging.getLogger("nubis.agent")
 
@@ -167,6 +168,13 @@ class Agent:
         await supervisor.stop()
         supervisor.logs.remove()
         shutil.rmtree(self.dir / "functions" / name, ignore_errors=True)
+        environment = supervisor.environment
+        for directory in (environment.trigger_state_dir(name), environment.failed_events_dir(name)):
+            shutil.rmtree(directory, ignore_errors=True)
+        sockets = replica_sockets_dir(self.dir.parent, name)
+        for empty in (sockets, sockets.parent):  # the instance's directory too, once it has no function
+            with contextlib.suppress(OSError):
+                empty.rmdir()
         log.info("function %s deleted", name)
         return True
 
