@@ -109,6 +109,16 @@ class Agent:
     async def stop(self) -> None:
         """Drain every replica (desired.json is kept: the next agent brings them back)."""
         await asyncio.gather(*(s.stop() for s in self.functions.values()), return_exceptions=True)
+        for name in self.functions:
+            self._remove_socket_dir(name)
+
+    def _remove_socket_dir(self, name: str) -> None:
+        """The function's replica socket directory, and the instance's above it, once empty (they
+        live in the shared temp dir: nothing of a stopped instance stays there)."""
+        sockets = replica_sockets_dir(self.dir.parent, name)
+        for empty in (sockets, sockets.parent):
+            with contextlib.suppress(OSError):
+                empty.rmdir()
 
     def _supervisor(self, name: str) -> FunctionSupervisor:
         supervisor = self.functions.get(name)
@@ -171,10 +181,7 @@ class Agent:
         environment = supervisor.environment
         for directory in (environment.trigger_state_dir(name), environment.failed_events_dir(name)):
             shutil.rmtree(directory, ignore_errors=True)
-        sockets = replica_sockets_dir(self.dir.parent, name)
-        for empty in (sockets, sockets.parent):  # the instance's directory too, once it has no function
-            with contextlib.suppress(OSError):
-                empty.rmdir()
+        self._remove_socket_dir(name)
         log.info("function %s deleted", name)
         return True
 
