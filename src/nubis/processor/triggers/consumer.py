@@ -24,18 +24,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from nubis.failed_events import FailedEvent, FailedEventStore
-from nubis.processor.events import Response, Submission
+from nubis.processor.events import Submission
 from nubis.processor.frames import EVENT, EventFrame
 from nubis.processor.ids import new_event_id
-from nubis.processor.outcomes import Outcome
+from nubis.processor.triggers.answers import WholeAnswer
 from nubis.processor.triggers.base import Submitter, Trigger
+from nubis.processor.triggers.brokers import Broker, BrokerUnavailable, Delivery, Session
 from nubis.processor.triggers.failures import Policy, Verdict, failure
+from nubis.processor.triggers.replay import ReplayDelivery
 
 log = logging.getLogger("nubis.processor")
 
@@ -48,59 +49,6 @@ SETTLE_TIMEOUT = 10.0
 BACKLOG_SECONDS = 5.0
 #: seconds between two looks for events handed back for replay (`nubis events replay`)
 REPLAY_POLL_SECONDS = 1.0
-
-
-class BrokerUnavailable(Exception):
-    """The broker cannot be reached or was lost; the loop reconnects. The message says why, with
-    no credential in it."""
-
-
-class Delivery(Protocol):
-    """One message as the broker delivered it, and how to settle it with that broker."""
-
-    #: the queue, stream or subject it came from (the dead letter's and the record's `source`)
-    source: str
-    #: deliveries with the same key run in order when the trigger is ordered; None: no order
-    ordering_key: str | None
-
-    def event(self) -> EventFrame:
-        """The event for the handler: id, body, headers, path/topic, offset, shard... (no `t`)."""
-        ...
-
-    async def ack(self) -> None:
-        """Done with it: the broker forgets it."""
-        ...
-
-    async def give_back(self) -> None:
-        """Not handled here: the broker delivers it again (to this replica or another)."""
-        ...
-
-
-class Session(Protocol):
-    """One connection's worth of consuming."""
-
-    def deliveries(self) -> AsyncIterator[Delivery]:
-        """Deliveries as they come; raises BrokerUnavailable when the connection is lost."""
-        ...
-
-    async def dead_letter(self, delivery: Delivery, failed: FailedEvent) -> None:
-        """Publish `failed` to the kind's dead letter (only called when `Broker.dead_letter` is set)."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class Broker(Protocol):
-    """What a message kind supplies: how to connect, and where it is (for logs: no credentials)."""
-
-    where: str
-    #: the dead letter's name on the broker, None: the platform's failed-event store
-    dead_letter: str | None
-
-    async def connect(self, prefetch: int) -> Session:
-        """A session receiving at most about `prefetch` unsettled deliveries; BrokerUnavailable
-        (or OSError) when the broker cannot be reached."""
-        ...
 
 
 @dataclass
@@ -118,63 +66,6 @@ class Counts:
     redelivered: int = 0
     #: what a kind reports besides (`lag`, `pending`: the broker's backlog, where it tells)
     extra: dict[str, int] = field(default_factory=dict)
-
-
-class WholeAnswer:
-    """A Reply that resolves a future with the whole response (streamed bodies are joined)."""
-
-    def __init__(self) -> None:
-        self.future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self._head: Response | None = None
-        self._chunks: list[bytes] = []
-
-    def respond(self, response: Response) -> None:
-        if response.stream:
-            self._head = response
-        elif not self.future.done():
-            self.future.set_result(response)
-
-    def chunk(self, data: bytes) -> None:
-        self._chunks.append(data)
-
-    def end(self, error: str | None, outcome: Outcome) -> None:
-        head = self._head or Response(200, "", {}, b"")
-        body = b"".join(self._chunks)
-        if error is not None:
-            head = Response(500, "text/plain", {}, error.encode(), outcome=outcome)
-        elif not self.future.done():
-            head = Response(head.status, head.content_type, head.headers, body, outcome=head.outcome)
-        if not self.future.done():
-            self.future.set_result(head)
-
-    def ack(self, message: Any) -> None:
-        return None  # explicit acknowledgement is not offered by message triggers (yet)
-
-
-class ReplayDelivery:
-    """An event of the failed-event store handed back by `nubis events replay`, claimed by this
-    replica: settled like a broker's delivery, its claim file standing for the message (acked:
-    removed; given back: waiting again; failed again: back in the store under its id)."""
-
-    ordering_key: str | None = None
-
-    def __init__(self, store: FailedEventStore, claim: Path, record: FailedEvent) -> None:
-        self.store = store
-        self.claim = claim
-        self.record = record
-        self.source = record.source
-
-    def event(self) -> EventFrame:
-        fields = {key: value for key, value in self.record.event.items() if key != "body"}
-        frame: EventFrame = {"t": EVENT, "id": self.record.id, **fields, "body": self.record.body()}  # type: ignore[typeddict-item]
-        return frame
-
-    async def ack(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self.claim.unlink)
-
-    async def give_back(self) -> None:
-        await asyncio.to_thread(self.store.unclaim, self.claim)
 
 
 class ConsumerTrigger(Trigger):

@@ -32,8 +32,8 @@ from nubis.processor.events import Submission
 from nubis.processor.frames import EVENT, EventFrame
 from nubis.processor.ids import new_event_id
 from nubis.processor.options import ProcessorOptions
+from nubis.processor.triggers.answers import WholeAnswer
 from nubis.processor.triggers.base import Submitter, Trigger
-from nubis.processor.triggers.consumer import WholeAnswer
 from nubis.processor.triggers.cron_config import CronConfig, parse
 from nubis.processor.triggers.failures import failure
 from nubis.settings import default_data_dir

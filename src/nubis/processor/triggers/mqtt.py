@@ -41,7 +41,8 @@ from paho.mqtt.properties import Properties
 
 from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EVENT, EventFrame
-from nubis.processor.triggers.consumer import BrokerUnavailable, ConsumerTrigger, Delivery
+from nubis.processor.triggers.brokers import BrokerUnavailable, Delivery
+from nubis.processor.triggers.consumer import ConsumerTrigger
 from nubis.processor.triggers.message_options import ConsumerSettings, MessageOptions, MessageTriggerFactory
 from nubis.processor.triggers.mqtt_config import MqttConfig, parse
 from nubis.processor.triggers.mqtt_lease import Lease, broker_options, reason, refused

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 import aiomqtt
 
-from nubis.processor.triggers.consumer import BrokerUnavailable
+from nubis.processor.triggers.brokers import BrokerUnavailable
 from nubis.processor.triggers.mqtt_config import MqttConfig
 
 log = logging.getLogger("nubis.processor")

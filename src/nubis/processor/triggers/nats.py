@@ -28,7 +28,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from nubis.processor.frames import EventFrame
-from nubis.processor.triggers.consumer import BrokerUnavailable, ConsumerTrigger, Delivery
+from nubis.processor.triggers.brokers import BrokerUnavailable, Delivery
+from nubis.processor.triggers.consumer import ConsumerTrigger
 from nubis.processor.triggers.message_options import ConsumerSettings, MessageOptions, MessageTriggerFactory
 from nubis.processor.triggers.nats_config import NatsConfig, parse
 from nubis.processor.triggers.nats_jetstream import open_pull_session

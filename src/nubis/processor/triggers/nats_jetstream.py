@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from nubis.processor.frames import EventFrame
-from nubis.processor.triggers.consumer import BrokerUnavailable, Delivery
+from nubis.processor.triggers.brokers import BrokerUnavailable, Delivery
 from nubis.processor.triggers.nats_config import NatsConfig
 from nubis.processor.triggers.nats_session import LOST, Describe, NatsDelivery, NatsSession, message_frame
 

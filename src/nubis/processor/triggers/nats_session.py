@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 
 from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EVENT, EventFrame
-from nubis.processor.triggers.consumer import BrokerUnavailable, Delivery
+from nubis.processor.triggers.brokers import BrokerUnavailable, Delivery
 from nubis.processor.triggers.nats_config import NatsConfig
 
 #: seconds a dead letter's publish (and JetStream's ack of it) may take

@@ -27,7 +27,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EVENT, EventFrame
-from nubis.processor.triggers.consumer import BrokerUnavailable, ConsumerTrigger, Delivery
+from nubis.processor.triggers.brokers import BrokerUnavailable, Delivery
+from nubis.processor.triggers.consumer import ConsumerTrigger
 from nubis.processor.triggers.message_options import ConsumerSettings, MessageOptions, MessageTriggerFactory
 from nubis.processor.triggers.rabbitmq_config import RabbitConfig, parse
 from nubis.spec import Trigger as TriggerSpec

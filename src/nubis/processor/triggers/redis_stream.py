@@ -38,7 +38,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EventFrame
-from nubis.processor.triggers.consumer import BrokerUnavailable, ConsumerTrigger
+from nubis.processor.triggers.brokers import BrokerUnavailable
+from nubis.processor.triggers.consumer import ConsumerTrigger
 from nubis.processor.triggers.message_options import ConsumerSettings, MessageOptions, MessageTriggerFactory
 from nubis.processor.triggers.redis_stream_config import RedisStreamConfig, parse
 from nubis.spec import Trigger as TriggerSpec
