@@ -111,3 +111,55 @@ def test_bad_redis_stream_attributes_are_refused_at_deploy(attributes: dict[str,
         get_default_registry().validate("redis-stream", trigger(**attributes), field=FIELD)
     assert caught.value.field == f"{FIELD}.{at}"
     assert "s3cret" not in str(caught.value)
+
+
+def test_credentials_in_any_message_are_redacted() -> None:
+    from nubis.redact import redacted
+
+    text = redacted("lost amqp://app:hunter2@rabbit:5672/v, then nats://t0ken@h:4222; http://h/x is fine")
+    assert text == "lost amqp://app:***@rabbit:5672/v, then nats://***@h:4222; http://h/x is fine"
+
+
+class _BrokenBroker:
+    """A kind whose connect fails in a way no kind expects (a bug, a broken client library)."""
+
+    where = "redis://127.0.0.1:1/0"
+    dead_letter = None
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    async def connect(self, prefetch: int) -> object:
+        self.tries += 1
+        raise RuntimeError("client library broke at amqp://u:hunter2@h:5672/")
+
+
+def test_an_unexpected_failure_to_connect_is_an_error_state_and_retried(tmp_path: Path) -> None:
+    import asyncio
+
+    from nubis.processor.triggers import consumer
+
+    async def run() -> tuple[str, str, int]:
+        broker = _BrokenBroker()
+        trigger = consumer.ConsumerTrigger(
+            kind="redis-stream",
+            name="events",
+            function="fn",
+            broker=broker,  # type: ignore[arg-type]
+            policy=Policy(),
+            failed_store=FailedEventStore(tmp_path),
+            reconnect_max=0.05,
+        )
+        await trigger.start(pool=None)  # type: ignore[arg-type]
+        for _ in range(200):
+            if broker.tries >= 3:
+                break
+            await asyncio.sleep(0.01)
+        report = trigger.report()
+        await trigger.stop_accepting()
+        await trigger.close()
+        return str(report["state"]), str(report["message"]), broker.tries
+
+    state, message, tries = asyncio.run(run())
+    assert tries >= 3 and state == "error"
+    assert "client library broke" in message and "hunter2" not in message and "u:***@h" in message

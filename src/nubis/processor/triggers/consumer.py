@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nubis.errors import NubisError
 from nubis.failed_events import FailedEvent, FailedEventStore
 from nubis.processor.events import Submission
 from nubis.processor.frames import EVENT, EventFrame
@@ -37,6 +38,7 @@ from nubis.processor.triggers.base import Submitter, Trigger
 from nubis.processor.triggers.brokers import Broker, BrokerUnavailable, Delivery, Session
 from nubis.processor.triggers.failures import Policy, Verdict, failure
 from nubis.processor.triggers.replay import ReplayDelivery
+from nubis.redact import redacted
 
 log = logging.getLogger("nubis.processor")
 
@@ -97,7 +99,8 @@ class ConsumerTrigger(Trigger):
         #: seconds: the longest wait between two reconnect attempts (the delay doubles up to it)
         self.reconnect_max = reconnect_max
         self.counts = Counts()
-        #: "connecting", "waiting" (broker out of reach), "consuming", "stopped"
+        #: "connecting", "waiting" (broker out of reach), "consuming", "error" (the trigger itself
+        #: failed: logged, tried again), "stopped"
         self.state = "connecting"
         self.state_message = ""
         self.pool: Submitter
@@ -158,14 +161,27 @@ class ConsumerTrigger(Trigger):
                 await self._pause(delay)
                 delay = min(self.reconnect_max, delay * 2)
                 continue
+            except Exception as exc:  # a bug or a broken client library: said, then tried again, never silent
+                message = redacted(exc.message if isinstance(exc, NubisError) else f"{type(exc).__name__}: {exc}")
+                if self.state != "error":
+                    log.error("%s: cannot consume %s: %s", self, self.broker.where, message)
+                    log.debug("%s: the failure's traceback", self, exc_info=True)
+                self._set_state("error", f"{message}; retrying in {self.reconnect_max:g} s")
+                await self._pause(self.reconnect_max)
+                continue
             delay = RECONNECT_FIRST
             self._set_state("consuming", "")
             backlog = asyncio.create_task(self._watch_backlog(self._session))
             try:
                 await self._receive(self._session)
-            except (BrokerUnavailable, OSError) as exc:
+            except Exception as exc:
+                if not isinstance(exc, (BrokerUnavailable, OSError)):
+                    log.error(
+                        "%s: consuming %s failed (%s); reconnecting", self, self.broker.where, redacted(repr(exc))
+                    )
+                    log.debug("%s: the failure's traceback", self, exc_info=True)
                 self.counts.reconnects += 1
-                self._set_state("waiting", f"lost {self.broker.where}: {exc}; reconnecting")
+                self._set_state("waiting", f"lost {self.broker.where}: {redacted(str(exc))}; reconnecting")
                 session, self._session = self._session, None
                 if session is not None:
                     with contextlib.suppress(Exception):

@@ -39,6 +39,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from nubis.errors import ProcessorError
 from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EVENT, EventFrame
 from nubis.processor.triggers.brokers import BrokerUnavailable, Delivery
@@ -60,8 +61,15 @@ NEVER = 0xFFFFFFFF
 
 
 def _paho(client: aiomqtt.Client) -> paho.Client:
-    """The paho client under aiomqtt, for manual acknowledgements (see the module docstring)."""
-    inner: paho.Client = client._client
+    """The paho client under aiomqtt, for manual acknowledgements (see the module docstring).
+    aiomqtt keeps it private: a release that moves it is refused with a clear error rather than
+    acknowledging on receipt (pyproject also keeps aiomqtt below 3)."""
+    inner = getattr(client, "_client", None)
+    if not isinstance(inner, paho.Client):
+        raise ProcessorError(
+            f"aiomqtt {getattr(aiomqtt, '__version__', '?')} does not expose the paho client the mqtt trigger "
+            "acknowledges through (manual acks need aiomqtt 2.x); install aiomqtt>=2.5,<3"
+        )
     return inner
 
 
