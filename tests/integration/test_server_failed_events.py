@@ -96,6 +96,7 @@ def test_failed_events_are_listed_and_replayed_to_the_running_replica(server: Ru
                 assert anonymous.get("/api/metrics").status_code == 401
             wide = cli(server, "get", "functions", "replayed", "-o", "wide")
             assert "events=consuming (received 2, failed 4, retried 2, dead-lettered 2" in wide.stdout, wide.stdout
+            assert "lag 0" in wide.stdout, wide.stdout  # caught up: shown, not hidden as a zero
 
             listed = cli(server, "events", "failed", "replayed")
             assert listed.returncode == 0, listed.stderr

@@ -96,7 +96,8 @@ def _triggers_cell(api: Api, name: str) -> str:
         shown = sorted(
             state["counts"].items(), key=lambda item: (_COUNT_ORDER.get(item[0], len(_COUNT_ORDER)), item[0])
         )
-        counts = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in shown if value)
+        # the backlog is news even at 0 (caught up); other counters only once something happened
+        counts = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in shown if value or key == "lag")
         cells.append(f"{trigger}={state['state']}" + (f" ({counts})" if counts else ""))
     return "; ".join(cells)
 
