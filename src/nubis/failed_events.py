@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nubis.pids import alive
+
 #: the subdirectory of records handed back for replay, and the prefix of one a replica claimed
 REPLAY_DIR = "replay"
 CLAIM_PREFIX = ".claimed-"
@@ -140,7 +142,7 @@ class FailedEventStore:
             name = path.name
             if name.startswith(CLAIM_PREFIX):
                 owner, _, original = name[len(CLAIM_PREFIX) :].partition("-")
-                if not owner.isdigit() or _alive(int(owner)):
+                if not owner.isdigit() or alive(int(owner)):
                     continue
                 name = original  # its claimant died: waiting again
             elif name.startswith(".") or not name.endswith(".json"):
@@ -171,16 +173,6 @@ class FailedEventStore:
         except FileNotFoundError:
             return False
         return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _safe(event_id: str) -> str:

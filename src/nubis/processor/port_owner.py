@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nubis.errors import ProcessorError
+from nubis.pids import alive
 from nubis.sockets import private_directory
 
 #: environment variable naming the lock directory (tests, or several users sharing a temp dir)
@@ -131,7 +132,7 @@ def claim_port(port: int, host: str, owner: PortOwner, lock_dir: Path | None = N
                 recorded, pid = _read(fd)
                 if recorded != owner:
                     raise ProcessorError(_owned_message(port, recorded, pid, owner))
-                if pid is None or not _alive(pid):
+                if pid is None or not alive(pid):
                     _write(fd, owner, os.getpid())  # name a live holder in later messages
     except BaseException:
         os.close(fd)
@@ -233,16 +234,6 @@ def _read(fd: int) -> tuple[PortOwner | None, int | None]:
     except (ValueError, KeyError, TypeError):
         return None, None
     return owner, pid if isinstance(pid, int) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- messages and the probe -------------------------------------------------------------------------
