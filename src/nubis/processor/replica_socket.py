@@ -31,6 +31,7 @@ class ReplicaSocket:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock: socket.socket | None = None
+        self._staged: Path | None = None
         self._inode = 0
 
     def open(self) -> socket.socket:
@@ -62,7 +63,9 @@ class ReplicaSocket:
 
     def publish(self) -> None:
         """Make the socket the slot's address (replacing a dead predecessor's file)."""
+        assert self._staged is not None, "open() first"
         os.rename(self._staged, self.path)
+        self._staged = None
 
     def unpublish(self) -> None:
         """Remove the address if it is still this socket's; the socket itself stays open (the
@@ -70,6 +73,7 @@ class ReplicaSocket:
         with contextlib.suppress(OSError):
             if self._inode and os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
-        with contextlib.suppress(OSError, AttributeError):
-            os.unlink(self._staged)
+        if self._staged is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._staged)
         self._inode = 0
