@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -473,8 +474,16 @@ def test_sigkill_of_the_process_that_started_the_agent_leaves_agent_and_replicas
         def healthy() -> bool:
             return client.get("/healthz").status_code == 200
 
-        # the socket exists once the agent listens (connecting earlier would only be refused)
-        wait_until((data_dir / "agent" / "agent.sock").exists, AGENT_READY_TIMEOUT, "the agent's socket")
+        def listening() -> bool:
+            # the socket file appears at bind, a moment before the agent listens on it
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(data_dir / "agent" / "agent.sock"))
+                except OSError:
+                    return False
+            return True
+
+        wait_until(listening, AGENT_READY_TIMEOUT, "the agent listening on its socket")
         assert healthy()
         port = free_port()
         assert client.put("/v1/functions/behaviours", json=body(1, python_env, port)).status_code == 202
