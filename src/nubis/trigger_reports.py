@@ -24,10 +24,21 @@ def write_report(path: Path, text: str) -> None:
     os.replace(staged, path)
 
 
-def read_reports(state_dir: Path, pid: int) -> list[dict[str, Any]]:
-    """What replica `pid` last reported ([] when nothing, or unreadable)."""
+def read_report(state_dir: Path, pid: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """What replica `pid` last reported: its triggers, and its load (None: not said). A list alone
+    is a replica of the previous release, which reported its triggers only."""
     try:
         data = json.loads(report_path(state_dir, pid).read_text())
     except (OSError, ValueError):
-        return []
-    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+        return [], None
+    load = None
+    if isinstance(data, dict):
+        load = data.get("load") if isinstance(data.get("load"), dict) else None
+        data = data.get("triggers")
+    triggers = [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+    return triggers, load
+
+
+def read_reports(state_dir: Path, pid: int) -> list[dict[str, Any]]:
+    """What replica `pid` last reported of its triggers ([] when nothing, or unreadable)."""
+    return read_report(state_dir, pid)[0]

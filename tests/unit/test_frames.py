@@ -156,7 +156,7 @@ FRAME_NAMES = [
     *("KIND", "SEQ", "DEADLINE", "LEVEL", "STATUS", "CONTENT_TYPE", "HEADERS", "BODY", "DURATION", "STREAM"),
     *("END", "ERROR", "MESSAGE", "TRACEBACK", "LOG_VARS"),
     # the zygote's control channel
-    *("FORK", "LOADED", "FORKED", "EXITED", "WORKER_ID", "PID", "THREADS", "EXIT_STATUS"),
+    *("FORK", "LOADED", "BLANK", "LOAD", "FORKED", "EXITED", "WORKER_ID", "PID", "THREADS", "EXIT_STATUS"),
     *("TRIGGER_KIND", "TRIGGER_NAME"),
 ]
 

@@ -85,6 +85,24 @@ class Dispatch(abc.ABC):
         self._capacity_waiters: deque[asyncio.Future[None]] = deque()
         #: fork -> first response, per worker (seconds), for the cold-start benchmark
         self.first_event_latencies: list[float] = []
+        #: no worker runs: the function is scaled to zero (`WorkerPool.suspend`); events wait
+        self.asleep = False
+        #: called while `asleep` when an event or an `acquire` wants a worker; the processor wakes
+        #: every pool (scaling.py). It answers None (a wake is under way) or why no worker can
+        #: start now (the event is then refused at once)
+        self.on_demand: Callable[[], str | None] | None = None
+        #: seconds an event waits for a wake before it is answered 503
+        self.wake_timeout = 30.0
+
+    @property
+    def submitted(self) -> int:
+        """Events submitted so far (the autoscaler's rate)."""
+        return self._seq
+
+    @property
+    def queued(self) -> int:
+        """Events waiting for a worker (in line, or queued on a busy one)."""
+        return len(self._waiting) + self._prefetched
 
     # -- supplied by the pool --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -135,6 +153,8 @@ class Dispatch(abc.ABC):
             if len(self._idle) > self._reserved:
                 self._reserved += 1
                 return True
+            if self.asleep and self.on_demand is not None:
+                self.on_demand()  # refused for now: the processor wakes the pool when it may again
             waiter = self._loop.create_future()
             self._capacity_waiters.append(waiter)
             try:
@@ -179,6 +199,9 @@ class Dispatch(abc.ABC):
         if len(self._idle) > self._reserved:
             self._assign(self._idle.pop(), sub)
             return
+        if self.asleep:
+            self._wait_for_wake(sub)
+            return
         if self.availability_timeout <= 0:
             self.answer(sub, refusal_response(Refusal.NO_WORKER))
             return
@@ -194,6 +217,21 @@ class Dispatch(abc.ABC):
             return
         sub.deadline = time.monotonic() + self.availability_timeout
         sub.timer = self._loop.call_later(self.availability_timeout, self._expire, sub)
+        self._waiting.append(sub)
+
+    def _wait_for_wake(self, sub: Submission) -> None:
+        """An event for a pool at zero: it waits in line (up to `wake_timeout`) while the processor
+        starts the workers, or is refused at once when they cannot start now."""
+        refused = self.on_demand() if self.on_demand is not None else "no worker runs"
+        if refused is not None:
+            self.answer(sub, refusal_response(Refusal.CANNOT_START, reason=refused))
+            return
+        if len(self._waiting) >= self.max_queued:
+            self.answer(sub, refusal_response(Refusal.QUEUE_FULL))
+            return
+        wait = max(self.wake_timeout, self.availability_timeout)
+        sub.deadline = time.monotonic() + wait
+        sub.timer = self._loop.call_later(wait, self._expire, sub)
         self._waiting.append(sub)
 
     def _prefetch(self, sub: Submission) -> bool:

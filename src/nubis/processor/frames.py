@@ -82,6 +82,10 @@ LOG_VARS: Final = "with"
 FORK: Final = "fork"
 #: zygote -> processor: the handler is imported, workers may be forked
 LOADED: Final = "loaded"
+#: zygote -> processor (started with --defer-load): the runtime is imported, no user code yet
+BLANK: Final = "blank"
+#: processor -> blank zygote: import the handler now (a wake from zero); LOADED or FAIL follows
+LOAD: Final = "load"
 #: zygote -> processor: a worker was forked (WORKER_ID, PID)
 FORKED: Final = "forked"
 #: zygote -> processor: a worker ended (PID, EXIT_STATUS)

@@ -40,6 +40,7 @@ class Refusal(enum.Enum):
     SHUTTING_DOWN = "shutting down"
     TIMED_OUT = "timed out"
     WORKER_LOST = "worker lost"
+    CANNOT_START = "cannot start"
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ REFUSALS: dict[Refusal, RefusalRow] = {
     ),
     Refusal.SHUTTING_DOWN: RefusalRow(Outcome.SHUTTING_DOWN, 503, "the function is shutting down", True),
     Refusal.TIMED_OUT: RefusalRow(Outcome.TIMEOUT, 408, "handler timed out", False),
+    # a function at zero replicas could not start its workers (`reason`: init_context failed...);
+    # the next wake is tried after a backoff
+    Refusal.CANNOT_START: RefusalRow(Outcome.BUSY, 503, "the function cannot start: {reason}", True),
     # `reason`: "exited with code 1", "sent a corrupt frame (...)", ...
     Refusal.WORKER_LOST: RefusalRow(
         Outcome.WORKER_LOST, 500, "the worker process {reason} while handling the event", False

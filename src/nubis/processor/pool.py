@@ -126,7 +126,10 @@ class WorkerPool(Dispatch):
             self._sweep_timer = None
         while self._waiting:
             self.answer(self._waiting.popleft(), refusal_response(Refusal.SHUTTING_DOWN))
-        links = list(self.workers)
+        await self._stop_links(list(self.workers))
+
+    async def _stop_links(self, links: list[WorkerLink]) -> None:
+        """Drain callbacks, then terminate: each worker ends (killed if it does not in time)."""
         for link in links:
             link.drained = self._loop.create_future()
             link.send({KIND: DRAIN})
@@ -139,6 +142,41 @@ class WorkerPool(Dispatch):
         for link in links:
             if link.alive:
                 link.kill("did not stop in time")
+
+    # -- sleep and wake (scale to zero, scaling.py) ------------------------------------------------
+    def busy(self) -> bool:
+        """An event runs, waits, or is promised to a caller of `acquire`."""
+        return bool(self._waiting) or self._reserved > 0 or any(w.inflight for w in self.workers)
+
+    async def suspend(self) -> None:
+        """Stop every worker (their drain callbacks run) and stay usable: from now on an event or
+        an `acquire` asks `on_demand` for a wake and waits for `resume`. Only called when not busy."""
+        self.asleep = True
+        self._idle.clear()
+        links, self.workers = list(self.workers), []
+        await self._stop_links(links)
+
+    async def resume(self) -> None:
+        """Start the workers again (init_context runs); waiting events go to them in order."""
+        results = await asyncio.gather(
+            *(self._start_worker(self.first_wid + i) for i in range(self.size)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            links, self.workers = list(self.workers), []
+            self._idle.clear()
+            await self._stop_links(links)
+            raise WorkerError(str(errors[0]))
+        self.asleep = False
+        while len(self._idle) > self._reserved and self._waiting:
+            self.worker_free(self._idle.pop())
+        self.wake_all_acquirers()
+
+    def refuse_waiting(self, reason: str) -> None:
+        """No worker could start (a failed wake): every waiting event is answered 503 with why."""
+        while self._waiting:
+            self.answer(self._waiting.popleft(), refusal_response(Refusal.CANNOT_START, reason=reason))
+        self.wake_all_acquirers()
 
     def _is_idle(self) -> bool:
         """Nothing left that a drain could finish: no event running, and none waiting that a live

@@ -17,6 +17,7 @@ from nubis.errors import SpecError
 from nubis.processor.options import ProcessorOptions as ProcessorOptions  # re-exported: the replica's and CLI's
 from nubis.processor.pool import WorkerPool
 from nubis.processor.reporting import keep_reporting
+from nubis.processor.scaling import Scaling
 from nubis.processor.starters import SpawnStarter
 from nubis.processor.triggers.base import Trigger
 from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
@@ -61,6 +62,9 @@ class Processor:
         self.failure: str | None = None
         self._starter: ZygoteStarter | SpawnStarter | None = None
         self._reporting: asyncio.Task[None] | None = None
+        #: sleep and wake (scale to zero); set by `start`
+        self.scaling: Scaling | None = None
+        self._preparing: asyncio.Future[None] | None = None
 
     @property
     def name(self) -> str:
@@ -145,6 +149,7 @@ class Processor:
             self._starter.on_give_up = self._fail
         for pool in self.pools:
             pool.on_fatal = self._fail
+        self.scaling = Scaling(self.pools, self._stop_starter, self._restart_starter, self.options.wake_timeout)
         await self._starter.start()
         try:
             await asyncio.gather(*(pool.start() for pool in self.pools))
@@ -155,8 +160,38 @@ class Processor:
             raise
         self.started = True
         if self.options.trigger_state_dir:
-            reporting = keep_reporting(self.triggers, Path(self.options.trigger_state_dir))
+            reporting = keep_reporting(self, Path(self.options.trigger_state_dir))
             self._reporting = asyncio.create_task(reporting, name="trigger reports")
+
+    def _stop_starter(self) -> None:
+        """Scaled to zero: the zygote goes too, so no process holds the function's code. The next
+        starter's blank zygote (the runtime imported, no user code) starts meanwhile."""
+        if self._starter is not None:
+            self._starter.stop()
+        starter = self._make_starter()
+        if isinstance(starter, ZygoteStarter):
+            starter.on_give_up = self._fail
+            self._preparing = asyncio.ensure_future(starter.prepare())
+        self._starter = starter
+        for pool in self.pools:
+            pool.starter = starter
+
+    async def _restart_starter(self) -> None:
+        """Waking: the zygote imports the handler; the pools fork their workers from it."""
+        assert self._starter is not None
+        if self._preparing is not None:
+            await self._preparing
+            self._preparing = None
+        await self._starter.start()
+
+    def load(self) -> dict[str, int]:
+        """What the autoscaler reads (reporting.py): events running, waiting, and submitted so far."""
+        return {
+            "in_flight": sum(1 for pool in self.pools for w in pool.workers if w.inflight),
+            "queued": sum(pool.queued for pool in self.pools),
+            "events": sum(pool.submitted for pool in self.pools),
+            "workers": sum(pool.size for pool in self.pools),
+        }
 
     def _fail(self, reason: str) -> None:
         log.error("%s: %s; stopping this replica", self.name, reason)
@@ -165,6 +200,8 @@ class Processor:
 
     async def stop(self, drain: bool = True) -> None:
         """Refuse new events, let accepted ones finish (drain callbacks run), then stop every process."""
+        if self.scaling is not None:
+            await self.scaling.stop()
         if self._reporting is not None:
             self._reporting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,10 +1,15 @@
-"""What a replica tells its platform about its triggers: state, message and counters, written to
-`<trigger-state dir>/replicas/<pid>.json` (`nubis.trigger_reports`) every REPORT_SECONDS when it
-changed, and removed when the replica stops.
+"""What a replica tells its platform: each trigger's state, message and counters, and the
+replica's load and scale state (for the autoscaler), written to
+`<trigger-state dir>/replicas/<pid>.json` (`nubis.trigger_reports`) when it changed, at most every
+REPORT_SECONDS, and removed when the replica stops.
 
 A file and not an endpoint: a function may have no HTTP trigger, and the agent reads what its
 replicas last said without waking them (`nubis.platforms.local.replicas` puts it in each
-replica's status; `GET /api/functions/{name}/triggers` and `nubis get functions -o wide` show it).
+replica's status; `GET /api/functions/{name}/triggers`, the autoscaler and
+`nubis get functions -o wide` read it).
+
+The load is sampled every SAMPLE_SECONDS and averaged over a report, so a burst between two
+reports still counts: `concurrency` is the mean of running + waiting events, `peak` the most seen.
 """
 
 from __future__ import annotations
@@ -14,15 +19,22 @@ import contextlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nubis.processor.triggers.base import Trigger
 from nubis.trigger_reports import report_path, write_report
 
+if TYPE_CHECKING:
+    from nubis.processor.processor import Processor
+
 log = logging.getLogger("nubis.processor")
 
-REPORT_SECONDS = 2.0
+#: seconds between two reports (each written only when something changed)
+REPORT_SECONDS = 0.5
+#: seconds between two samples of the load
+SAMPLE_SECONDS = 0.1
 
 
 def reports(triggers: list[Trigger]) -> list[dict[str, Any]]:
@@ -35,20 +47,61 @@ def reports(triggers: list[Trigger]) -> list[dict[str, Any]]:
     return found
 
 
-async def keep_reporting(triggers: list[Trigger], state_dir: Path) -> None:
-    """Write the reports whenever they change, until cancelled; then remove the file."""
+class LoadSampler:
+    """Running + waiting events, sampled; `take` gives the mean and peak since the last take."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+        self.total = 0
+        self.samples = 0
+        self.peak = 0
+        self.last_events = 0
+        self.last_event_at: float | None = None
+
+    def sample(self) -> None:
+        load = self.processor.load()
+        now = load["in_flight"] + load["queued"]
+        self.total += now
+        self.samples += 1
+        self.peak = max(self.peak, now)
+
+    def take(self) -> dict[str, Any]:
+        load = self.processor.load()
+        if load["events"] != self.last_events:
+            self.last_events = load["events"]
+            self.last_event_at = round(time.time(), 1)
+        mean = self.total / self.samples if self.samples else 0.0
+        self.total = self.samples = 0
+        peak, self.peak = self.peak, 0
+        scaling = self.processor.scaling.report() if self.processor.scaling is not None else {"state": "awake"}
+        return {
+            **load,
+            "concurrency": round(mean, 2),
+            "peak": peak,
+            "last_event": self.last_event_at,
+            **scaling,
+        }
+
+
+async def keep_reporting(processor: Processor, state_dir: Path) -> None:
+    """Write the report whenever it changes, until cancelled; then remove the file."""
     path = report_path(state_dir, os.getpid())
+    sampler = LoadSampler(processor)
+    per_report = max(1, round(REPORT_SECONDS / SAMPLE_SECONDS))
     last = ""
     try:
         while True:
-            text = json.dumps(reports(triggers), sort_keys=True)
+            for _ in range(per_report):
+                sampler.sample()
+                await asyncio.sleep(SAMPLE_SECONDS)
+            report = {"triggers": reports(processor.triggers), "load": sampler.take()}
+            text = json.dumps(report, sort_keys=True)
             if text != last:
                 try:
                     await asyncio.to_thread(write_report, path, text)
                     last = text
                 except OSError as exc:
-                    log.warning("cannot write the trigger report %s: %s", path, exc.strerror or exc)
-            await asyncio.sleep(REPORT_SECONDS)
+                    log.warning("cannot write the replica report %s: %s", path, exc.strerror or exc)
     finally:
         with contextlib.suppress(OSError):
             path.unlink()

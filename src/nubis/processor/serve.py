@@ -1,4 +1,5 @@
-"""Serve one Processor until SIGINT/SIGTERM: the loop shared by `nubis run` and a platform replica."""
+"""Serve one Processor until SIGINT/SIGTERM: the loop shared by `nubis run` and a platform replica.
+SIGUSR1 scales the replica to zero, SIGUSR2 wakes it (`scaling.py`)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,11 @@ async def serve(processor: Processor, *, announce_without_url: bool = False, rea
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await processor.start()
+    if processor.scaling is not None:
+        # the platform scales the function to zero (SIGUSR1) and up from it (SIGUSR2); any event
+        # wakes it too (scaling.py)
+        loop.add_signal_handler(signal.SIGUSR1, processor.scaling.request_sleep)
+        loop.add_signal_handler(signal.SIGUSR2, processor.scaling.request_wake)
     workers = sum(pool.size for pool in processor.pools)
     for trigger in processor.triggers:
         log.info("%s", trigger.describe())

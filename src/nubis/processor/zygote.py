@@ -69,12 +69,15 @@ class ZygoteProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    async def start(self) -> None:
-        """Start the process and wait until it imported the handler; WorkerError if it cannot."""
+    async def start(self, *, blank: bool = False) -> None:
+        """Start the process and wait until it imported the handler; WorkerError if it cannot.
+        `blank`: only until it imported the runtime (no user code); `load` imports the handler."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = self.command
         argv = [*cmd.argv("zygote"), "--control-fd", str(theirs.fileno())]
+        if blank:
+            argv.append("--defer-load")
         try:
             self.process = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env=cmd.env, cwd=cmd.function_dir)
         except OSError as exc:
@@ -86,6 +89,23 @@ class ZygoteProcess:
         self._ctl = ours
         self._loaded = loop.create_future()
         loop.add_reader(ours.fileno(), self._on_readable)
+        await self._await_loaded()
+
+    async def load(self) -> None:
+        """Have a blank zygote import the handler now; WorkerError if it cannot (it is then stopped)."""
+        if self._ctl is None:
+            raise WorkerError("the zygote is not running")
+        self._loaded = asyncio.get_running_loop().create_future()
+        try:
+            self._ctl.send(msgpack.packb({frames.KIND: frames.LOAD}))
+        except OSError as exc:
+            self.stop()
+            raise WorkerError(f"cannot reach the zygote: {exc}") from None
+        await self._await_loaded()
+
+    async def _await_loaded(self) -> None:
+        assert self._loaded is not None
+        cmd = self.command
         try:
             message = await asyncio.wait_for(self._loaded, ZYGOTE_LOAD_TIMEOUT_SECONDS)
         except TimeoutError:
@@ -101,7 +121,8 @@ class ZygoteProcess:
             raise WorkerError(
                 f"cannot load handler {cmd.handler!r}: {message[frames.MESSAGE]}\n{message[frames.TRACEBACK]}"
             )
-        self.on_threads(message.get(frames.THREADS, 1))
+        if message[frames.KIND] == frames.LOADED:
+            self.on_threads(message.get(frames.THREADS, 1))
 
     def _on_readable(self) -> None:
         assert self._ctl is not None
@@ -117,7 +138,9 @@ class ZygoteProcess:
                 return
             message = msgpack.unpackb(data, raw=False)
             kind = message[frames.KIND]
-            if kind in (frames.LOADED, frames.FAIL) and self._loaded is not None and not self._loaded.done():
+            loading = self._loaded is not None and not self._loaded.done()
+            if kind in (frames.LOADED, frames.FAIL, frames.BLANK) and loading:
+                assert self._loaded is not None
                 self._loaded.set_result(message)
             elif kind == frames.FORKED and self._waiters:
                 self.on_threads(message.get(frames.THREADS, 1))
@@ -222,15 +245,45 @@ class ZygoteStarter:
         self._launching: ZygoteProcess | None = None
         self._warned_threads = False
         self._stopping = False
+        self._blank: ZygoteProcess | None = None
 
     @property
     def pid(self) -> int | None:
         return self.zygote.pid if self.zygote is not None else None
 
     async def start(self) -> None:
-        """Start the first zygote; its failure to load the handler fails the start (WorkerError)."""
-        self.zygote = await self._launch()
+        """Start the first zygote; its failure to load the handler fails the start (WorkerError).
+        A blank one `prepare` started only imports the handler now (a wake from zero)."""
+        blank, self._blank = self._blank, None
+        if blank is not None and blank.process is not None and blank.process.poll() is None:
+            self._launching = blank
+            try:
+                await blank.load()
+            finally:
+                self._launching = None
+            self.zygote = blank
+        else:
+            self.zygote = await self._launch()
         self._up.set()
+
+    async def prepare(self) -> None:
+        """Start a blank zygote (the runtime imported, no user code) for a later `start`: a wake
+        from zero then costs the handler's import and a fork, not an interpreter start. A blank
+        zygote that cannot start only means `start` launches a whole one."""
+        zygote = ZygoteProcess(self.command, self.exit_codes, self._on_zygote_exit, self._check_threads)
+        self._launching = zygote
+        try:
+            await zygote.start(blank=True)
+        except (WorkerError, OSError) as exc:
+            if not self._stopping:
+                log.warning("cannot start a blank zygote (%s); a wake starts a whole one", exc)
+            return
+        finally:
+            self._launching = None
+        if self._stopping:
+            zygote.stop()
+            return
+        self._blank = zygote
 
     async def _launch(self) -> ZygoteProcess:
         zygote = ZygoteProcess(self.command, self.exit_codes, self._on_zygote_exit, self._check_threads)
@@ -315,7 +368,7 @@ class ZygoteStarter:
         if self._restart_task is not None:
             self._restart_task.cancel()
             self._restart_task = None
-        for zygote in (self._launching, self.zygote):
+        for zygote in (self._launching, self.zygote, self._blank):
             if zygote is not None:
                 zygote.stop()
         self._up.set()

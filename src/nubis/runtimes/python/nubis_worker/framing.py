@@ -54,6 +54,10 @@ LOG_VARS = "with"
 FORK = "fork"
 #: zygote -> processor: the handler is imported, workers may be forked
 LOADED = "loaded"
+#: zygote -> processor (started with --defer-load): the runtime is imported, no user code yet
+BLANK = "blank"
+#: processor -> blank zygote: import the handler now (a wake from zero); LOADED or FAIL follows
+LOAD = "load"
 #: zygote -> processor: a worker was forked (WORKER_ID, PID)
 FORKED = "forked"
 #: zygote -> processor: a worker ended (PID, EXIT_STATUS)

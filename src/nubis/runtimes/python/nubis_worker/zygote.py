@@ -41,7 +41,31 @@ def parse_args(argv=None):  # type: ignore[no-untyped-def]
     parser.add_argument("--function-name", required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--namespace", default="nubis")
+    parser.add_argument(
+        "--defer-load",
+        action="store_true",
+        help="start blank (runtime imported, no user code) and import the handler on a `load` command",
+    )
     return parser.parse_args(argv)
+
+
+def _wait_for_load(ctl):  # type: ignore[no-untyped-def]
+    """A blank zygote (a function at zero, see processor/scaling.py): say so, then wait for the
+    processor's `load`. False when it terminates us or is gone instead."""
+    if not _send(ctl, {framing.KIND: framing.BLANK, framing.PID: os.getpid()}):
+        return False
+    while True:
+        try:
+            data = ctl.recv(65536)
+        except ConnectionError:
+            return False
+        if not data:
+            return False
+        kind = msgpack.unpackb(data, raw=False)[framing.KIND]
+        if kind == framing.LOAD:
+            return True
+        if kind == framing.TERMINATE:
+            return False
 
 
 def _send(ctl, message):  # type: ignore[no-untyped-def]
@@ -131,6 +155,8 @@ def main(argv=None):  # type: ignore[no-untyped-def]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctl = socket.socket(fileno=args.control_fd)
     ctl.setblocking(True)
+    if args.defer_load and not _wait_for_load(ctl):
+        return 0
     try:
         module, handler = load_handler(args.handler, args.function_dir)
     except BaseException as exc:
