@@ -51,6 +51,7 @@ def server_command(
     max_connections: Annotated[int | None, setting("max_connections")] = None,
     header_read_timeout: Annotated[float | None, setting("header_read_timeout")] = None,
     idle_timeout: Annotated[int | None, setting("idle_timeout")] = None,
+    scale_to_zero_after: Annotated[float | None, setting("scale_to_zero_after")] = None,
 ) -> None:
     """Run the platform: the Nuclio-compatible API, the reconciler, the local agent and the gateway."""
     # uvicorn, Starlette, SQLAlchemy and Alembic load only for this command, not for `nubis --help`.

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from nubis.auth.gate import Gate
+from nubis.control.autoscaler import Autoscaler
 from nubis.control.reconciler import Reconciler, Timing
 from nubis.control.settings import ServerSettings
 from nubis.platforms.base import Platform
@@ -40,6 +41,8 @@ class ControlPlane:
         self.platform = platform
         self.gate = gate
         self.reconciler = Reconciler(store, platform, timing)
+        zero_after = settings.scale_to_zero_after or None
+        self.autoscaler = Autoscaler(store, platform, zero_after=zero_after)
         #: set once the API serves and the reconciler runs (`/readyz`)
         self.ready = asyncio.Event()
         #: encoded function objects (plain / export form) by name, with the updated_at they show
@@ -51,10 +54,6 @@ class ControlPlane:
         for gateway in await self.store.api_gateways_using(name):
             await self.store.delete_api_gateway(gateway.name)
         await self.reconciler.remove(name)
-
-    async def replica_names(self, name: str) -> list[str]:
-        status = await self.platform.status(name)
-        return [replica.name for replica in status.replicas] if status else []
 
     async def function_logs(
         self, name: str, *, replica: str | None, follow: bool, since: float | None, tail: int | None

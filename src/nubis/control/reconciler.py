@@ -146,7 +146,7 @@ class Reconciler:
             if not fresh and self._seen_states.get(name) == status.state:
                 continue  # nothing happened on the platform since the last look: no store read
             record = await self.store.get_function(name)
-            if record is None or record.state not in ("ready", "unhealthy"):
+            if record is None or record.state not in ("ready", "unhealthy", "scaledToZero"):
                 continue
             if fresh:
                 self._event_marks[name] = max(e.time for e in fresh)
@@ -156,7 +156,9 @@ class Reconciler:
                         [{"time": e.time, "level": e.level, "name": "platform", "message": e.message} for e in fresh],
                     )
             state = record.state
-            wanted = "unhealthy" if status.state == "unhealthy" else "ready" if status.state == "ready" else state
+            # ready or scaledToZero is the autoscaler's to say (it reads whether the replicas sleep)
+            serving = state if state == "scaledToZero" else "ready"
+            wanted = "unhealthy" if status.state == "unhealthy" else serving if status.state == "ready" else state
             if wanted != state:
                 new_status = dict(record.status, state=wanted)
                 if wanted == "unhealthy":
@@ -299,11 +301,6 @@ class Reconciler:
             "replicas": len(observed.replicas),
             "limits": dict(observed.limits),
         }
-        if observed.replicas_desired == 0:
-            status["message"] = (
-                "minReplicas is 0: no replica runs until the gateway's scaler exists "
-                "(a later release); set minReplicas to 1 to serve now"
-            )
         return status
 
     def _log_platform_events(self, name: str, events: Sequence[Event], since: float, deploy_log: DeployLog) -> None:

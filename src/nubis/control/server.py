@@ -207,6 +207,7 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
         reconciling = asyncio.create_task(control.reconciler.run(), name="reconciler")
+        autoscaling = asyncio.create_task(control.autoscaler.run(), name="autoscaler")
         serving = asyncio.create_task(server.serve(sockets=[listener]), name="api")
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
@@ -232,6 +233,7 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
                 print(f"mTLS tunnel at {settings.host}:{settings.tunnel_port} (nubis tunnel FUNCTION)", flush=True)
             print(f"nubis server ready at {url}", flush=True)
         await serving
+        autoscaling.cancel()
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling

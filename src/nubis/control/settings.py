@@ -162,6 +162,13 @@ class ServerSettings(BaseModel):
     idle_timeout: int = Field(
         default=int(DEFAULT_IDLE_TIMEOUT), ge=1, description="Seconds an idle keep-alive API connection stays open."
     )
+    scale_to_zero_after: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds without an event after which a function with minReplicas: 0 scales to zero, unless "
+        "its spec.scaleToZero or the annotation nubis.io/scale-to-zero-after says otherwise; 0 disables "
+        "scale to zero.",
+    )
 
     @field_validator("function_ports", mode="before")
     @classmethod

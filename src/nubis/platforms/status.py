@@ -44,6 +44,31 @@ class TriggerReport(msgspec.Struct, frozen=True, kw_only=True):
     counts: dict[str, int] = {}
 
 
+class ReplicaLoad(msgspec.Struct, frozen=True, kw_only=True):
+    """What a replica last said of its load and scale state (`nubis.processor.reporting`): what
+    the autoscaler reads."""
+
+    #: awake | asleep (scaled to zero: no worker runs) | waking | failed (a wake failed)
+    state: str = "awake"
+    message: str = ""
+    #: events running now, waiting for a worker, and submitted since the replica started
+    in_flight: int = 0
+    queued: int = 0
+    events: int = 0
+    workers: int = 0
+    #: mean of running + waiting events over the last report period, and the most seen
+    concurrency: float = 0.0
+    peak: int = 0
+    #: epoch seconds of the newest event seen (None: none yet)
+    last_event: float | None = None
+    #: CPU use of the replica's processes over the last report period (1.0: one core)
+    cpu: float = 0.0
+    cold_starts: int = 0
+    wake_failures: int = 0
+    #: milliseconds the newest wakes took (oldest first)
+    cold_start_ms: list[float] = []
+
+
 class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     pid: int | None
@@ -52,6 +77,7 @@ class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True):
     restarts: int
     last_exit: Exit | None = None
     triggers: list[TriggerReport] = []
+    load: ReplicaLoad | None = None
 
 
 class FunctionStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -184,6 +184,12 @@ class Processor:
             self._preparing = None
         await self._starter.start()
 
+    def worker_pids(self) -> list[int]:
+        """The zygote's and every worker's pid (the replica's CPU use, reporting.py)."""
+        pids = [w.pid for pool in self.pools for w in pool.workers if w.pid]
+        zygote = getattr(self._starter, "pid", None)
+        return [zygote, *pids] if zygote else pids
+
     def load(self) -> dict[str, int]:
         """What the autoscaler reads (reporting.py): events running, waiting, and submitted so far."""
         return {

@@ -47,6 +47,22 @@ def reports(triggers: list[Trigger]) -> list[dict[str, Any]]:
     return found
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux /proc; 0 for those gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / _TICKS
+
+
 class LoadSampler:
     """Running + waiting events, sampled; `take` gives the mean and peak since the last take."""
 
@@ -57,6 +73,8 @@ class LoadSampler:
         self.peak = 0
         self.last_events = 0
         self.last_event_at: float | None = None
+        self.cpu_at = time.monotonic()
+        self.cpu_by_pid: dict[int, float] = {}
 
     def sample(self) -> None:
         load = self.processor.load()
@@ -73,14 +91,32 @@ class LoadSampler:
         mean = self.total / self.samples if self.samples else 0.0
         self.total = self.samples = 0
         peak, self.peak = self.peak, 0
+        cpu = self._cpu()
         scaling = self.processor.scaling.report() if self.processor.scaling is not None else {"state": "awake"}
         return {
             **load,
             "concurrency": round(mean, 2),
             "peak": peak,
             "last_event": self.last_event_at,
+            "cpu": cpu,
             **scaling,
         }
+
+
+    def _cpu(self) -> float:
+        """Cores used by the replica, its zygote and its workers since the last report. Each
+        process's own total is kept, so a worker that exits or a new one does not skew it."""
+        pids = [os.getpid(), *self.processor.worker_pids()]
+        used = 0.0
+        now: dict[int, float] = {}
+        for pid in pids:
+            seconds = cpu_seconds([pid])
+            now[pid] = seconds
+            used += max(0.0, seconds - self.cpu_by_pid.get(pid, seconds))
+        self.cpu_by_pid = now
+        wall = time.monotonic() - self.cpu_at
+        self.cpu_at = time.monotonic()
+        return round(used / wall, 3) if wall > 0 else 0.0
 
 
 async def keep_reporting(processor: Processor, state_dir: Path) -> None:

@@ -30,6 +30,8 @@ log = logging.getLogger("nubis.processor")
 
 #: seconds before the next wake after the n-th failed one in a row (the last value repeats)
 WAKE_BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+#: seconds between two looks at whether events in flight finished, before a sleep
+DRAIN_POLL_SECONDS = 0.02
 #: cold starts whose durations a report keeps (the newest)
 KEPT_COLD_STARTS = 20
 
@@ -56,6 +58,8 @@ class Scaling:
         self.cold_starts = 0
         self.cold_start_ms: deque[float] = deque(maxlen=KEPT_COLD_STARTS)
         self._failures = 0
+        #: wakes that failed, in all
+        self.wake_failures = 0
         self._retry_at = 0.0
         self._retry: asyncio.TimerHandle | None = None
         self._wake_task: asyncio.Task[None] | None = None
@@ -67,10 +71,16 @@ class Scaling:
             pool.wake_timeout = wake_timeout
 
     # -- sleep -------------------------------------------------------------------------------------
-    async def sleep(self) -> bool:
-        """Stop every worker and the zygote, unless an event runs or waits (then False: asked
-        again later, by the platform). Events that come while workers stop wait for the wake."""
-        if self.state != "awake" or self._stopping or any(pool.busy() for pool in self.pools):
+    async def sleep(self, drain_timeout: float = 30.0) -> bool:
+        """Stop every worker and the zygote once no event runs or waits (events in flight finish
+        first; False when that takes longer than `drain_timeout` s, or the replica is not awake).
+        Events that come while the workers stop wait for the wake."""
+        deadline = time.monotonic() + drain_timeout
+        while self.state == "awake" and not self._stopping and any(pool.busy() for pool in self.pools):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        if self.state != "awake" or self._stopping:
             return False
         started = time.monotonic()
         self.state = "asleep"
@@ -145,6 +155,7 @@ class Scaling:
     def _failed(self, reason: str) -> None:
         delay = WAKE_BACKOFF[min(self._failures, len(WAKE_BACKOFF) - 1)]
         self._failures += 1
+        self.wake_failures += 1
         self.state = "failed"
         self.message = reason.splitlines()[0] if reason else "the workers could not start"
         self._retry_at = time.monotonic() + delay
@@ -166,5 +177,6 @@ class Scaling:
             "state": self.state,
             "message": self.message,
             "cold_starts": self.cold_starts,
+            "wake_failures": self.wake_failures,
             "cold_start_ms": list(self.cold_start_ms),
         }

@@ -200,12 +200,16 @@ async def patch_function(request: Request) -> Response:
     desired = body.get("desiredState")
     if desired is None:
         return empty(204)
-    if desired == "scaledToZero":
-        raise PreconditionFailed("scale to zero needs the gateway's scaler, which this server does not run yet")
-    if desired != "ready":
+    if desired not in ("ready", "scaledToZero"):
         raise BadRequest(f"desiredState must be 'ready' or 'scaledToZero', found {desired!r}")
     if is_provisioning(record):
         raise PreconditionFailed(f"Function {name} is being deployed; retry once it is done")
+    if desired == "scaledToZero" or record.state == "scaledToZero":
+        # at once, whatever its minReplicas; its next event (or desiredState ready) wakes it
+        if record.state not in ("ready", "scaledToZero"):
+            raise PreconditionFailed(f"Function {name} is {record.state}, not ready: it cannot be scaled")
+        await control.autoscaler.set_zero(name, desired == "scaledToZero")
+        return empty(202)
     record = await control.store.update_function_config(name, without_import_annotations(record.config))
     control.reconciler.wake()
     return empty(202)
@@ -234,14 +238,6 @@ async def delete_function(request: Request) -> Response:
         )
     await control.remove_function(name)  # its API gateways go first
     return empty(204)
-
-
-async def function_replicas(request: Request) -> Response:
-    control = request.app.state.control
-    name = request.path_params["name"]
-    if await control.store.get_function(name) is None:
-        raise function_not_found(name)
-    return json_response({"names": await control.replica_names(name)})
 
 
 async def _maybe_wait(request: Request, name: str, generation: int) -> None:

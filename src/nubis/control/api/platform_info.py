@@ -48,7 +48,7 @@ async def frontend_spec(request: Request) -> Response:
             "allowedAuthenticationModes": ["none", "basicAuth", "accessKey"]
             + (["oauth2"] if settings.oidc_issuer else []),
             "validFunctionPriorityClassNames": [],
-            "scaleToZero": {"mode": "disabled", "inactivityWindowPresets": [], "scaleResources": []},
+            "scaleToZero": scale_to_zero_spec(settings.scale_to_zero_after),
             "defaultFunctionConfig": {
                 "attributes": {
                     "spec": {
@@ -82,3 +82,22 @@ async def readyz(request: Request) -> Response:
     if problem is not None:
         return json_response({"status": "degraded", "reason": f"the platform cannot be read: {problem}"}, 503)
     return json_response({"status": "ready"}, 200)
+
+
+#: the inactivity windows the dashboard offers (Nuclio's presets)
+INACTIVITY_PRESETS = ["1m", "2m", "5m", "10m", "30m"]
+
+
+def scale_to_zero_spec(zero_after: float) -> dict[str, object]:
+    """`frontend_spec.scaleToZero`: enabled unless `--scale-to-zero-after 0`; `scaleResources`
+    is what a function without `spec.scaleToZero` gets (Nuclio's metric name, the server's window)."""
+    if not zero_after:
+        return {"mode": "disabled", "inactivityWindowPresets": [], "scaleResources": []}
+    window = f"{zero_after / 60:g}m" if zero_after % 60 == 0 else f"{zero_after:g}s"
+    return {
+        "mode": "enabled",
+        "inactivityWindowPresets": INACTIVITY_PRESETS,
+        "scaleResources": [
+            {"metricName": "nuclio_processor_handled_events_total", "windowSize": window, "threshold": 0}
+        ],
+    }

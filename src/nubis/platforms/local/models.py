@@ -100,6 +100,17 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     def same_except_replicas(self, other: Deployment) -> bool:
         return msgspec.structs.replace(other, replicas=self.replicas) == self
 
+    @property
+    def processes(self) -> int:
+        """Replica processes to run: `replicas`, and one at zero: asleep, it keeps the triggers
+        listening and wakes the function itself (`nubis.processor.scaling`)."""
+        return max(self.replicas, 1)
+
+    @property
+    def asleep(self) -> bool:
+        """Scaled to zero: the replica's workers and zygote stop (SIGUSR1)."""
+        return self.replicas == 0
+
 
 _AT = re.compile(r"^(?P<what>.*) - at `\$\.?(?P<path>[^`]*)`$", re.DOTALL)
 

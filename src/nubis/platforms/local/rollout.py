@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Callable
 
 from nubis.platforms.local.environment import ReplicaEnvironment
@@ -58,6 +59,8 @@ class Rollouts(ReplicaSet):
             elif self.active is not None:
                 if self.active == deployment:
                     self.failure = None  # e.g. a rollback to what serves after a failed update
+                    if deployment.asleep:
+                        self._signal_scale(sleep=True)  # asked again: a replica woken by an event sleeps
                     self.on_change()
                     return
                 if self.active.same_except_replicas(deployment):
@@ -85,7 +88,7 @@ class Rollouts(ReplicaSet):
             self.active = active
             self.failure = failure
             self.slots = serving
-            missing = active.replicas - len(serving)
+            missing = active.processes - len(serving)
             for name in self._slot_names(active.generation, max(0, missing)):
                 self.slots.append(Slot(name, active.generation, active))
             for slot in self.slots:
@@ -127,7 +130,7 @@ class Rollouts(ReplicaSet):
                 record.state == "ready"
                 and active is not None
                 and record.generation == active.generation
-                and len(serving) < active.replicas
+                and len(serving) < active.processes
             )
             if keep:
                 serving.append(slot)
@@ -179,7 +182,7 @@ class Rollouts(ReplicaSet):
             self._fail(generation, str(exc))
             return False
         self.plan = plan
-        count = deployment.replicas
+        count = deployment.processes
         self.pending_generation = generation
         self.pending = [Slot(name, generation, deployment) for name in self._slot_names(generation, count)]
         self.event("info", f"deploying generation {generation}: starting {count} replica(s)")
@@ -260,19 +263,32 @@ class Rollouts(ReplicaSet):
 
     # -- scaling within a generation ----------------------------------------------------------------
     def _scale(self, deployment: Deployment) -> None:
+        was_asleep = self.active is not None and self.active.asleep
         self.active = deployment
         current = len(self.slots)
-        wanted = deployment.replicas
+        wanted = deployment.processes
         if wanted > current:
             for name in self._slot_names(deployment.generation, wanted - current):
                 slot = Slot(name, deployment.generation, deployment)
                 self.slots.append(slot)
                 slot.task = asyncio.ensure_future(self._supervise(slot))
-            self.event("info", f"scaled up to {wanted} replica(s)")
         elif wanted < current:
             removed = self.slots[wanted:]
             self.slots = self.slots[:wanted]
             self._drain(removed)
-            self.event("info", f"scaled down to {wanted} replica(s)")
         for slot in self.slots:
             slot.deployment = deployment
+        if deployment.asleep:
+            self._signal_scale(sleep=True)
+            self.event("info", "scaled to zero: the replica's workers stop, its triggers keep listening")
+        else:
+            if was_asleep:
+                self._signal_scale(sleep=False)
+            if wanted != current or was_asleep:
+                self.event("info", f"scaled {'up' if wanted >= current else 'down'} to {wanted} replica(s)")
+
+    def _signal_scale(self, *, sleep: bool) -> None:
+        """Tell the running replicas to sleep (SIGUSR1: every worker stops) or wake (SIGUSR2)."""
+        for slot in self.slots:
+            if slot.process is not None and slot.process.ready.is_set():
+                slot.process.send_signal(signal.SIGUSR1 if sleep else signal.SIGUSR2)

@@ -24,8 +24,8 @@ import msgspec
 
 from nubis.platforms.local.models import Deployment
 from nubis.platforms.local.process import ReplicaProcess
-from nubis.platforms.status import Exit, ReplicaStateName, ReplicaStatus, TriggerReport
-from nubis.trigger_reports import read_reports
+from nubis.platforms.status import Exit, ReplicaLoad, ReplicaStateName, ReplicaStatus, TriggerReport
+from nubis.trigger_reports import read_report
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -88,10 +88,15 @@ class Slot:
         running = process is not None and not process.exited.is_set()
         pid = process.pid if running and process is not None else None
         triggers: list[TriggerReport] = []
+        load: ReplicaLoad | None = None
         if pid is not None and trigger_state_dir is not None:
-            for item in read_reports(trigger_state_dir, pid):
+            items, said = read_report(trigger_state_dir, pid)
+            for item in items:
                 with contextlib.suppress(msgspec.ValidationError, TypeError):
                     triggers.append(msgspec.convert(item, TriggerReport))
+            if said is not None:
+                with contextlib.suppress(msgspec.ValidationError, TypeError):
+                    load = msgspec.convert(said, ReplicaLoad)
         return ReplicaStatus(
             name=self.name,
             pid=pid,
@@ -100,6 +105,7 @@ class Slot:
             restarts=self.restarts,
             last_exit=self.last_exit,
             triggers=triggers,
+            load=load,
         )
 
 

@@ -76,8 +76,10 @@ class FunctionSupervisor(Rollouts):
             return self.failure or ""
         if state == "unhealthy":
             return UNHEALTHY_MESSAGE
+        if self.active is not None and self.active.asleep:
+            return "scaled to zero: the triggers listen, the first event wakes the function"
         if self.active is not None and self.active.replicas == 0:
-            return "no replica runs: 0 replicas desired (with minReplicas: 0 they start when scaled up)"
+            return "no replica runs: 0 replicas desired"
         return ""
 
     def report(self) -> FunctionState:
