@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from harness import wait_until
 from server_harness import RunningServer, gateway_port, inline_function, started_server, wait_state
+from test_server_cli import cli
 
 SOURCE = b"""
 import os, time
@@ -127,6 +131,10 @@ def test_an_idle_function_goes_to_zero_and_its_next_request_wakes_it(server: Run
     kids = children(pid)
     assert len(kids) == 1 and "--defer-load" in command_line(kids[0]), [command_line(k) for k in kids]
     assert children(kids[0]) == []
+    listed = cli(server, "get", "functions", "sleepy", "-o", "wide")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("sleepy"))
+    assert "scaledToZero" in row and " 0/0 " in row and "scaled to zero: no event for 1 s" in row, row
 
     url = f"http://127.0.0.1:{gateway_port(server)}/sleepy/"
     answer = httpx.get(url, headers={"X-Tag": "first"}, timeout=CLIENT_TIMEOUT)
@@ -136,6 +144,17 @@ def test_an_idle_function_goes_to_zero_and_its_next_request_wakes_it(server: Run
         wait_state(api, "sleepy", {"ready"}, timeout=10)  # the autoscaler saw it woken
     said = load(server, "sleepy")
     assert said["cold_starts"] == 1 and said["state"] == "awake"
+    assert said["last_wake"]["handler_import_ms"] > 0 and said["last_wake"]["workers_ms"] > 0
+    with server.client() as api:
+        metrics = api.get("/api/metrics").text
+    assert 'nubis_function_replicas{function="sleepy",state="awake"} 1.0' in metrics
+    assert any(
+        line.startswith('nubis_cold_starts_total{function="sleepy"') and line.endswith(" 1.0")
+        for line in metrics.splitlines()
+    ), metrics
+    assert 'nubis_cold_start_seconds_count{function="sleepy"' in metrics
+    assert 'nubis_events_total{function="sleepy"' in metrics and 'outcome="handled"' in metrics
+    assert 'nubis_event_duration_seconds_bucket{function="sleepy"' in metrics
     # and it goes back to zero once idle again
     with server.client() as api:
         wait_state(api, "sleepy", {"scaledToZero"}, timeout=30)
@@ -170,7 +189,8 @@ def test_a_burst_of_200_at_zero_is_one_wake_and_every_request_answered_once(
     assert sorted(text for _, text in results) == sorted(f"ok r{i}" for i in range(200))
     handled = out.read_text().split()
     assert sorted(handled) == sorted(f"r{i}" for i in range(200)), "a request was lost or handled twice"
-    assert load(server, "bursty")["cold_starts"] == 1
+    wait_until(lambda: load(server, "bursty").get("cold_starts", 0) >= 1, 5, "the wake reported")
+    assert load(server, "bursty")["cold_starts"] == 1, "a burst woke the function more than once"
 
 
 def test_desired_state_scales_a_fixed_function_to_zero_and_back_at_once(server: RunningServer, tmp_path: Path) -> None:
@@ -228,3 +248,76 @@ def test_a_sigkilled_agent_does_not_stop_a_function_waking(server: RunningServer
     assert [c.status_code for c in codes] == [200] * 20
     assert sorted(out.read_text().split()) == sorted(f"k{i}" for i in range(20))
     wait_until(lambda: server.agent_pid() not in (None, agent), 60, "the server restarts its agent")
+
+
+def test_load_scales_a_function_up_within_seconds_and_back_down_after_its_window(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    deploy(server, "elastic", tmp_path, zero_after=None, minReplicas=1, maxReplicas=3)
+    with server.client() as api:  # the annotations: one event per replica, down after 2 s
+        body = api.get("/api/functions/elastic").json()
+        body["metadata"]["annotations"] = {
+            "nubis.io/target-concurrency": "1",
+            "nubis.io/scale-down-window": "2s",
+        }
+        assert api.put("/api/functions/elastic", json=body).status_code in (200, 202, 204)
+        wait_state(api, "elastic", {"ready"}, timeout=60)
+    wait_until(lambda: replicas(server, "elastic")["desired"] == 1, 30, "one replica of the new generation")
+    url = f"http://127.0.0.1:{gateway_port(server)}/elastic/slow/0.2"
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+            while not stop.is_set():
+                client.get(url)
+
+    threads = [threading.Thread(target=keep_calling) for _ in range(3)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: replicas(server, "elastic")["desired"] >= 2, 20, "a scale-up under load")
+        reaction = time.monotonic() - started
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert reaction < 15, reaction
+    assert any("scaled from 1 to" in line and "concurrency" in line for line in logs_of(server, "elastic"))
+    wait_until(lambda: replicas(server, "elastic")["desired"] == 1, 30, "back to one replica once idle")
+
+
+def test_a_cron_tick_wakes_a_function_at_zero(server: RunningServer, tmp_path: Path) -> None:
+    cron = {"tick": {"kind": "cron", "attributes": {"interval": "1s"}}}
+    out = deploy(server, "ticker", tmp_path, zero_after=None, minReplicas=0, maxReplicas=1, triggers=cron)
+    wait_until(lambda: out.exists() and out.read_text(), 20, "a first tick")
+    with server.client() as api:
+        assert api.patch("/api/functions/ticker", json={"desiredState": "scaledToZero"}).status_code == 202
+    wait_until(lambda: load(server, "ticker").get("cold_starts", 0) >= 1, 20, "a tick waking the function")
+    before = len(out.read_text().split())
+    wait_until(lambda: len(out.read_text().split()) > before, 10, "the tick handled after the wake")
+
+
+def test_a_broker_message_wakes_a_function_at_zero(server: RunningServer, tmp_path: Path) -> None:
+    stream = f"zero-{uuid.uuid4().hex[:8]}"
+    trigger = {"kind": "redis-stream", "url": "redis://127.0.0.1:6379/0", "attributes": {"stream": stream}}
+    out = deploy(server, "woken", tmp_path, zero_after=None, minReplicas=0, maxReplicas=1, triggers={"events": trigger})
+    try:
+        wait_until(lambda: any(t["state"] == "consuming" for t in _triggers(server, "woken")), 20, "consuming")
+        with server.client() as api:
+            assert api.patch("/api/functions/woken", json={"desiredState": "scaledToZero"}).status_code == 202
+        wait_until(lambda: asleep(server, "woken"), 10, "the replica reports asleep")
+        with redis.Redis() as client:
+            client.xadd(stream, {"body": "wake"})
+        wait_until(lambda: out.exists() and out.read_text().split() == ["-"], 20, "the message handled")
+        wait_until(lambda: load(server, "woken")["cold_starts"] == 1, 5, "one cold start reported")
+        with redis.Redis() as client:
+            wait_until(lambda: client.xpending(stream, "nubis-woken")["pending"] == 0, 10, "the message acknowledged")
+    finally:
+        with redis.Redis() as client:
+            client.delete(stream)
+
+
+def _triggers(server: RunningServer, name: str) -> list[dict[str, Any]]:
+    with server.client() as api:
+        return list(api.get(f"/api/functions/{name}/triggers").json()["triggers"].values())

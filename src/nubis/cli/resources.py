@@ -59,7 +59,7 @@ def get_functions(
         _emit(functions, output)
         return
     columns = ["NAME", "PROJECT", "STATE", "PORT", "REPLICAS"] + (
-        ["RUNTIME", "HANDLER", "URL", "TRIGGERS"] if output == "wide" else []
+        ["RUNTIME", "HANDLER", "URL", "TRIGGERS", "LAST SCALE"] if output == "wide" else []
     )
     rows: list[list[str]] = []
     for fn_name, obj in sorted(functions.items()):
@@ -69,13 +69,31 @@ def get_functions(
             obj["metadata"].get("labels", {}).get("nuclio.io/project-name", ""),
             status.get("state", ""),
             str(status.get("httpPort") or ""),
-            str(status.get("replicas", "")),
+            _replicas_cell(status),
         ]
         if output == "wide":
             urls = status.get("externalInvocationUrls") or [""]
             row += [spec.get("runtime", ""), spec.get("handler", ""), urls[0], triggers.get(fn_name, "")]
+            row.append(_last_scale_cell(status))
         rows.append(row)
     _print_table(columns, rows)
+
+
+def _replicas_cell(status: dict[str, Any]) -> str:
+    """`desired/ready` once the autoscaler counted them (`0/0` at zero), else the deployed count."""
+    counts = status.get("replicaCounts")
+    if isinstance(counts, dict):
+        return f"{counts.get('desired', '')}/{counts.get('ready', '')}"
+    return str(status.get("replicas", ""))
+
+
+def _last_scale_cell(status: dict[str, Any]) -> str:
+    """The autoscaler's newest decision and when (`scaled to zero: no event for 300 s (12:03:09Z)`)."""
+    last = status.get("lastScale")
+    if not isinstance(last, dict) or not last.get("message"):
+        return ""
+    when = str(last.get("time", ""))
+    return f"{last['message']} ({when.split('T')[-1]})" if when else str(last["message"])
 
 
 #: the order a trigger's counters are shown in (others after, by name)

@@ -26,6 +26,8 @@ from nubis.store import Store
 log = logging.getLogger("nubis.control")
 
 TICK_SECONDS = 0.5
+#: seconds before asking a replica awake at zero to sleep again (its report may lag behind)
+REASK_SECONDS = 5.0
 #: states in which a function is scaled (a deploy, an error or a deletion is the reconciler's)
 SCALABLE_STATES = frozenset({"ready", "scaledToZero"})
 
@@ -75,8 +77,10 @@ class Autoscaler:
             decision = decide(policy, status, memory, now)
             if decision is not None and decision.replicas != status.replicas_desired:
                 await self.scale(name, decision, status.replicas_desired)
-            elif decision is not None and decision.replicas == 0:
-                await self.platform.scale(name, 0)  # a replica awake at zero (since its deploy) sleeps
+            elif decision is not None and decision.replicas == 0 and now - memory.zero_asked_at >= REASK_SECONDS:
+                # awake at zero replicas (since its deploy, or woken while the control plane was away)
+                memory.zero_asked_at = now
+                await self.scale(name, decision, 0)
             await self._report_failed_wake(name, status, memory)
             await self._show_state(name, status)
 
@@ -107,6 +111,8 @@ class Autoscaler:
         """Ask the platform, then say so in the function's status.logs."""
         await self.platform.scale(name, decision.replicas)
         if decision.replicas == 0:
+            if name in self._memory:
+                self._memory[name].zero_asked_at = time.monotonic()
             message = f"scaled to zero: {decision.reason}"
         else:
             message = f"scaled from {before} to {decision.replicas} replica(s): {decision.reason}"
@@ -134,14 +140,16 @@ class Autoscaler:
             await self._show_state(name, status, zero=zero)
 
     async def _record(self, name: str, message: str, event: str) -> None:
+        """status.logs, `status.lastScale` (what `nubis get functions -o wide` shows) and, to or
+        from zero, Nuclio's `status.scaleToZero`."""
         await self.store.append_logs(name, [{"level": "info", "name": "autoscaler", "message": message}])
-        if not event:
-            return
         record = await self.store.get_function(name)
         if record is None:
             return
-        when = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        status = dict(record.status, scaleToZero={"lastScaleEvent": event, "lastScaleEventTime": when})
+        when = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        status = dict(record.status, lastScale={"message": message, "time": when})
+        if event:
+            status["scaleToZero"] = {"lastScaleEvent": event, "lastScaleEventTime": when}
         await self.store.set_function_status(name, status, only_if_generation=record.generation)
 
     async def _show_state(self, name: str, status: FunctionStatus, zero: bool | None = None) -> None:

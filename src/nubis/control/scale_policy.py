@@ -114,6 +114,8 @@ class Memory:
     recommendations: deque[tuple[float, int]] = field(default_factory=deque)
     #: why a replica last could not wake (reported once)
     wake_failure: str | None = None
+    #: when the platform was last asked to put the function to zero (monotonic seconds)
+    zero_asked_at: float = -1e9
 
 
 @dataclass(frozen=True)
@@ -131,17 +133,15 @@ def decide(policy: Policy, status: FunctionStatus, memory: Memory, now: float) -
     said = loads(status)
     current = status.replicas_desired
     events = sum(load.events for load in said)
-    if events != memory.events_seen:
-        if memory.events_seen >= 0:
-            memory.last_activity = now
-        memory.events_seen = events
+    new_events = memory.events_seen >= 0 and events != memory.events_seen
+    memory.events_seen = events
     busy = any(load.in_flight or load.queued for load in said)
-    if busy:
+    if new_events or busy:
         memory.last_activity = now
     awake = any(load.state in ("awake", "waking") for load in said)
     idle_for = now - memory.last_activity
     if current == 0:
-        if awake and memory.last_activity == now:
+        if awake and (new_events or busy):
             return Decision(max(policy.min_replicas, 1), "woken by an event")
         if awake and not busy and policy.zero_after is not None and idle_for >= policy.zero_after:
             return Decision(0, f"no event for {policy.zero_after:g} s")  # awake since its deploy

@@ -67,6 +67,12 @@ class ReplicaLoad(msgspec.Struct, frozen=True, kw_only=True):
     wake_failures: int = 0
     #: milliseconds the newest wakes took (oldest first)
     cold_start_ms: list[float] = []
+    #: the newest wake's phases (`handler_import_ms`, `workers_ms`)
+    last_wake: dict[str, float] = {}
+    #: wakes' durations: `{bounds, counts (one per bound, then above), sum}` (`processor.stats`)
+    cold_start_seconds: dict[str, Any] = {}
+    #: per trigger: `{kind, outcomes: {outcome: n}, duration: histogram of handler durations}`
+    per_trigger: dict[str, dict[str, Any]] = {}
 
 
 class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True):

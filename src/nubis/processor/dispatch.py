@@ -40,6 +40,7 @@ from nubis.processor.frames import (
     STREAM,
 )
 from nubis.processor.outcomes import Outcome, Refusal
+from nubis.processor.stats import EVENT_BOUNDS, Histogram
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -93,6 +94,9 @@ class Dispatch(abc.ABC):
         self.on_demand: Callable[[], str | None] | None = None
         #: seconds an event waits for a wake before it is answered 503
         self.wake_timeout = 30.0
+        #: events answered, by outcome (`Outcome.value`), and the handlers' durations (metrics)
+        self.outcomes: dict[str, int] = {}
+        self.durations = Histogram(EVENT_BOUNDS)
 
     @property
     def submitted(self) -> int:
@@ -123,6 +127,8 @@ class Dispatch(abc.ABC):
             sub.timer.cancel()
             sub.timer = None
         response.logs = sub.capture
+        outcome = response.outcome.value
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         sub.reply.respond(response)
 
     def fail(self, sub: Submission, reason: str) -> None:
@@ -322,6 +328,7 @@ class Dispatch(abc.ABC):
             sub.timer.cancel()
             sub.timer = None
         if duration > 0:
+            self.durations.observe(duration)
             self._samples += 1
             self._avg_duration = duration if self._samples == 1 else self._avg_duration * 0.9 + duration * 0.1
         if worker.inflight:

@@ -93,15 +93,23 @@ class LoadSampler:
         peak, self.peak = self.peak, 0
         cpu = self._cpu()
         scaling = self.processor.scaling.report() if self.processor.scaling is not None else {"state": "awake"}
+        per_trigger = {
+            pool.trigger_name: {
+                "kind": pool.trigger_kind,
+                "outcomes": dict(pool.outcomes),
+                "duration": pool.durations.report(),
+            }
+            for pool in self.processor.pools
+        }
         return {
             **load,
+            "per_trigger": per_trigger,
             "concurrency": round(mean, 2),
             "peak": peak,
             "last_event": self.last_event_at,
             "cpu": cpu,
             **scaling,
         }
-
 
     def _cpu(self) -> float:
         """Cores used by the replica, its zygote and its workers since the last report. Each

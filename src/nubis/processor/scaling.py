@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from nubis.errors import NubisError
 from nubis.processor.pool import WorkerPool
+from nubis.processor.stats import COLD_START_BOUNDS, Histogram
 
 log = logging.getLogger("nubis.processor")
 
@@ -60,6 +61,8 @@ class Scaling:
         self._failures = 0
         #: wakes that failed, in all
         self.wake_failures = 0
+        self.last_wake: dict[str, float] = {}
+        self.cold_start_seconds = Histogram(COLD_START_BOUNDS)
         self._retry_at = 0.0
         self._retry: asyncio.TimerHandle | None = None
         self._wake_task: asyncio.Task[None] | None = None
@@ -139,6 +142,7 @@ class Scaling:
         started = time.monotonic()
         try:
             await self._start_workers()
+            loaded = time.monotonic()
             await asyncio.gather(*(pool.resume() for pool in self.pools))
         except (NubisError, OSError) as exc:
             self._stop_workers()
@@ -150,6 +154,13 @@ class Scaling:
         self._failures = 0
         self.cold_starts += 1
         self.cold_start_ms.append(round(elapsed, 2))
+        self.cold_start_seconds.observe(elapsed / 1000)
+        #: where the newest wake's time went: the zygote importing the handler, then the workers
+        #: forked and through init_context (ms)
+        self.last_wake = {
+            "handler_import_ms": round((loaded - started) * 1000, 2),
+            "workers_ms": round((time.monotonic() - loaded) * 1000, 2),
+        }
         log.info("woken from zero: workers ready in %.1f ms", elapsed)
 
     def _failed(self, reason: str) -> None:
@@ -179,4 +190,6 @@ class Scaling:
             "cold_starts": self.cold_starts,
             "wake_failures": self.wake_failures,
             "cold_start_ms": list(self.cold_start_ms),
+            "last_wake": self.last_wake,
+            "cold_start_seconds": self.cold_start_seconds.report(),
         }

@@ -12,7 +12,8 @@ Series, each labelled `function`, `trigger`, `kind` and `replica`:
 - `nubis_trigger_lag` and `nubis_trigger_pending`: the broker's backlog (not yet delivered; delivered
   and not acknowledged), where the kind can ask for it.
 
-Behind the API's authentication like every `/api` path (Prometheus: `authorization` with a token
+The replicas' load, scale state, events by outcome and latency histograms are added by
+`replica_metrics.py`. Behind the API's authentication like every `/api` path (Prometheus: `authorization` with a token
 that may read). The gateway's HTTP metrics are on its own `/__internal/metrics`.
 """
 
@@ -26,6 +27,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from nubis.control.api.replica_metrics import ReplicaCollector
 from nubis.platforms.status import FunctionStatus
 
 _LABELS = ("function", "trigger", "kind", "replica")
@@ -70,4 +72,5 @@ async def trigger_metrics(request: Request) -> Response:
     statuses = await request.app.state.control.platform.statuses()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReportCollector(statuses))
+    registry.register(ReplicaCollector(statuses))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
