@@ -321,3 +321,31 @@ def test_a_broker_message_wakes_a_function_at_zero(server: RunningServer, tmp_pa
 def _triggers(server: RunningServer, name: str) -> list[dict[str, Any]]:
     with server.client() as api:
         return list(api.get(f"/api/functions/{name}/triggers").json()["triggers"].values())
+
+
+def test_at_zero_no_message_is_taken_from_the_broker_until_a_worker_can_handle_it(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    stream = f"zero-{uuid.uuid4().hex[:8]}"
+    trigger = {"kind": "redis-stream", "url": "redis://127.0.0.1:6379/0", "attributes": {"stream": stream}}
+    out = deploy(
+        server, "patient", tmp_path, zero_after=None, minReplicas=0, maxReplicas=1, triggers={"events": trigger}
+    )
+    try:
+        wait_until(lambda: any(t["state"] == "consuming" for t in _triggers(server, "patient")), 20, "consuming")
+        with server.client() as api:
+            assert api.patch("/api/functions/patient", json={"desiredState": "scaledToZero"}).status_code == 202
+        wait_until(lambda: asleep(server, "patient"), 10, "the replica reports asleep")
+        (tmp_path / "patient.broken").write_text("")  # its workers cannot start now
+        with redis.Redis() as client:
+            client.xadd(stream, {"body": "later"})
+            wait_until(lambda: load(server, "patient").get("wake_failures", 0) >= 1, 10, "a failed wake")
+            group = next(g for g in client.xinfo_groups(stream) if g["name"] == b"nubis-patient")
+            assert (group["pending"], group["lag"]) == (0, 1), group  # still the broker's, not taken
+        (tmp_path / "patient.broken").unlink()
+        wait_until(lambda: out.exists() and out.read_text().split() == ["-"], 30, "handled once a wake succeeds")
+        with redis.Redis() as client:
+            wait_until(lambda: client.xpending(stream, "nubis-patient")["pending"] == 0, 10, "the message acknowledged")
+    finally:
+        with redis.Redis() as client:
+            client.delete(stream)

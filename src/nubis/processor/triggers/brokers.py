@@ -39,7 +39,16 @@ class Delivery(Protocol):
 
 
 class Session(Protocol):
-    """One connection's worth of consuming."""
+    """One connection's worth of consuming.
+
+    A session that pulls (it asks the broker for each batch) may also offer scale to zero
+    without taking messages early: an attribute `gate` (None until the loop sets it), awaited
+    before each request for messages, and `wait_for_work()`, which returns once the broker holds
+    a message for it without taking one. The loop's gate waits for that while the function sits
+    at zero, then wakes the workers (`nubis.processor.scaling`), so a message is taken only when
+    a worker can handle it. A session without them (the broker pushes) is woken by the first
+    message it receives, which waits unacknowledged in the window until a worker is up.
+    """
 
     def deliveries(self) -> AsyncIterator[Delivery]:
         """Deliveries as they come; raises BrokerUnavailable when the connection is lost."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -170,6 +170,8 @@ class ConsumerTrigger(Trigger):
                 await self._pause(self.reconnect_max)
                 continue
             delay = RECONNECT_FIRST
+            if hasattr(self._session, "gate") and hasattr(self._session, "wait_for_work"):
+                self._session.gate = self._gate_for(self._session)
             self._set_state("consuming", "")
             backlog = asyncio.create_task(self._watch_backlog(self._session))
             try:
@@ -189,6 +191,18 @@ class ConsumerTrigger(Trigger):
                 await self._pause(delay)
             finally:
                 backlog.cancel()
+
+    def _gate_for(self, session: Any) -> Callable[[], Awaitable[None]]:
+        async def gate() -> None:
+            """Before the session takes messages: at zero, wait until the broker holds one (none
+            taken), then until the workers are up (see `brokers.Session`)."""
+            if not getattr(self.pool, "asleep", False):
+                return
+            await session.wait_for_work()
+            if await self.pool.acquire():
+                self.pool.release()
+
+        return gate
 
     async def _watch_backlog(self, session: Session) -> None:
         """Ask the broker for the trigger's backlog every BACKLOG_SECONDS, where the kind's session

@@ -23,7 +23,7 @@ import collections
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
 import nats.js.errors
@@ -38,6 +38,8 @@ from nubis.processor.triggers.nats_session import LOST, Describe, NatsDelivery, 
 
 #: seconds one pull request waits for messages before the loop looks at the connection again
 FETCH_SECONDS = 1.0
+#: seconds between two looks for messages while the function is at zero (`wait_for_work`)
+WORK_POLL_SECONDS = 0.02
 #: seconds a JetStream API request (stream and consumer look-ups) may take
 API_TIMEOUT = 5.0
 
@@ -90,11 +92,22 @@ class PullSession(NatsSession):
         #: set when a held message is settled: the window may have room for a batch again
         self._room = asyncio.Event()
         self._keeper = asyncio.create_task(self._keep_alive(), name=f"nats in-progress {config.durable}")
+        #: awaited before each fetch (the consumer loop's gate, for scale to zero)
+        self.gate: Callable[[], Awaitable[None]] | None = None
 
     async def backlog(self) -> dict[str, int]:
         """`lag`: messages of the stream the durable has not delivered yet; `pending`: delivered, not acked."""
         info = await self.call(self.subscription.consumer_info())
         return {"lag": int(info.num_pending or 0), "pending": int(info.num_ack_pending or 0)}
+
+    async def wait_for_work(self) -> None:
+        """Return once the durable has messages to deliver (new, or due again), taking none: its
+        consumer info asked every WORK_POLL_SECONDS (JetStream tells a pull consumer nothing)."""
+        while True:
+            info = await self.call(self.subscription.consumer_info())
+            if int(info.num_pending or 0) or int(info.num_ack_pending or 0):
+                return
+            await asyncio.sleep(WORK_POLL_SECONDS)
 
     def release(self, delivery: JetStreamDelivery) -> None:
         self.held.discard(delivery)
@@ -107,6 +120,8 @@ class PullSession(NatsSession):
                     self._room.clear()
                     await self._room.wait()
                     continue
+                if self.gate is not None:
+                    await self.gate()
                 batch = max(1, self.prefetch - len(self.held))
                 self._fetched.extend(await self.receive(self.subscription.fetch(batch, timeout=FETCH_SECONDS)) or [])
                 continue

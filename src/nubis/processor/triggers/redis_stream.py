@@ -28,7 +28,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as redis
@@ -108,6 +108,8 @@ class StreamSession:
         self.consumer = consumer
         self.prefetch = prefetch
         self._next_autoclaim = 0.0
+        #: awaited before entries are taken (the consumer loop's gate, for scale to zero)
+        self.gate: Callable[[], Awaitable[None]] | None = None
 
     async def call(self, awaitable: Any) -> Any:
         """Run one Redis command; a lost connection is BrokerUnavailable (the loop reconnects)."""
@@ -119,6 +121,8 @@ class StreamSession:
     async def deliveries(self) -> AsyncIterator[StreamEntry]:
         config = self.config
         while True:
+            if self.gate is not None:
+                await self.gate()
             for stream in config.streams:
                 for entry_id, fields in await self._returned(stream):
                     yield StreamEntry(self, stream, entry_id, fields, redelivered=True)
@@ -135,6 +139,24 @@ class StreamSession:
                 for entry_id, fields in entries:
                     if fields:  # an entry deleted (XDEL) while pending comes back empty
                         yield StreamEntry(self, _text(stream), _text(entry_id), fields)
+
+    async def wait_for_work(self) -> None:
+        """Return once a stream holds an entry for the group (not delivered yet, given back, or
+        left by a dead consumer), taking none: a plain XREAD from the group's last delivered id
+        blocks until a new entry comes."""
+        config = self.config
+        while True:
+            after: dict[str, str] = {}
+            for stream in config.streams:
+                groups = await self.call(self.client.xinfo_groups(stream))
+                group = next((g for g in groups if _text(g.get("name", b"")) == config.group), None)
+                if group is None:
+                    return  # made anew on the next read: take what comes
+                if int(group.get("pending") or 0) or int(group.get("lag") or 0):
+                    return
+                after[stream] = _text(group.get("last-delivered-id") or b"0-0")
+            if await self.call(self.client.xread(after, count=1, block=BLOCK_MS)):
+                return
 
     async def _returned(self, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
         pending = await self.call(
