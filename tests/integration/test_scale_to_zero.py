@@ -203,6 +203,19 @@ def test_desired_state_scales_a_fixed_function_to_zero_and_back_at_once(server: 
         wait_state(api, "manual", {"ready"}, timeout=10)
         wait_until(lambda: load(server, "manual").get("state") == "awake", 10, "the replica reports awake")
         assert load(server, "manual")["cold_starts"] == 1
+        # the API's invocations (nuclio-jupyter, `nubis invoke`) and the function's own port wake it too
+        for number, via in enumerate(("api", "port"), start=2):
+            assert api.patch("/api/functions/manual", json={"desiredState": "scaledToZero"}).status_code == 202
+            wait_until(lambda: asleep(server, "manual"), 10, "the replica reports asleep")
+            if via == "api":
+                answer = api.post(
+                    "/api/function_invocations", headers={"x-nuclio-function-name": "manual", "X-Tag": via}
+                )
+            else:
+                port = api.get("/api/functions/manual").json()["status"]["httpPort"]
+                answer = httpx.get(f"http://127.0.0.1:{port}/", headers={"X-Tag": via}, timeout=CLIENT_TIMEOUT)
+            assert answer.status_code == 200 and answer.text == f"ok {via}", answer.text
+            wait_until(lambda n=number: load(server, "manual").get("cold_starts") == n, 5, f"wake {number} reported")
         bad = api.patch("/api/functions/manual", json={"desiredState": "sleeping"})
         assert bad.status_code == 400 and "desiredState" in bad.text
 

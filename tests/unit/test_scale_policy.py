@@ -95,3 +95,13 @@ def test_an_event_restarts_the_inactivity_window() -> None:
     decide(policy, status(1, ReplicaLoad(events=2)), memory, 9.0)
     assert decide(policy, status(1, ReplicaLoad(events=2)), memory, 15.0) is None
     assert decide(policy, status(1, ReplicaLoad(events=2)), memory, 19.5) == Decision(0, "no event for 10 s")
+
+
+def test_reports_from_before_an_ask_to_sleep_do_not_read_as_a_wake() -> None:
+    policy = policy_of(config(minReplicas=0))
+    memory = Memory(last_activity=0.0, events_seen=5, zero_asked_at=10.0)
+    stale = ReplicaLoad(state="awake", events=6, cold_starts=1)  # written before the replica slept
+    assert decide(policy, status(0, stale), memory, 10.5) is None
+    assert decide(policy, status(0, ReplicaLoad(state="asleep", events=6, cold_starts=1)), memory, 11.0) is None
+    woken = ReplicaLoad(state="awake", events=7, cold_starts=2)
+    assert decide(policy, status(0, woken), memory, 11.5) == Decision(1, "woken by an event")

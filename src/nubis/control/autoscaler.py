@@ -113,6 +113,8 @@ class Autoscaler:
         if decision.replicas == 0:
             if name in self._memory:
                 self._memory[name].zero_asked_at = time.monotonic()
+                self._memory[name].events_seen = -1
+                self._memory[name].cold_at_sleep = -1
             message = f"scaled to zero: {decision.reason}"
         else:
             message = f"scaled from {before} to {decision.replicas} replica(s): {decision.reason}"
@@ -130,6 +132,10 @@ class Autoscaler:
         await self.platform.scale(name, replicas)
         memory = self._memory.get(name)
         if memory is not None:
+            # events before this (still in reports a moment old) must not read as a wake
+            memory.events_seen = -1
+            memory.zero_asked_at = time.monotonic() if zero else memory.zero_asked_at
+            memory.cold_at_sleep = -1
             memory.last_activity = time.monotonic()
             memory.recommendations.clear()
             memory.recommendations.append((time.monotonic(), replicas))

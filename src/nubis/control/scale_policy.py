@@ -33,6 +33,8 @@ SCALE_TO_ZERO_AFTER = "nubis.io/scale-to-zero-after"
 DEFAULT_SCALE_DOWN_WINDOW = 60.0
 DEFAULT_SCALE_TO_ZERO_AFTER = 300.0
 UP_SUSTAIN_SECONDS = 0.9
+#: seconds after which a replica's report surely postdates a request (reports every 0.5 s)
+REPORT_LAG_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ class Memory:
     wake_failure: str | None = None
     #: when the platform was last asked to put the function to zero (monotonic seconds)
     zero_asked_at: float = -1e9
+    #: the replicas' cold starts when a report last said asleep (-1: none since the last ask)
+    cold_at_sleep: int = -1
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,16 @@ def decide(policy: Policy, status: FunctionStatus, memory: Memory, now: float) -
     if new_events or busy:
         memory.last_activity = now
     awake = any(load.state in ("awake", "waking") for load in said)
+    colds = sum(load.cold_starts for load in said)
+    if any(load.state == "asleep" for load in said):
+        memory.cold_at_sleep = colds
+    woke = memory.cold_at_sleep >= 0 and colds > memory.cold_at_sleep
     idle_for = now - memory.last_activity
     if current == 0:
-        if awake and (new_events or busy):
+        # woken: a cold start since a report said asleep, or events on a replica that stayed awake
+        # (at 0 since its deploy) once reports from before the last ask to sleep are surely gone
+        settled = now - memory.zero_asked_at >= REPORT_LAG_SECONDS
+        if awake and (woke or ((new_events or busy) and settled)):
             return Decision(max(policy.min_replicas, 1), "woken by an event")
         if awake and not busy and policy.zero_after is not None and idle_for >= policy.zero_after:
             return Decision(0, f"no event for {policy.zero_after:g} s")  # awake since its deploy
