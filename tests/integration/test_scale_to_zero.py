@@ -17,10 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
 import redis
 from harness import wait_until
+from rabbitmq_node import run as rabbit_run
 from server_harness import RunningServer, gateway_port, inline_function, started_server, wait_state
 from test_server_cli import cli
 
@@ -362,3 +364,43 @@ def test_at_zero_no_message_is_taken_from_the_broker_until_a_worker_can_handle_i
     finally:
         with redis.Redis() as client:
             client.delete(stream)
+
+
+def test_at_zero_rabbitmq_keeps_the_message_ready_until_a_worker_can_handle_it(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    url, queue = "amqp://guest:guest@127.0.0.1:5672/", f"zero-{uuid.uuid4().hex[:8]}"
+    trigger = {"kind": "rabbit-mq", "url": url, "attributes": {"queueName": queue}}
+    out = deploy(server, "rabbity", tmp_path, zero_after=None, minReplicas=0, maxReplicas=1, triggers={"q": trigger})
+
+    async def publish(connection: aio_pika.abc.AbstractConnection) -> None:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"later", delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue
+        )
+
+    async def counts(connection: aio_pika.abc.AbstractConnection) -> tuple[int, int]:
+        declared = await (await connection.channel()).declare_queue(queue, passive=True)
+        result = declared.declaration_result
+        return int(result.message_count or 0), int(result.consumer_count or 0)
+
+    try:
+        wait_until(lambda: any(t["state"] == "consuming" for t in _triggers(server, "rabbity")), 20, "consuming")
+        with server.client() as api:
+            assert api.patch("/api/functions/rabbity", json={"desiredState": "scaledToZero"}).status_code == 202
+        wait_until(lambda: asleep(server, "rabbity"), 10, "the replica reports asleep")
+        # within about a second of sleeping, the trigger stops consuming (it watches the queue instead)
+        wait_until(lambda: rabbit_run(counts, url)[1] == 0, 10, "no consumer on the queue at zero")
+        (tmp_path / "rabbity.broken").write_text("")  # its workers cannot start now
+        rabbit_run(publish, url)
+        wait_until(lambda: load(server, "rabbity").get("wake_failures", 0) >= 1, 10, "a failed wake")
+        assert rabbit_run(counts, url)[0] == 1, "the message was taken from the queue"
+        (tmp_path / "rabbity.broken").unlink()
+        wait_until(lambda: out.exists() and out.read_text().split() == ["-"], 30, "handled once a wake succeeds")
+        wait_until(lambda: rabbit_run(counts, url) == (0, 1), 10, "acknowledged, consuming again")
+    finally:
+
+        async def delete(connection: aio_pika.abc.AbstractConnection) -> None:
+            await (await connection.channel()).queue_delete(queue)
+
+        rabbit_run(delete, url)

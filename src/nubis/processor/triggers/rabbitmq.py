@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,10 @@ from nubis.spec import Trigger as TriggerSpec
 CONNECT_TIMEOUT = 10.0
 #: seconds the broker has to confirm a dead-letter copy
 PUBLISH_TIMEOUT = 10.0
+#: seconds between two looks at the loop's gate while no message comes (scale to zero)
+GATE_RECHECK_SECONDS = 1.0
+#: seconds between two looks at the queue's ready count while the function is at zero
+WORK_POLL_SECONDS = 0.02
 #: what a lost connection or channel raises in aio-pika / aiormq (ChannelInvalidStateError is a RuntimeError)
 _LOST = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError, TimeoutError)
 
@@ -142,9 +147,50 @@ class RabbitSession:
         self._side: AbstractChannel | None = None
         self._dead_letter_declared = False
         channel.close_callbacks.add(self._channel_closed)
+        #: awaited before waiting for the next message (the consumer loop's gate, scale to zero)
+        self.gate: Callable[[], Awaitable[None]] | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
 
     async def consume(self, queue: AbstractQueue) -> None:
-        await queue.consume(self._arrived, no_ack=False)
+        self._queue = queue
+        self._consumer_tag = await queue.consume(self._arrived, no_ack=False)
+
+    async def _next_when_idle(self) -> AbstractIncomingMessage | _Lost:
+        """Caught up: wait for the next message, looking at the loop's gate every
+        GATE_RECHECK_SECONDS (a function gone to zero meanwhile stops consuming, `wait_for_work`)."""
+        while True:
+            if self.gate is not None:
+                await self.gate()
+                if self._consumer_tag is None and self._queue is not None:
+                    try:
+                        self._consumer_tag = await self._queue.consume(self._arrived, no_ack=False)
+                    except _LOST as exc:
+                        raise BrokerUnavailable(_why(exc)) from None
+            getter = asyncio.ensure_future(self._inbox.get())
+            await asyncio.wait({getter}, timeout=GATE_RECHECK_SECONDS if self.gate is not None else None)
+            if not getter.done():
+                getter.cancel()
+                await asyncio.wait({getter})
+            if not getter.cancelled():
+                return getter.result()
+
+    async def wait_for_work(self) -> None:
+        """At zero: stop the broker pushing messages here (cancel the consumer), then look at the
+        queue's ready count every WORK_POLL_SECONDS until it holds one, taking none; `__anext__`
+        consumes again once the loop has woken the workers."""
+        try:
+            if self._consumer_tag is not None and self._queue is not None:
+                tag, self._consumer_tag = self._consumer_tag, None
+                await self._queue.cancel(tag)
+            while self._inbox.empty():
+                side = await self._side_channel()
+                queue = await side.declare_queue(self.config.queue, passive=True)
+                if queue.declaration_result.message_count:
+                    return
+                await asyncio.sleep(WORK_POLL_SECONDS)
+        except _LOST as exc:
+            raise BrokerUnavailable(_why(exc)) from None
 
     async def _arrived(self, message: AbstractIncomingMessage) -> None:
         self._inbox.put_nowait(message)
@@ -162,7 +208,7 @@ class RabbitSession:
         return self
 
     async def __anext__(self) -> Delivery:
-        item = await self._inbox.get()
+        item = self._inbox.get_nowait() if not self._inbox.empty() else await self._next_when_idle()
         if isinstance(item, _Lost):
             self._inbox.put_nowait(item)
             raise BrokerUnavailable(item.reason)
