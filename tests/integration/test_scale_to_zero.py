@@ -319,6 +319,13 @@ def test_a_broker_message_wakes_a_function_at_zero(server: RunningServer, tmp_pa
     out = deploy(server, "woken", tmp_path, zero_after=None, minReplicas=0, maxReplicas=1, triggers={"events": trigger})
     try:
         wait_until(lambda: any(t["state"] == "consuming" for t in _triggers(server, "woken")), 20, "consuming")
+        with server.client() as api:  # the trigger's state is in the function's own status too
+
+            def shown() -> Any:
+                return api.get("/api/functions/woken").json()["status"].get("triggers", {}).get("events")
+
+            wait_until(lambda: (shown() or {}).get("state") == "consuming", 10, "status.triggers")
+            assert shown()["kind"] == "redis-stream"
         with server.client() as api:
             assert api.patch("/api/functions/woken", json={"desiredState": "scaledToZero"}).status_code == 202
         wait_until(lambda: asleep(server, "woken"), 10, "the replica reports asleep")

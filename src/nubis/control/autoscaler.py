@@ -20,7 +20,7 @@ from typing import Any
 from nubis.control.scale_policy import Decision, Memory, Policy, decide, loads, policy_of
 from nubis.errors import NubisError
 from nubis.platforms.base import Platform
-from nubis.platforms.status import FunctionStatus
+from nubis.platforms.status import FunctionStatus, trigger_summary
 from nubis.store import Store
 
 log = logging.getLogger("nubis.control")
@@ -69,7 +69,8 @@ class Autoscaler:
                 continue
             policy = self._policy(name, record.generation, record.config)
             if policy is None or not (policy.autoscaled or status.replicas_desired == 0):
-                continue  # a fixed count; at zero (desiredState) it is still woken by its events
+                await self._show_state(name, status)  # a fixed count: its triggers' states only
+                continue  # (at zero by desiredState, it is still woken by its events)
             memory = self._memory.get(name)
             if memory is None:
                 memory = self._memory[name] = Memory(last_activity=now)
@@ -159,7 +160,9 @@ class Autoscaler:
         await self.store.set_function_status(name, status, only_if_generation=record.generation)
 
     async def _show_state(self, name: str, status: FunctionStatus, zero: bool | None = None) -> None:
-        """`scaledToZero` while every replica sleeps, `ready` otherwise; replicas desired/ready."""
+        """In the function's status: `scaledToZero` while every replica sleeps, `ready`
+        otherwise; replicas desired/ready (`replicaCounts`); each message or cron trigger's state
+        (`triggers`: kind, state, message; counters are at `/api/functions/{name}/triggers`)."""
         said = loads(status)
         asleep = zero if zero is not None else bool(said) and all(load.state == "asleep" for load in said)
         record = await self.store.get_function(name)
@@ -168,7 +171,14 @@ class Autoscaler:
         ready = sum(1 for load in said if load.state == "awake")
         state = "scaledToZero" if asleep else "ready"
         scale = {"desired": status.replicas_desired, "ready": ready}
-        if record.state == state and record.status.get("replicaCounts") == scale:
+        triggers = {
+            trigger: {"kind": entry["kind"], "state": entry["state"], "message": entry["message"]}
+            for trigger, entry in trigger_summary(status).items()
+        }
+        shown = (record.state, record.status.get("replicaCounts"), record.status.get("triggers") or {})
+        if shown == (state, scale, triggers):
             return
         new_status = dict(record.status, state=state, replicaCounts=scale)
+        if triggers:
+            new_status["triggers"] = triggers
         await self.store.set_function_status(name, new_status, only_if_generation=record.generation)

@@ -102,3 +102,26 @@ class FunctionStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: how resource limits are applied (`mechanism`: cgroup | rlimit | none, ...)
     limits: dict[str, Any] = {}
     port: int | None = None
+
+
+def trigger_summary(status: FunctionStatus) -> dict[str, dict[str, Any]]:
+    """Each trigger's state over the replicas, with counters summed and each replica's own view:
+    `waiting` when any replica waits for its broker (the message says for what), so a broker one
+    replica cannot reach is not hidden by the others."""
+    triggers: dict[str, dict[str, Any]] = {}
+    for replica in status.replicas:
+        for report in replica.triggers:
+            entry = triggers.setdefault(
+                report.name,
+                {"kind": report.kind, "state": report.state, "message": report.message, "counts": {}, "replicas": {}},
+            )
+            entry["replicas"][replica.name] = {
+                "state": report.state,
+                "message": report.message,
+                "counts": report.counts,
+            }
+            for key, value in report.counts.items():
+                entry["counts"][key] = entry["counts"].get(key, 0) + value
+            if report.state == "waiting":
+                entry["state"], entry["message"] = "waiting", report.message
+    return triggers
