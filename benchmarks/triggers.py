@@ -9,9 +9,24 @@ same work on both sides). Rounds are interleaved, raw then Nubis; the report giv
 The Nubis function runs pinned to core 1, the benchmark and the raw consumers on core 0.
 
 Brokers (`--brokers`): redis-stream (Redis on 6379), rabbit-mq (RabbitMQ on 5672, guest),
-nats (JetStream on 4222). RabbitMQ's "consumed" is its queue's ready count reaching 0 (AMQP does
-not report unacknowledged counts to a client): at most `prefetch` messages are then still in
-flight, against N; the others wait for the group's / durable's pending count to reach 0.
+nats (JetStream on 4222), mqtt (a mosquitto of its own, see below). RabbitMQ's "consumed" is its
+queue's ready count reaching 0 (AMQP does not report unacknowledged counts to a client): at most
+`prefetch` messages are then still in flight, against N; redis-stream and nats wait for the
+group's / durable's pending count to reach 0.
+
+mqtt: MQTT 5 on both sides, QoS 1, a persistent session (clean start off), Receive Maximum =
+prefetch, one PUBACK per message sent after the no-op (the raw side: aiomqtt with paho's manual
+acks, as the trigger). The broker is a mosquitto started for the benchmark on a free port: the
+machine's keeps mosquitto's default limit of 1000 messages queued per session
+(`max_queued_messages`) and drops QoS 1 messages beyond it, so N published at once would lose
+some. A broker tells no client about another's acknowledgements, so the Nubis side's "consumed"
+is counted by the kernel: the bytes the function's process sent on its connections to the broker
+and saw acknowledged by the broker's TCP stack (tcp_info's bytes_acked, `_tcp.py`) grow by 4 per
+PUBACK, and nothing else is sent there during a round. That is exact, comes after the raw side's
+count (taken when it calls `ack`, before the bytes leave) by about a loopback round trip, and
+costs the function nothing. The trigger's reports (`nubis run --trigger-state-dir`) were the
+other candidate: written every 0.5 s at most (processor/reporting.py), too coarse for rounds of a
+second or two.
 """
 
 from __future__ import annotations
@@ -20,7 +35,9 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,11 +45,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from _harness import VENV_BIN, pinned, start_server, stop
+from _tcp import Connections
+
+from _harness import VENV_BIN, free_port, pinned, start_server, stop
 
 PAYLOAD = b"x" * 100
 HANDLER = "def handler(context, event):\n    return ''\n"
-BROKERS = ("redis-stream", "rabbit-mq", "nats")
+BROKERS = ("redis-stream", "rabbit-mq", "nats", "mqtt")
 
 
 class Bench(Protocol):
@@ -40,6 +59,9 @@ class Bench(Protocol):
 
     def trigger(self, prefetch: int) -> dict[str, Any]: ...
     async def setup(self) -> None: ...
+    def started(self, pid: int) -> None:
+        """The function's process runs (pid), its trigger connected."""
+
     async def raw_round(self, total: int, prefetch: int) -> float: ...
     async def publish(self, total: int) -> None: ...
     async def consumed(self, total: int) -> bool: ...
@@ -105,6 +127,9 @@ class RedisBench:
                 return True
         return False
 
+    def started(self, pid: int) -> None:
+        return None
+
     async def teardown(self) -> None:
         await self.client.delete(self.stream)
         await self.client.aclose()
@@ -167,6 +192,9 @@ class RabbitBench:
     async def consumed(self, total: int) -> bool:
         queue = await self.channel.declare_queue(self.queue, passive=True)
         return queue.declaration_result.message_count == 0
+
+    def started(self, pid: int) -> None:
+        return None
 
     async def teardown(self) -> None:
         await self.channel.queue_delete(self.queue)
@@ -233,13 +261,133 @@ class NatsBench:
         info = await self.js.consumer_info(self.stream, self.durable)
         return info.num_pending == 0 and info.num_ack_pending == 0
 
+    def started(self, pid: int) -> None:
+        return None
+
     async def teardown(self) -> None:
         await self.js.delete_stream(self.stream)
         await self.client.close()
 
 
+class MqttBench:
+    kind = "mqtt"
+    host = "127.0.0.1"
+    #: bytes of one PUBACK as paho sends it (fixed header, length 2, packet id; MQTT 5 omits the
+    #: reason code when it is Success)
+    PUBACK = 4
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.topic, self.client_id = f"bench/{tag}/nubis", f"bench-nubis-{tag}"
+        self.port, self.pid = free_port(), 0
+        self.connections: Connections | None = None
+        self.baseline = 0
+
+    def trigger(self, prefetch: int) -> dict[str, Any]:
+        attributes = {
+            "subscriptions": [{"topic": self.topic, "qos": 1}],
+            "clientID": self.client_id,
+            "protocolVersion": 5,
+            "prefetchCount": prefetch,
+        }
+        return {"kind": self.kind, "url": f"tcp://{self.host}:{self.port}", "numWorkers": 1, "attributes": attributes}
+
+    async def setup(self) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        config = Path(tempfile.mkdtemp(prefix="nubis-bench-mosquitto-")) / "mosquitto.conf"
+        config.write_text(f"listener {self.port} {self.host}\nallow_anonymous true\nmax_queued_messages 0\n")
+        self.broker = subprocess.Popen(["mosquitto", "-c", str(config)], stderr=subprocess.DEVNULL)
+        while True:
+            try:
+                socket.create_connection((self.host, self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.broker.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited with {self.broker.returncode}") from None
+                await asyncio.sleep(0.05)
+        # paho's own thread publishes, with room for every message in flight: aiomqtt's publish
+        # waits for each PUBACK and warns per pending call
+        self.publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:8]}")
+        self.publisher.max_inflight_messages_set(1000)
+        self.publisher.connect(self.host, self.port)
+        self.publisher.loop_start()
+        while not self.publisher.is_connected():
+            await asyncio.sleep(0.01)
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+
+    def _publish_now(self, topic: str, total: int) -> None:
+        sent = [self.publisher.publish(topic, PAYLOAD, qos=1) for _ in range(total)]
+        for info in sent:
+            info.wait_for_publish(60)
+
+    async def _publish(self, topic: str, total: int) -> None:
+        await asyncio.to_thread(self._publish_now, topic, total)
+
+    def _client(self, identifier: str, prefetch: int) -> Any:
+        import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 300  # a persistent session, as the trigger's
+        properties.ReceiveMaximum = prefetch
+        v5 = aiomqtt.ProtocolVersion.V5
+        client = aiomqtt.Client(
+            self.host, self.port, identifier=identifier, protocol=v5, clean_start=False, properties=properties
+        )
+        client._client.manual_ack_set(True)  # aiomqtt 2 has no manual acks (see mqtt.py, `_paho`)
+        return client
+
+    async def raw_round(self, total: int, prefetch: int) -> float:
+        topic, identifier = f"{self.topic}-raw", f"bench-raw-{uuid.uuid4().hex[:8]}"
+        async with self._client(identifier, prefetch) as client:
+            await client.subscribe(topic, qos=1)
+            acknowledge = client._client.ack
+            started = time.perf_counter()
+            publishing = asyncio.create_task(self._publish(topic, total))
+            done = 0
+            async for message in client.messages:
+                acknowledge(message.mid, message.qos)
+                done += 1
+                if done == total:
+                    break
+            elapsed = time.perf_counter() - started
+            await publishing
+        return total / elapsed
+
+    async def publish(self, total: int) -> None:
+        # the function's connections as they are now (a reconnect would make new ones)
+        if self.connections is not None:
+            self.connections.close()
+        self.connections = Connections(self.pid, self.port)
+        self.baseline = self.connections.bytes_acked()
+        await self._publish(self.topic, total)
+
+    async def consumed(self, total: int) -> bool:
+        assert self.connections is not None
+        return self.connections.bytes_acked() - self.baseline >= self.PUBACK * total
+
+    async def teardown(self) -> None:
+        if self.connections is not None:
+            self.connections.close()
+        self.publisher.disconnect()
+        self.publisher.loop_stop()
+        self.broker.terminate()
+        self.broker.wait(10)
+
+
 def _bench(kind: str) -> Bench:
-    return {"redis-stream": RedisBench, "rabbit-mq": RabbitBench, "nats": NatsBench}[kind]()
+    benches: dict[str, type[Bench]] = {
+        "redis-stream": RedisBench,
+        "rabbit-mq": RabbitBench,
+        "nats": NatsBench,
+        "mqtt": MqttBench,
+    }
+    return benches[kind]()
 
 
 async def _nubis_round(bench: Bench, total: int) -> float:
@@ -263,6 +411,7 @@ async def _run_broker(bench: Bench, args: argparse.Namespace, work: Path) -> tup
     nubis: list[float] = []
     try:
         await asyncio.sleep(1.5)  # the trigger connected and made its group / durable
+        bench.started(function.pid)
         for round_no in range(1, args.rounds + 1):
             raw.append(await bench.raw_round(args.messages, args.prefetch))
             nubis.append(await _nubis_round(bench, args.messages))

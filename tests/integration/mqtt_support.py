@@ -1,6 +1,7 @@
 """What the `mqtt` trigger's integration tests share: a mosquitto of a test's own (persistence on,
-on a free port, stopped by pid), a publisher and a subscriber on the real broker (paho's blocking
-client), the test function and its output."""
+on a free port, stopped by pid), a RabbitMQ node of its own with the MQTT plugin (a broker without
+MQTT 5), a publisher and a subscriber on the real broker (paho's blocking client), the test
+function and its output."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import queue
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from harness import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from rabbitmq_node import RabbitNode
 
 SHARED_PORT = 1883
 
@@ -133,6 +136,34 @@ class Mosquitto:
     def log(self) -> str:
         path = self.directory / "mosquitto.log"
         return path.read_text()[-3000:] if path.exists() else ""
+
+
+class RabbitMqtt(RabbitNode):
+    """A RabbitMQ node of the test's own with its MQTT plugin on `mqtt_port`: RabbitMQ 3.10 speaks
+    MQTT 3.1 and 3.1.1 only (MQTT 5 came with 3.13), and closes the connection on an MQTT 5 CONNECT
+    without answering it. Anonymous MQTT clients act as the node's user."""
+
+    def __init__(self, directory: Path, free_port: Callable[[], int]) -> None:
+        super().__init__(directory, free_port)
+        self.mqtt_port = free_port()
+        (directory / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        with open(directory / "rabbitmq.conf", "a") as config:
+            config.write(
+                f"mqtt.listeners.tcp.default = 127.0.0.1:{self.mqtt_port}\n"
+                "mqtt.allow_anonymous = true\n"
+                f"mqtt.default_user = {self.USER}\nmqtt.default_pass = {self.PASSWORD}\n"
+            )
+
+    def start(self) -> None:
+        super().start()
+        wait_until(self._mqtt_answers, 30, f"RabbitMQ's MQTT listener on port {self.mqtt_port}")
+
+    def _mqtt_answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.mqtt_port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
 
 class Client:

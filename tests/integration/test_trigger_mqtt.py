@@ -1,6 +1,6 @@
 """The `mqtt` trigger against the real mosquitto: the event shape, a persistent session that gets
 what was published while the function was down, PUBACK only after the handler (a replica killed
-mid-handler gets the message again), retries then the dead letter (a topic, or the platform's
+mid-handler gets the message again, counted as redelivered), retries then the dead letter (a topic, or the platform's
 failed-event store), a broker down at start waited for with no password shown, and two replicas
 sharing the one session (one consumes, the other takes over when it dies)."""
 
@@ -25,6 +25,7 @@ from test_gateway_tls import self_signed
 
 from leaks import alive
 from nubis.failed_events import FailedEventStore
+from nubis.trigger_reports import read_reports
 
 Run = Callable[..., RunningFunction]
 
@@ -45,12 +46,31 @@ def names() -> Iterator[tuple[str, str]]:
     forget.disconnect()
 
 
-def start(run: Run, function_dir: Path, spec: str, out: Path, **env: str) -> RunningFunction:
+def start(run: Run, function_dir: Path, spec: str, out: Path, *args: str, **env: str) -> RunningFunction:
     function = run(
-        function_dir / "handler.py", "--handler", "handler:handler", "--triggers", spec, env={"OUT": str(out), **env}
+        function_dir / "handler.py",
+        "--handler",
+        "handler:handler",
+        "--triggers",
+        spec,
+        *args,
+        env={"OUT": str(out), **env},
     )
     subscribed(function)
     return function
+
+
+def counted(state_dir: Path, function: RunningFunction, **expected: int) -> dict[str, int]:
+    """The trigger's counters once its replica reported `expected`."""
+
+    def reported() -> dict[str, int] | None:
+        for report in read_reports(state_dir, function.pid):
+            counts: dict[str, int] = report["counts"]
+            if all(counts.get(key) == value for key, value in expected.items()):
+                return counts
+        return None
+
+    return wait_until(reported, 30, f"the replica reporting {expected}")
 
 
 def subscribed(function: RunningFunction, times: int = 1) -> None:
@@ -87,22 +107,32 @@ def test_messages_reach_the_handler_in_order_and_what_came_while_it_was_down_too
         assert [line[0] for line in lines(out)] == [f"m{i}" for i in range(5)] + ["while-down"]
 
 
-def test_a_replica_killed_mid_handler_gets_the_message_again_with_its_properties(
-    run_function: Run, function_dir: Path, names: tuple[str, str], tmp_path: Path
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_replica_killed_mid_handler_gets_the_message_again_counted_as_redelivered(
+    run_function: Run, function_dir: Path, names: tuple[str, str], tmp_path: Path, version: int
 ) -> None:
     topic, client_id = names
-    out = tmp_path / "out.txt"
-    spec = triggers(SHARED_PORT, topic, client_id, protocolVersion=5)
-    with Client(SHARED_PORT, version=5) as publisher:
-        first = start(run_function, function_dir, spec, out, SLOW="1")
+    out, state = tmp_path / "out.txt", tmp_path / "state"
+    spec = triggers(SHARED_PORT, topic, client_id, protocolVersion=version)
+    reports = ("--trigger-state-dir", str(state))
+    with Client(SHARED_PORT, version=version) as publisher:
+        first = start(run_function, function_dir, spec, out, *reports, SLOW="1")
         publisher.publish(topic, "slow-1", headers={"k": "v"}, content_type="text/plain")
         wait_until(lambda: Path(f"{out}.started").exists(), 30, "the handler to start")
+        assert counted(state, first, received=1)["redelivered"] == 0  # a first delivery
         os.killpg(first.pid, signal.SIGKILL)
         wait_until(lambda: not alive(first.pid), 10, "the replica gone")
-        start(run_function, function_dir, spec, out)
+        again = start(run_function, function_dir, spec, out, *reports)
         wait_until(lambda: lines(out), 30, "the message handled by the next replica")
         [line] = lines(out)
-        assert line[0] == "slow-1" and line[6:] == ["v", "text/plain"]
+        # the broker sent it again with DUP set: the trigger counts it as redelivered
+        counts = counted(state, again, handled=1)
+        assert counts["received"] == 1 and counts["redelivered"] == 1
+        properties = ["v", "text/plain"] if version == 5 else ["-", "-"]  # MQTT 3.1.1 has no properties
+        assert line[0] == "slow-1" and line[6:] == properties
+        publisher.publish(topic, "fresh")
+        wait_until(lambda: len(lines(out)) == 2, 30, "a new message handled")
+        assert counted(state, again, handled=2)["redelivered"] == 1  # a new message is no redelivery
 
 
 @pytest.mark.parametrize("version", [4, 5])

@@ -43,6 +43,15 @@ def run_command(
             hidden=True,
         ),
     ] = None,
+    trigger_state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the triggers' state and counters to DIR/replicas/<pid>.json when they change, as "
+            "the local platform's replicas do (the cron trigger keeps its tick ledger there too).",
+            metavar="DIR",
+            hidden=True,
+        ),
+    ] = None,
 ) -> None:
     """Serve one function locally: builds its environment (cached) and runs all its triggers."""
     level = setup_logging(log_level, log_format)
@@ -58,6 +67,7 @@ def run_command(
             workers=workers,
             log_level=level,
             replica_socket=str(replica_socket) if replica_socket else None,
+            trigger_state_dir=str(trigger_state_dir) if trigger_state_dir else None,
         )
         code = uvloop.run(_serve(loaded, artifact, options))
     except NubisError as exc:

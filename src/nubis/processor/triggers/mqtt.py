@@ -8,7 +8,12 @@ acknowledged (PUBACK) only once handled.
 - **Acknowledged after the handler.** aiomqtt (2.5) offers no manual acknowledgement yet
   (empicano/aiomqtt#345, PR #346 open), so the trigger turns on the one of the paho client
   beneath it (`manual_ack_set`, paho 2.0+) and sends each PUBACK with `ack(mid, qos)` when
-  `ConsumerTrigger` settles the message; `_paho` is the one place that reaches inside aiomqtt.
+  `ConsumerTrigger` settles the message; `mqtt_paho` is the one place that reaches inside
+  aiomqtt.
+- **Redeliveries are counted.** A QoS 1 message the broker sends again on a resumed session (a
+  replica killed before its PUBACK, messages given back) carries the DUP flag; aiomqtt's Message
+  drops it, `mqtt_paho.PahoNotes` notes it from paho's. Such a delivery is `redelivered` (the
+  trigger's counter, as for the other kinds).
 - **QoS 2 is subscribed as QoS 1.** paho answers a QoS 2 PUBLISH with PUBREC at once and keeps
   the message in memory until PUBREL: a replica killed in between loses it, since the broker
   then only repeats PUBREL. At least once after handling is what the trigger can keep.
@@ -28,7 +33,6 @@ properties) the failed-event record as JSON.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,14 +43,14 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from nubis.errors import ProcessorError
 from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EVENT, EventFrame
 from nubis.processor.triggers.brokers import BrokerUnavailable, Delivery
 from nubis.processor.triggers.consumer import ConsumerTrigger
 from nubis.processor.triggers.message_options import ConsumerSettings, MessageOptions, MessageTriggerFactory
 from nubis.processor.triggers.mqtt_config import MqttConfig, parse
-from nubis.processor.triggers.mqtt_lease import Lease, broker_options, reason, refused
+from nubis.processor.triggers.mqtt_lease import Lease, broker_options, refused
+from nubis.processor.triggers.mqtt_paho import PahoNotes, connect, disconnect, paho_client, reason
 from nubis.spec import Trigger as TriggerSpec
 
 KIND = "mqtt"
@@ -60,28 +64,17 @@ TIMEOUT = 10.0
 NEVER = 0xFFFFFFFF
 
 
-def _paho(client: aiomqtt.Client) -> paho.Client:
-    """The paho client under aiomqtt, for manual acknowledgements (see the module docstring).
-    aiomqtt keeps it private: a release that moves it is refused with a clear error rather than
-    acknowledging on receipt (pyproject also keeps aiomqtt below 3)."""
-    inner = getattr(client, "_client", None)
-    if not isinstance(inner, paho.Client):
-        raise ProcessorError(
-            f"aiomqtt {getattr(aiomqtt, '__version__', '?')} does not expose the paho client the mqtt trigger "
-            "acknowledges through (manual acks need aiomqtt 2.x); install aiomqtt>=2.5,<3"
-        )
-    return inner
-
-
 class MqttDelivery:
     """One message as the session received it."""
 
-    def __init__(self, session: MqttSession, message: aiomqtt.Message, received: float) -> None:
+    def __init__(self, session: MqttSession, message: aiomqtt.Message, received: float, *, redelivered: bool) -> None:
         self.session = session
         self.message = message
         self.received = received
         self.source = message.topic.value
         self.ordering_key: str | None = self.source
+        #: the broker sent it before (DUP): a crash's duplicate, or given back
+        self.redelivered = redelivered
 
     def event(self) -> EventFrame:
         frame: EventFrame = {
@@ -112,8 +105,9 @@ class MqttDelivery:
 class MqttSession:
     """One connection of the trigger's session."""
 
-    def __init__(self, client: aiomqtt.Client, config: MqttConfig, lease: Lease) -> None:
+    def __init__(self, client: aiomqtt.Client, notes: PahoNotes, config: MqttConfig, lease: Lease) -> None:
         self.client = client
+        self.notes = notes
         self.config = config
         self.lease = lease
         self.closed = False
@@ -121,13 +115,13 @@ class MqttSession:
     def acknowledge(self, mid: int, qos: int) -> None:
         """PUBACK `mid`, on this connection only: a packet id means nothing on another one (the
         broker sends the message again there, under an id of its own)."""
-        inner = _paho(self.client)
+        inner = paho_client(self.client)
         if self.closed or not inner.is_connected() or inner.ack(mid, qos) != paho.MQTT_ERR_SUCCESS:
             raise BrokerUnavailable("the connection closed before the message was acknowledged")
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
         messages = self.client.messages
-        inner = _paho(self.client)
+        inner = paho_client(self.client)
         while True:
             try:
                 message = await anext(messages)
@@ -137,7 +131,8 @@ class MqttSession:
                 # aiomqtt still hands out what it had received; those could not be acknowledged
                 # any more, and the broker sends them again on the next connection
                 raise BrokerUnavailable("connection lost")
-            yield MqttDelivery(self, message, time.time())
+            redelivered = message.qos > 0 and self.notes.redelivered(message.mid)
+            yield MqttDelivery(self, message, time.time(), redelivered=redelivered)
 
     async def dead_letter(self, delivery: Delivery, failed: FailedEvent) -> None:
         assert isinstance(delivery, MqttDelivery) and self.config.dead_letter is not None
@@ -168,10 +163,9 @@ class MqttSession:
         if self.closed:
             return
         self.closed = True
-        if _paho(self.client).is_connected():
+        if paho_client(self.client).is_connected():
             await self.lease.leave(self.client)
-        with contextlib.suppress(aiomqtt.MqttError, OSError):
-            await self.client.__aexit__(None, None, None)
+        await disconnect(self.client)
 
 
 class MqttBroker:
@@ -183,7 +177,8 @@ class MqttBroker:
         self.where = config.where
         self.dead_letter = config.dead_letter
 
-    def client(self, prefetch: int, *, will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+    def client(self, prefetch: int, *, will: aiomqtt.Will | None = None) -> tuple[aiomqtt.Client, PahoNotes]:
+        """A client not yet connected, with manual acks on and paho's notes taken."""
         config = self.config
         options: dict[str, Any] = {"clean_session": False}
         if config.protocol_version == 5:
@@ -200,17 +195,15 @@ class MqttBroker:
             **broker_options(config),
             **options,
         )
-        _paho(client).manual_ack_set(True)  # before connecting: a resumed session delivers at once
-        return client
+        # both before connecting: a resumed session delivers at once
+        paho_client(client).manual_ack_set(True)
+        return client, PahoNotes(client)
 
     async def connect(self, prefetch: int) -> MqttSession:
         await self.lease.wait_turn()
-        client = self.client(prefetch, will=self.lease.will())
-        try:
-            await client.__aenter__()
-        except aiomqtt.MqttError as exc:
-            raise BrokerUnavailable(reason(exc)) from None
-        session = MqttSession(client, self.config, self.lease)
+        client, notes = self.client(prefetch, will=self.lease.will())
+        await connect(client, notes, self.config.protocol_version)
+        session = MqttSession(client, notes, self.config, self.lease)
         try:
             for subscription in self.config.subscriptions:
                 granted = await client.subscribe(subscription.topic, qos=min(subscription.qos, 1), timeout=TIMEOUT)

@@ -37,6 +37,7 @@ import aiomqtt
 
 from nubis.processor.triggers.brokers import BrokerUnavailable
 from nubis.processor.triggers.mqtt_config import MqttConfig
+from nubis.processor.triggers.mqtt_paho import PahoNotes, connect, disconnect, reason
 
 log = logging.getLogger("nubis.processor")
 
@@ -133,14 +134,11 @@ class Lease:
             timeout=WATCH_TIMEOUT,
             **broker_options(self.config),
         )
-        try:
-            await client.__aenter__()
-        except aiomqtt.MqttError as exc:
-            raise BrokerUnavailable(reason(exc)) from None
+        await connect(client, PahoNotes(client), self.config.protocol_version)
         try:
             granted = await client.subscribe(self.topic, qos=1)
         except aiomqtt.MqttError as exc:
-            await _disconnect(client)
+            await disconnect(client)
             raise BrokerUnavailable(f"cannot watch {self.topic}: {reason(exc)}") from None
         if not self._watched_before and refused(granted):
             log.warning(
@@ -165,7 +163,7 @@ class Lease:
         except aiomqtt.MqttError:
             return
         finally:
-            await _disconnect(client)
+            await disconnect(client)
 
     def _hear(self, text: str) -> None:
         what, _, token = text.partition(" ")
@@ -190,13 +188,3 @@ def refused(granted: Any) -> bool:
     """A SUBACK's first code is a refusal (0x80 and up: MQTT 3.1.1's failure, MQTT 5's reasons)."""
     code = granted[0] if granted else 0x80
     return int(getattr(code, "value", code)) >= 0x80
-
-
-async def _disconnect(client: aiomqtt.Client) -> None:
-    with contextlib.suppress(aiomqtt.MqttError, OSError):
-        await client.__aexit__(None, None, None)
-
-
-def reason(exc: BaseException) -> str:
-    """What went wrong, in the client's words (aiomqtt names no credentials)."""
-    return str(exc).split("\n", 1)[0][:300] or type(exc).__name__
