@@ -157,6 +157,7 @@ def test_an_idle_function_goes_to_zero_and_its_next_request_wakes_it(server: Run
     assert 'nubis_cold_start_seconds_count{function="sleepy"' in metrics
     assert 'nubis_events_total{function="sleepy"' in metrics and 'outcome="handled"' in metrics
     assert 'nubis_event_duration_seconds_bucket{function="sleepy"' in metrics
+    assert 'nubis_autoscaler_decisions_total{direction="zero",function="sleepy"} 1.0' in metrics
     # and it goes back to zero once idle again
     with server.client() as api:
         wait_state(api, "sleepy", {"scaledToZero"}, timeout=30)

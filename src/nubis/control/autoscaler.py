@@ -44,6 +44,9 @@ class Autoscaler:
         self._memory: dict[str, Memory] = {}
         self._policies: dict[str, tuple[int, Policy | None]] = {}
         self._warned: set[str] = set()
+        #: decisions taken since the server started, by function and direction (up, down, zero,
+        #: from_zero), for `/api/metrics`
+        self.decisions: dict[tuple[str, str], int] = {}
 
     async def run(self) -> None:
         while True:
@@ -111,6 +114,16 @@ class Autoscaler:
     async def scale(self, name: str, decision: Decision, before: int) -> None:
         """Ask the platform, then say so in the function's status.logs."""
         await self.platform.scale(name, decision.replicas)
+        direction = (
+            "zero"
+            if decision.replicas == 0
+            else "from_zero"
+            if before == 0
+            else "up"
+            if decision.replicas > before
+            else "down"
+        )
+        self.decisions[(name, direction)] = self.decisions.get((name, direction), 0) + 1
         if decision.replicas == 0:
             if name in self._memory:
                 self._memory[name].zero_asked_at = time.monotonic()

@@ -10,7 +10,9 @@
 - `nubis_event_duration_seconds{function, replica, trigger, kind}`: histogram of the handlers'
   durations, measured by the worker around the handler;
 - `nubis_cold_starts_total`, `nubis_wake_failures_total` and the histogram
-  `nubis_cold_start_seconds` (a wake from zero until the workers are ready), per replica.
+  `nubis_cold_start_seconds` (a wake from zero until the workers are ready), per replica;
+- `nubis_autoscaler_decisions_total{function, direction}`: the autoscaler's changes (up, down,
+  zero, from_zero) since the server started.
 
 Per replica, so a restarted replica starts again from 0, as a restarted pod's counters do.
 """
@@ -40,8 +42,9 @@ def _buckets(histogram: dict[str, Any]) -> tuple[list[tuple[str, float]], float]
 
 
 class ReplicaCollector(Collector):
-    def __init__(self, statuses: dict[str, FunctionStatus]) -> None:
+    def __init__(self, statuses: dict[str, FunctionStatus], decisions: dict[tuple[str, str], int]) -> None:
         self.statuses = statuses
+        self.decisions = decisions
 
     def collect(self) -> Iterator[Metric]:
         replicas = GaugeMetricFamily(
@@ -97,4 +100,11 @@ class ReplicaCollector(Collector):
             replicas.add_metric((function, "desired"), status.replicas_desired)
             replicas.add_metric((function, "running"), running)
             replicas.add_metric((function, "awake"), awake)
-        yield from (replicas, *gauges.values(), cold_starts, wake_failures, cold_seconds, events, durations)
+        scalings = CounterMetricFamily(
+            "nubis_autoscaler_decisions",
+            "The autoscaler's changes of a function's replicas since the server started (up, down, zero, from_zero).",
+            labels=("function", "direction"),
+        )
+        for (function, direction), count in sorted(self.decisions.items()):
+            scalings.add_metric((function, direction), count)
+        yield from (replicas, *gauges.values(), cold_starts, wake_failures, cold_seconds, events, durations, scalings)

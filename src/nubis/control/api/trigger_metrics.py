@@ -69,8 +69,9 @@ class ReportCollector(Collector):
 
 
 async def trigger_metrics(request: Request) -> Response:
-    statuses = await request.app.state.control.platform.statuses()
+    control = request.app.state.control
+    statuses = await control.platform.statuses()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReportCollector(statuses))
-    registry.register(ReplicaCollector(statuses))
+    registry.register(ReplicaCollector(statuses, dict(control.autoscaler.decisions)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
