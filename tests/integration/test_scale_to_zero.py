@@ -426,3 +426,22 @@ def test_going_to_zero_lets_the_requests_in_flight_finish(server: RunningServer,
     assert answer.status_code == 200 and answer.text == "ok slow"
     assert out.read_text().split() == ["slow"]
     wait_until(lambda: asleep(server, "drainer"), 10, "asleep once the request finished")
+
+
+def test_a_replica_killed_at_zero_comes_back_asleep(server: RunningServer, tmp_path: Path) -> None:
+    deploy(server, "phoenix", tmp_path, zero_after=None, minReplicas=0, maxReplicas=1)
+    with server.client() as api:
+        assert api.patch("/api/functions/phoenix", json={"desiredState": "scaledToZero"}).status_code == 202
+    wait_until(lambda: asleep(server, "phoenix"), 10, "the replica reports asleep")
+    first = replica_pid(server, "phoenix")
+    os.kill(first, signal.SIGKILL)
+
+    def restarted() -> bool:
+        desired = json.loads((server.data_dir / "agent" / "desired.json").read_text())
+        pids = [r.get("pid") for r in desired["functions"]["phoenix"]["replicas"] if r.get("state") == "ready"]
+        return bool(pids) and first not in pids
+
+    wait_until(restarted, 30, "the agent restarts the replica")
+    wait_until(lambda: asleep(server, "phoenix"), 15, "the new replica asleep")
+    answer = httpx.get(f"http://127.0.0.1:{gateway_port(server)}/phoenix/", timeout=CLIENT_TIMEOUT)
+    assert answer.status_code == 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -103,6 +104,8 @@ class ReplicaSet:
                     if await process.wait_ready(slot.deployment.readiness_timeout):
                         slot.state = "ready"
                         slot.start_failures = 0
+                        if slot.restarts and slot.deployment.asleep:
+                            process.send_signal(signal.SIGUSR1)  # restarted at zero: back to sleep
                         self._check_health()
                         self.on_change()
                     else:
