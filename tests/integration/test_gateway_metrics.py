@@ -123,7 +123,9 @@ def gateways(
     bounded_port, limited_port = free_port(), free_port()
     other_dir = tmp_path_factory.mktemp("gateway-limits-2")  # its own gateway.json; the same store
     state = ("--state-url", default_state_url(data_dir))
-    bounded = _start_gateway(data_dir, bounded_port, "--max-body-bytes", "1000", "--max-connections", "4")
+    bounded = _start_gateway(
+        data_dir, bounded_port, "--max-body-bytes", "1000", "--max-connections", "4", "--wake-timeout", "0"
+    )
     try:
         limited = _start_gateway(other_dir, limited_port, *state, "--rate-limit", "0.01", "--rate-burst", "3")
     except BaseException:

@@ -27,6 +27,14 @@ def gateway_command(
     upstream_timeout: Annotated[
         float, typer.Option(help="Seconds a function has to begin its answer (504 after that).", min=0.001)
     ] = 60.0,
+    wake_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a request waits for a function none of whose replicas takes connections (503 with "
+            "Retry-After after that); 0: not held, 502 at once.",
+            min=0,
+        ),
+    ] = 30.0,
     rate_limit: Annotated[
         float | None,
         typer.Option(help="Requests a second per route and client address; more are answered 429.", min=0.001),
@@ -80,6 +88,7 @@ def gateway_command(
         data_dir=(data_dir or default_data_dir()).expanduser(),
         state_url=state_url or os.environ.get(ENV_PREFIX + "STATE_URL") or None,
         upstream_timeout=upstream_timeout,
+        wake_timeout=wake_timeout,
         rate_limit=rate_limit,
         rate_burst=rate_burst,
         max_body_bytes=max_body_bytes,

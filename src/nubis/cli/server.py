@@ -39,6 +39,7 @@ def server_command(
     gateway_rate_burst: Annotated[int | None, setting("gateway_rate_burst")] = None,
     gateway_max_body_bytes: Annotated[int | None, setting("gateway_max_body_bytes")] = None,
     gateway_max_connections: Annotated[int | None, setting("gateway_max_connections")] = None,
+    gateway_wake_timeout: Annotated[float | None, setting("gateway_wake_timeout")] = None,
     oidc_issuer: Annotated[str | None, setting("oidc_issuer")] = None,
     oidc_audience: Annotated[str | None, setting("oidc_audience")] = None,
     oidc_leeway: Annotated[int | None, setting("oidc_leeway")] = None,

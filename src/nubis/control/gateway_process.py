@@ -32,6 +32,8 @@ from nubis.sockets import listening_socket
 log = logging.getLogger("nubis.server")
 
 DEFAULT_GATEWAY_PORT = 8080
+#: `nubis gateway --wake-timeout`'s default (the gateway's DEFAULT_WAKE_TIMEOUT)
+DEFAULT_WAKE_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
 
 
@@ -106,6 +108,8 @@ class GatewayOptions:
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_leeway: int = 30
+    #: seconds a request waits for a function none of whose replicas takes connections (0: 502 at once)
+    wake_timeout: float = DEFAULT_WAKE_TIMEOUT
 
     @property
     def scheme(self) -> str:
@@ -125,6 +129,7 @@ class GatewayOptions:
             "oidc_issuer": self.oidc_issuer,
             "oidc_audience": self.oidc_audience,
             "oidc_leeway": self.oidc_leeway,
+            "wake_timeout": self.wake_timeout,
         }
 
     def arguments(self) -> list[str]:
@@ -142,7 +147,7 @@ class GatewayOptions:
         given += ["--max-body-bytes", str(self.max_body_bytes), "--max-connections", str(self.max_connections)]
         if self.oidc_issuer is not None and self.oidc_audience is not None:
             given += ["--oidc-issuer", self.oidc_issuer, "--oidc-audience", self.oidc_audience]
-        given += ["--oidc-leeway", str(self.oidc_leeway)]
+        given += ["--oidc-leeway", str(self.oidc_leeway), "--wake-timeout", str(self.wake_timeout)]
         return given
 
 

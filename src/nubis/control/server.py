@@ -134,6 +134,7 @@ def gateway_options(settings: ServerSettings) -> GatewayOptions:
         rate_burst=settings.gateway_rate_burst,
         max_body_bytes=settings.gateway_max_body_bytes,
         max_connections=settings.gateway_max_connections,
+        wake_timeout=settings.gateway_wake_timeout,
         oidc_issuer=settings.oidc_issuer,
         oidc_audience=settings.oidc_audience,
         oidc_leeway=settings.oidc_leeway,

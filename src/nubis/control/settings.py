@@ -148,6 +148,12 @@ class ServerSettings(BaseModel):
     gateway_max_connections: int = Field(
         default=DEFAULT_MAX_CONNECTIONS, ge=1, description="Most open gateway connections; more are answered 503."
     )
+    gateway_wake_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds the gateway holds a request for a function none of whose replicas takes connections "
+        "(being started or restarted); 503 with Retry-After after that; 0: not held, 502 at once.",
+    )
     oidc_issuer: str | None = Field(
         default=None,
         description="The OIDC issuer whose bearer JWTs API gateways with authenticationMode oauth2 accept, as the "

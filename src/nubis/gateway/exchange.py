@@ -17,10 +17,13 @@ while it is at most RETRY_BODY_BYTES: a longer body streamed on is not kept, and
 
 At most MAX_ATTEMPTS replicas, all within the one upstream timeout.
 
+When no try connected (every replica tried, and the shared port, refused the connection), the
+request is held until a replica takes connections, within the wake timeout (`hold.py`).
+
 A failure before the answer began is the gateway's own answer: 502 when no replica took the
-request (refused, or dropped it), 504 when none answered within the upstream timeout. After the
-answer began, the client's connection is cut, so it sees a truncated body rather than a complete
-wrong one.
+request (dropped it, or refused it with holding off), 503 past the wake timeout, 504 when none
+answered within the upstream timeout. After the answer began, the client's connection is cut, so
+it sees a truncated body rather than a complete wrong one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from nubis.gateway.replicas import Replica, Upstream
 from nubis.gateway.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
+    from nubis.gateway.hold import Held
     from nubis.gateway.proxy import ClientConnection
     from nubis.gateway.routes import Route
 
@@ -59,6 +63,9 @@ class Exchange:
         "conn",
         "head",
         "head_only",
+        "held_in",
+        "held_until",
+        "hold_paused",
         "idempotent",
         "keep_alive",
         "local",
@@ -124,6 +131,11 @@ class Exchange:
         self.sent: list[bytes] | None = []
         self.sent_bytes = 0
         self.timer: asyncio.TimerHandle | None = None
+        #: the queue it waits in while held (`hold.py`), the loop time its hold ends (0.0: never
+        #: held), and whether the hold paused reading its body
+        self.held_in: Held | None = None
+        self.held_until = 0.0
+        self.hold_paused = False
         self.started = time.perf_counter()
         #: None once measured, and for the gateway's own endpoints (`internal`: health, metrics)
         self.metrics = None if internal else metrics.of(route)
@@ -145,6 +157,8 @@ class Exchange:
         if self.head is not None and self.head.expect_continue and not self.request_done:
             # the request passed every check: its body is wanted (its Expect is not forwarded)
             self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.conn.holds.queues and self.conn.holds.joins(self):
+            return  # requests for its function are held: it waits behind them
         self._send()
 
     def _send(self, replica: Replica | None = None) -> None:
@@ -176,7 +190,7 @@ class Exchange:
             replica = self.replica
             if replica is not None and self.route.replicas is not None:
                 self.route.replicas.refused(replica, self.conn.loop.time())
-            if not self._send_elsewhere(sent=False):
+            if not self._send_elsewhere(sent=False) and not self._hold():
                 self._lost(f"cannot connect to {self.route.function}: {exc.strerror or exc}")
             return
         if self.response_done or self.conn.closed:
@@ -231,6 +245,41 @@ class Exchange:
         if replica is not None:
             replica.in_flight -= 1
 
+    # -- held (`hold.py`) --------------------------------------------------------------------------
+    def _hold(self) -> bool:
+        """No try connected: wait for a replica (False: holding is off, or the client is gone)."""
+        if self.conn.closed or self.response_started or self.response_done:
+            return False
+        self._release()
+        self._cancel_timer()  # the upstream timeout starts again once it is sent
+        self.upstream = None
+        if not self.conn.holds.hold(self):
+            return False
+        if self.held_in is not None:
+            self._pause_held_body()
+        return True
+
+    def _pause_held_body(self) -> None:
+        """Keep at most RETRY_BODY_BYTES of a held request's body: past that, the client waits."""
+        if not self.hold_paused and not self.request_done and sum(map(len, self.pending)) > RETRY_BODY_BYTES:
+            self.hold_paused = True
+            self.conn.pause_reading_for_upstream(True)
+
+    def unhold(self, route: Route) -> None:
+        """A replica of its function takes connections: send it (`route`: as the table has it now)."""
+        self.route = route
+        self.tried = []
+        if self.hold_paused:
+            self.hold_paused = False
+            if len(self.conn.exchanges) == 1:  # (one pipelined behind it keeps reading paused)
+                self.conn.pause_reading_for_upstream(False)
+        self._send()
+
+    def give_up(self, status: int, answer: bytes) -> None:
+        """Held too long, or no room to be held: the gateway's own answer (503)."""
+        self.held_in = None
+        self._answer_locally(status, answer)
+
     def body(self, data: bytes) -> None:
         if self.response_done or self.local is not None:
             return
@@ -241,6 +290,8 @@ class Exchange:
             self._keep_sent(data)
         else:
             self.pending.append(data)
+            if self.held_in is not None:
+                self._pause_held_body()
 
     def request_complete(self) -> None:
         self.request_done = True
@@ -252,6 +303,8 @@ class Exchange:
             self._start_timer()
 
     def client_gone(self) -> None:
+        if self.held_in is not None:
+            self.conn.holds.drop(self)
         self._measure(metrics.CLIENT_GONE)
         self._release()
         self._cancel_timer()
@@ -366,6 +419,8 @@ class Exchange:
         self.request_done = True
         self.keep_alive = False
         self.pending = []
+        if self.held_in is not None:
+            self.conn.holds.drop(self)
         self._cancel_timer()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:

@@ -11,7 +11,8 @@ per function and route), which `RouteCollector` turns into Prometheus' families 
 prometheus-client's own children take a lock per update, a few microseconds a request that the
 single-threaded gateway does not need. Rare counts (upstream errors, refusals) use its counters.
 What the authentication and the limits count goes through `unauthorised(route)`,
-`rate_limited(route)` and `refused_connection()`.
+`rate_limited(route)` and `refused_connection()`; requests held for a replica (`hold.py`) are
+counted in their route's numbers (`held`, `holds`, `hold_timeouts`).
 """
 
 from __future__ import annotations
@@ -65,12 +66,26 @@ REFUSED_CONNECTIONS = Counter(
 class RouteMetrics:
     """What the requests of one (function, route) count, as plain numbers (the event loop's only)."""
 
-    __slots__ = ("buckets", "function", "in_flight", "route", "statuses", "total_seconds")
+    __slots__ = (
+        "buckets",
+        "function",
+        "held",
+        "hold_timeouts",
+        "holds",
+        "in_flight",
+        "route",
+        "statuses",
+        "total_seconds",
+    )
 
     def __init__(self, function: str, route: str) -> None:
         self.function = function
         self.route = route
         self.in_flight = 0
+        #: requests held now for a replica of the function (`hold.py`), ever held, held past the wake timeout
+        self.held = 0
+        self.holds = 0
+        self.hold_timeouts = 0
         #: requests per latency bucket (not cumulative; the last one is +Inf)
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.total_seconds = 0.0
@@ -105,6 +120,19 @@ class RouteCollector(Collector):
         in_flight = GaugeMetricFamily(
             "nubis_gateway_requests_in_flight", "Requests received and not yet answered.", labels=_ROUTE
         )
+        held = GaugeMetricFamily(
+            "nubis_gateway_requests_held",
+            "Requests waiting for a replica of their function to take connections (--wake-timeout).",
+            labels=_ROUTE,
+        )
+        holds = CounterMetricFamily(
+            "nubis_gateway_holds", "Requests held because no replica of their function took connections.", labels=_ROUTE
+        )
+        hold_timeouts = CounterMetricFamily(
+            "nubis_gateway_hold_timeouts",
+            "Held requests answered 503 because no replica took connections within --wake-timeout.",
+            labels=_ROUTE,
+        )
         for metrics in list(_by_route.values()):
             labels = (metrics.function, metrics.route)
             for status, count in sorted(metrics.statuses.items()):
@@ -115,7 +143,11 @@ class RouteCollector(Collector):
                 buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
             latency.add_metric(labels, buckets, metrics.total_seconds)
             in_flight.add_metric(labels, metrics.in_flight)
-        yield from (requests, latency, in_flight)
+            if metrics.holds:
+                held.add_metric(labels, metrics.held)
+                holds.add_metric(labels, metrics.holds)
+                hold_timeouts.add_metric(labels, metrics.hold_timeouts)
+        yield from (requests, latency, in_flight, held, holds, hold_timeouts)
 
 
 _by_route: dict[tuple[str, str], RouteMetrics] = {}

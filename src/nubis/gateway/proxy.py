@@ -57,6 +57,7 @@ class ClientConnection(asyncio.Protocol):
         self.settings = gateway.settings
         self.limits = gateway.limits
         self.pool = gateway.pool
+        self.holds = gateway.holds
         self.tasks = gateway.tasks
         self.proto = gateway.scheme
         self.loop = asyncio.get_running_loop()

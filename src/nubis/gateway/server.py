@@ -19,6 +19,7 @@ from functools import partial
 
 from nubis.auth.issuers import oidc_settings_problem
 from nubis.errors import NubisError, PermanentError
+from nubis.gateway.hold import Holds, OnHold
 from nubis.gateway.limits import rate_limiter
 from nubis.gateway.oidc import oidc_verifier
 from nubis.gateway.proxy import ClientConnection
@@ -44,7 +45,9 @@ class GatewayError(PermanentError):
 class Gateway:
     """The state every client connection shares."""
 
-    def __init__(self, settings: GatewaySettings, watch: TableWatch, scheme: bytes = b"http") -> None:
+    def __init__(
+        self, settings: GatewaySettings, watch: TableWatch, scheme: bytes = b"http", on_hold: OnHold | None = None
+    ) -> None:
         self.settings = settings
         self.limits = settings.limits
         self.watch = watch
@@ -52,6 +55,8 @@ class Gateway:
         self.pool = Pool()
         self.connections: set[ClientConnection] = set()
         self.tasks: set[asyncio.Future[None]] = set()
+        #: requests waiting for a replica of their function (`hold.py`)
+        self.holds = Holds(watch, self.pool, settings.wake_timeout, self.tasks, on_hold)
         self.draining = False
         self.rate_limiter = rate_limiter(settings.rate_limit, settings.rate_burst)
 
@@ -88,7 +93,9 @@ def listener(fd: int | None, host: str, port: int, option: str, name: str) -> so
     return sock
 
 
-async def serve(settings: GatewaySettings, *, announce: bool = True) -> int:
+async def serve(settings: GatewaySettings, *, announce: bool = True, on_hold: OnHold | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. `on_hold(function)`: called when requests for a function none of
+    whose replicas takes connections begin to be held, once a burst (`hold.py`), to wake it."""
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise GatewayError("--tls-cert and --tls-key go together: give both or neither")
     if problem := oidc_settings_problem(settings.oidc_issuer, settings.oidc_audience):
@@ -116,7 +123,7 @@ async def serve(settings: GatewaySettings, *, announce: bool = True) -> int:
         await watch.refresh()
     except NubisError as exc:
         log.error("cannot read routes from the store yet: %s", exc.message)
-    gateway = Gateway(settings, watch, settings.scheme.encode())
+    gateway = Gateway(settings, watch, settings.scheme.encode(), on_hold)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -141,6 +148,7 @@ async def serve(settings: GatewaySettings, *, announce: bool = True) -> int:
         server.close()
         if tunnel is not None:
             tunnel.close()
+        gateway.holds.close()
         for conn in list(gateway.connections):
             conn.close_if_idle()
         deadline = loop.time() + DRAIN_SECONDS
@@ -186,6 +194,7 @@ def _write_state(settings: GatewaySettings, port: int, tunnel_port: int | None) 
                 "oidc_issuer": settings.oidc_issuer,
                 "oidc_audience": settings.oidc_audience,
                 "oidc_leeway": settings.oidc_leeway,
+                "wake_timeout": settings.wake_timeout,
             }
         )
     )

@@ -11,6 +11,8 @@ from nubis.settings import user_data_dir
 DEFAULT_GATEWAY_PORT = 8080
 #: seconds an upstream has to begin its answer once it has the whole request (504 after that)
 DEFAULT_UPSTREAM_TIMEOUT = 60.0
+#: seconds a request waits for a replica of a function none of whose replicas takes connections
+DEFAULT_WAKE_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class GatewaySettings:
     #: the state database (default: SQLite nubis.db in the data dir, as the server's)
     state_url: str | None = None
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    #: seconds a request is held while no replica of its function takes connections (`hold.py`;
+    #: 503 + Retry-After after that); 0: not held, 502 at once
+    wake_timeout: float = DEFAULT_WAKE_TIMEOUT
     #: seconds between two looks at the store for route changes
     refresh_interval: float = 0.5
     limits: HttpLimits = field(default_factory=HttpLimits)

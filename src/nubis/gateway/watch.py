@@ -9,7 +9,8 @@ be read keeps the last table serving (logged once per outage).
 Each refresh also lists every routed function's replica sockets (`replicas.scan`, when the
 watch knows where they are: `sockets`), so a replica that starts or drains is seen within one
 interval whether or not the store changed; each function's `Replicas` outlives the tables, so its
-counts of requests in flight do too.
+counts of requests in flight do too. A function with held requests has its directory listed far
+more often (`rescan`, by `hold.py`).
 
 The watch holds the gateway's store handle, so it also holds the credential checks that read it
 (`auth`: API tokens of `accessKey` gateways, and the OIDC issuer's keys of `oauth2` ones).
@@ -78,6 +79,12 @@ class TableWatch:
         if replicas is None or replicas.fallback.upstream != upstream:
             replicas = self.replicas[function] = Replicas(upstream)
         return replicas
+
+    def rescan(self, function: str) -> None:
+        """One function's replica sockets, as they are now (while requests for it are held)."""
+        replicas = self.replicas.get(function)
+        if replicas is not None and self.sockets is not None:
+            replicas.update(scan(self.sockets(function)))
 
     def _scan(self) -> None:
         """Every routed function's replica sockets, as they are now."""
