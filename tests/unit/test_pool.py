@@ -280,3 +280,37 @@ def test_acquire_holds_a_free_worker_and_waits_for_the_next(tmp_path: Path) -> N
         assert await waiting is False, "a pool shutting down gives no more capacity"
 
     run(test, tmp_path)
+
+
+def test_acquire_pipelines_a_batch_onto_a_busy_worker_for_fast_handlers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch, "PIPELINE_MIN_WINDOW", 60.0)
+
+    async def test(harness: Pools) -> None:
+        pool = await harness.start()
+        await warm_up(pool)
+        flag = harness.flag()
+        assert await pool.acquire()
+        blocked, blocked_reply = event("/block", flag)
+        pool.submit(blocked, reserved=True)
+        # the one worker is busy: a pull trigger may still have PIPELINE_ACQUIRE events queued on it
+        behind = []
+        for index in range(dispatch.PIPELINE_ACQUIRE):
+            assert await asyncio.wait_for(pool.acquire(), 1), f"no room for pipelined event {index}"
+            sub, reply = event("/echo", str(index).encode())
+            pool.submit(sub, reserved=True)
+            behind.append((sub, reply))
+        assert all(sub.prefetched for sub, _ in behind)
+        more = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0.05)
+        assert not more.done(), "acquire promised more than PIPELINE_ACQUIRE beyond the running event"
+        harness.release(flag)
+        assert (await blocked_reply.answer()).body == b"released"
+        assert [(await reply.answer()).body for _, reply in behind] == [
+            str(i).encode() for i in range(dispatch.PIPELINE_ACQUIRE)
+        ]
+        assert await asyncio.wait_for(more, 5)
+        pool.release()
+
+    run(test, tmp_path)

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 #: Events queued on one busy worker at most (pipelining).
 PREFETCH = 32
+#: Events `acquire` may promise beyond a busy worker's running one (pipelined pull triggers).
+PIPELINE_ACQUIRE = 8
 #: Pipelining is used only while the mean handler duration stays below this (seconds).
 PIPELINE_MAX_DURATION = 0.001
 #: ... and only onto a worker that made progress (started an event or answered one) less than this
@@ -156,7 +158,7 @@ class Dispatch(abc.ABC):
         nothing to submit gives the worker back with `release()`. Cancelling the wait is safe.
         """
         while not self._closing:
-            if len(self._idle) > self._reserved:
+            if len(self._idle) > self._reserved or self._pipeline_room():
                 self._reserved += 1
                 return True
             if self.asleep and self.on_demand is not None:
@@ -170,6 +172,17 @@ class Dispatch(abc.ABC):
                     self._wake_acquirer()  # woken, then cancelled: the free worker goes to the next one
                 raise
         return False
+
+    def _pipeline_room(self) -> bool:
+        """Fast handlers (see pool.py): a pull-based trigger may also have events pipelined onto
+        busy workers, up to PIPELINE_ACQUIRE each beyond the one it runs, so a batch of messages
+        crosses to the worker in one write instead of one round trip each."""
+        return (
+            not self.asleep
+            and self._samples >= 4
+            and self._avg_duration < PIPELINE_MAX_DURATION
+            and self._reserved - len(self._idle) + self._prefetched < len(self.workers) * PIPELINE_ACQUIRE
+        )
 
     def release(self) -> None:
         """Give back a worker held by `acquire` without submitting to it."""
@@ -247,7 +260,7 @@ class Dispatch(abc.ABC):
         for worker in self.workers:
             depth = len(worker.inflight)
             if (
-                depth < PREFETCH
+                0 < depth < PREFETCH  # an idle worker is someone's (acquire), or taken directly
                 and now - worker.progress_at < window
                 and (target is None or depth < len(target.inflight))
             ):
@@ -327,6 +340,8 @@ class Dispatch(abc.ABC):
         elif sub.timer is not None:
             sub.timer.cancel()
             sub.timer = None
+        if self._capacity_waiters:
+            self._wake_acquirer()  # a pipelined slot may be free again
         if duration > 0:
             self.durations.observe(duration)
             self._samples += 1
