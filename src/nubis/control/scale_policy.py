@@ -32,7 +32,7 @@ SCALE_DOWN_WINDOW = "nubis.io/scale-down-window"
 SCALE_TO_ZERO_AFTER = "nubis.io/scale-to-zero-after"
 DEFAULT_SCALE_DOWN_WINDOW = 60.0
 DEFAULT_SCALE_TO_ZERO_AFTER = 300.0
-UP_SUSTAIN_SECONDS = 0.9
+UP_SUSTAIN_SECONDS = 0.45
 #: seconds after which a replica's report surely postdates a request (reports every 0.5 s)
 REPORT_LAG_SECONDS = 2.0
 
