@@ -25,6 +25,7 @@ from harness import wait_until
 from rabbitmq_node import run as rabbit_run
 from server_harness import RunningServer, gateway_port, inline_function, started_server, wait_state
 from test_server_cli import cli
+from test_server_message_triggers import KINDS
 
 SOURCE = b"""
 import os, time
@@ -445,3 +446,21 @@ def test_a_replica_killed_at_zero_comes_back_asleep(server: RunningServer, tmp_p
     wait_until(lambda: asleep(server, "phoenix"), 15, "the new replica asleep")
     answer = httpx.get(f"http://127.0.0.1:{gateway_port(server)}/phoenix/", timeout=CLIENT_TIMEOUT)
     assert answer.status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["nats", "mqtt"])
+def test_a_nats_or_mqtt_message_wakes_a_function_at_zero(server: RunningServer, tmp_path: Path, kind: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    trigger, publish, clean = KINDS[kind](tag)
+    name = f"zero-{kind}"
+    out = deploy(server, name, tmp_path, zero_after=None, minReplicas=0, maxReplicas=1, triggers={"events": trigger})
+    try:
+        wait_until(lambda: any(t["state"] == "consuming" for t in _triggers(server, name)), 20, "consuming")
+        with server.client() as api:
+            assert api.patch(f"/api/functions/{name}", json={"desiredState": "scaledToZero"}).status_code == 202
+        wait_until(lambda: asleep(server, name), 10, "the replica reports asleep")
+        publish()
+        wait_until(lambda: out.exists() and out.read_text().split() == ["-"], 20, "the message handled")
+        wait_until(lambda: load(server, name).get("cold_starts") == 1, 5, "one cold start reported")
+    finally:
+        clean()
