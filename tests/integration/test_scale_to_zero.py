@@ -33,6 +33,8 @@ import os, time
 def init_context(context):
     if os.path.exists(os.environ["BROKEN"]):
         raise RuntimeError("the model file is missing")
+    if os.path.exists(os.environ["BROKEN"] + ".slow"):
+        time.sleep(3)
 
 def handler(context, event):
     if event.path.startswith("/slow"):
@@ -464,3 +466,23 @@ def test_a_nats_or_mqtt_message_wakes_a_function_at_zero(server: RunningServer, 
         wait_until(lambda: load(server, name).get("cold_starts") == 1, 5, "one cold start reported")
     finally:
         clean()
+
+
+def test_an_event_waits_for_a_wake_at_most_the_wake_timeout(server: RunningServer, tmp_path: Path) -> None:
+    deploy(server, "slowpoke", tmp_path, zero_after=None, minReplicas=0, maxReplicas=1)
+    with server.client() as api:
+        body = api.get("/api/functions/slowpoke").json()
+        body["metadata"]["annotations"] = {"nubis.io/wake-timeout": "1s"}
+        assert api.put("/api/functions/slowpoke", json=body).status_code in (200, 202, 204)
+        wait_state(api, "slowpoke", {"ready"}, timeout=60)
+        wait_until(lambda: replicas(server, "slowpoke")["replicas"][0]["generation"] == 2, 30, "generation 2 serves")
+        assert api.patch("/api/functions/slowpoke", json={"desiredState": "scaledToZero"}).status_code == 202
+    wait_until(lambda: asleep(server, "slowpoke"), 10, "the replica reports asleep")
+    (tmp_path / "slowpoke.broken.slow").write_text("")  # init_context now takes 3 s
+    url = f"http://127.0.0.1:{gateway_port(server)}/slowpoke/"
+    started = time.monotonic()
+    answer = httpx.get(url, timeout=CLIENT_TIMEOUT)
+    waited = time.monotonic() - started
+    assert answer.status_code == 503 and answer.headers.get("retry-after"), answer.text
+    assert waited < 2.5, f"answered after {waited:.1f} s, not at the 1 s wake timeout"
+    wait_until(lambda: httpx.get(url, timeout=CLIENT_TIMEOUT).status_code == 200, 10, "served once awake")

@@ -107,8 +107,9 @@ class Dispatch(abc.ABC):
 
     @property
     def queued(self) -> int:
-        """Events waiting for a worker (in line, or queued on a busy one)."""
-        return len(self._waiting) + self._prefetched
+        """Events waiting for a worker: in line, queued on a busy one, or (pull triggers) taken
+        from the broker and waiting in `acquire`, so a backlog counts toward scaling up."""
+        return len(self._waiting) + self._prefetched + len(self._capacity_waiters)
 
     # -- supplied by the pool --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -248,7 +249,7 @@ class Dispatch(abc.ABC):
         if len(self._waiting) >= self.max_queued:
             self.answer(sub, refusal_response(Refusal.QUEUE_FULL))
             return
-        wait = max(self.wake_timeout, self.availability_timeout)
+        wait = self.wake_timeout
         sub.deadline = time.monotonic() + wait
         sub.timer = self._loop.call_later(wait, self._expire, sub)
         self._waiting.append(sub)

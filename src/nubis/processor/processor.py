@@ -25,11 +25,14 @@ from nubis.processor.zygote import ZygoteStarter
 from nubis.runtimes.base import Artifact, WorkerRequest
 from nubis.runtimes.registry import runtime_for
 from nubis.spec import FunctionConfig
+from nubis.spec.durations import parse_duration
 
 log = logging.getLogger("nubis.processor")
 
 #: Annotation choosing how workers start: `fork` (default, from the zygote) or `spawn`.
 WORKER_START_ANNOTATION = "nubis.io/worker-start"
+#: Annotation: how long an event for the function at zero waits for its wake (scaling.py)
+WAKE_TIMEOUT_ANNOTATION = "nubis.io/wake-timeout"
 
 
 class Processor:
@@ -149,7 +152,7 @@ class Processor:
             self._starter.on_give_up = self._fail
         for pool in self.pools:
             pool.on_fatal = self._fail
-        self.scaling = Scaling(self.pools, self._stop_starter, self._restart_starter, self.options.wake_timeout)
+        self.scaling = Scaling(self.pools, self._stop_starter, self._restart_starter, self._wake_timeout())
         await self._starter.start()
         try:
             await asyncio.gather(*(pool.start() for pool in self.pools))
@@ -162,6 +165,14 @@ class Processor:
         if self.options.trigger_state_dir:
             reporting = keep_reporting(self, Path(self.options.trigger_state_dir))
             self._reporting = asyncio.create_task(reporting, name="trigger reports")
+
+    def _wake_timeout(self) -> float:
+        """Seconds an event waits for a wake from zero: the annotation `nubis.io/wake-timeout` (a
+        Go duration), else the replica's option (30 s)."""
+        text = (self.config.metadata.annotations or {}).get(WAKE_TIMEOUT_ANNOTATION)
+        field = f"metadata.annotations.{WAKE_TIMEOUT_ANNOTATION}"
+        seconds = parse_duration(str(text), field=field) if text is not None else None
+        return self.options.wake_timeout if seconds is None or seconds <= 0 else seconds
 
     def _stop_starter(self) -> None:
         """Scaled to zero: the zygote goes too, so no process holds the function's code. The next
