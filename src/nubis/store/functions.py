@@ -80,8 +80,12 @@ class FunctionsMixin(StoreBase):
             row = await session.get(FunctionRow, name)
             return _function(row) if row else None
 
-    async def create_function(self, name: str, project: str, namespace: str, config: dict[str, Any]) -> FunctionRecord:
-        """Store a new function in state `building` (generation 1, never deployed).
+    async def create_function(
+        self, name: str, project: str, namespace: str, config: dict[str, Any], *, imported: bool = False
+    ) -> FunctionRecord:
+        """Store a new function in state `building` (generation 1, never deployed), or with
+        `imported` in state `imported`, counted as deployed so the reconciler leaves it (in the
+        same statement: a reconcile pass in between would otherwise start deploying it).
 
         `Conflict` if the name exists (in any project: names are global), `PreconditionFailed`
         if the project does not exist.
@@ -96,9 +100,9 @@ class FunctionsMixin(StoreBase):
                 project=project,
                 namespace=namespace,
                 config=dict(config),
-                status={"state": "building"},
+                status={"state": "imported" if imported else "building"},
                 generation=1,
-                deployed_generation=0,
+                deployed_generation=1 if imported else 0,
                 resource_version=new_resource_version(),
                 http_port=None,
                 created_at=now,

@@ -136,13 +136,11 @@ async def create_function(request: Request) -> Response:
     if existing is not None:
         raise Conflict(f"Function {name} already exists (in project {existing.project})")
     namespace = request.headers.get("x-nuclio-function-namespace") or control.settings.namespace
-    record = await control.store.create_function(name, project, namespace, config)
     if is_import(config):
         # nuctl/dashboard import: stored, neither built nor deployed, until a redeploy (PATCH).
-        await control.store.set_function_status(
-            name, {"state": "imported"}, deployed_generation=record.generation, only_if_generation=record.generation
-        )
+        await control.store.create_function(name, project, namespace, config, imported=True)
         return empty(202)
+    record = await control.store.create_function(name, project, namespace, config)
     control.reconciler.wake()
     await _maybe_wait(request, record.name, record.generation)
     return empty(202)

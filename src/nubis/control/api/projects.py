@@ -151,10 +151,7 @@ async def _import_project(request: Request, body: dict[str, Any]) -> Response:
             config = validated_config(function, name=None, project=record.name)
             config["metadata"].setdefault("annotations", {}).update({SKIP_BUILD: "true", SKIP_DEPLOY: "true"})
             fn = await control.store.create_function(
-                config["metadata"]["name"], record.name, control.settings.namespace, config
-            )
-            await control.store.set_function_status(
-                fn.name, {"state": "imported"}, deployed_generation=fn.generation, only_if_generation=fn.generation
+                config["metadata"]["name"], record.name, control.settings.namespace, config, imported=True
             )
             created.append(fn.name)
         except NubisError as exc:
