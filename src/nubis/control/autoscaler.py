@@ -22,6 +22,7 @@ from nubis.errors import NubisError
 from nubis.platforms.base import Platform
 from nubis.platforms.status import FunctionStatus, trigger_summary
 from nubis.store import Store
+from nubis.store.records import FunctionRecord
 
 log = logging.getLogger("nubis.control")
 
@@ -72,7 +73,7 @@ class Autoscaler:
                 continue
             policy = self._policy(name, record.generation, record.config)
             if policy is None or not (policy.autoscaled or status.replicas_desired == 0):
-                await self._show_state(name, status)  # a fixed count: its triggers' states only
+                await self._show_state(name, status, record=record)  # a fixed count: its triggers' states only
                 continue  # (at zero by desiredState, it is still woken by its events)
             memory = self._memory.get(name)
             if memory is None:
@@ -86,7 +87,8 @@ class Autoscaler:
                 memory.zero_asked_at = now
                 await self.scale(name, decision, 0)
             await self._report_failed_wake(name, status, memory)
-            await self._show_state(name, status)
+            # a decision wrote the status (and the platform's state moved on): read it again
+            await self._show_state(name, status, record=None if decision is not None else record)
 
     async def _report_failed_wake(self, name: str, status: FunctionStatus, memory: Memory) -> None:
         """A replica that could not wake says why in status.logs, once per reason."""
@@ -172,13 +174,16 @@ class Autoscaler:
             status["scaleToZero"] = {"lastScaleEvent": event, "lastScaleEventTime": when}
         await self.store.set_function_status(name, status, only_if_generation=record.generation)
 
-    async def _show_state(self, name: str, status: FunctionStatus, zero: bool | None = None) -> None:
+    async def _show_state(
+        self, name: str, status: FunctionStatus, zero: bool | None = None, record: FunctionRecord | None = None
+    ) -> None:
         """In the function's status: `scaledToZero` while every replica sleeps, `ready`
         otherwise; replicas desired/ready (`replicaCounts`); each message or cron trigger's state
         (`triggers`: kind, state, message; counters are at `/api/functions/{name}/triggers`)."""
         said = loads(status)
         asleep = zero if zero is not None else bool(said) and all(load.state == "asleep" for load in said)
-        record = await self.store.get_function(name)
+        if record is None:
+            record = await self.store.get_function(name)
         if record is None or record.state not in SCALABLE_STATES:
             return
         ready = sum(1 for load in said if load.state == "awake")
