@@ -27,6 +27,8 @@ BUILTIN_TRIGGERS: dict[str, str] = {
     "rabbitMq": "nubis.processor.triggers.rabbitmq:create",
     "nats": "nubis.processor.triggers.nats:create",
     "redis-stream": "nubis.processor.triggers.redis_stream:create",
+    "kafka-cluster": "nubis.processor.triggers.kafka:create",
+    "kafka": "nubis.processor.triggers.kafka:create",
 }
 
 #: kind -> "module:validate", a `validate(trigger, field)` that parses the trigger's attributes as a
@@ -40,6 +42,8 @@ BUILTIN_VALIDATORS: dict[str, str] = {
     "rabbitMq": "nubis.processor.triggers.rabbitmq_config:validate",
     "nats": "nubis.processor.triggers.nats_config:validate",
     "redis-stream": "nubis.processor.triggers.redis_stream_config:validate",
+    "kafka-cluster": "nubis.processor.triggers.kafka_config:validate",
+    "kafka": "nubis.processor.triggers.kafka_config:validate",
 }
 
 #: `validate(trigger, field)`: raises `SpecError` naming `<field>.attributes.<attr>`.
