@@ -46,10 +46,10 @@ def test_status_lines() -> None:
 def test_unknown_trigger_kind_lists_the_known_ones() -> None:
     registry = TriggerRegistry(BUILTIN_TRIGGERS)
     with pytest.raises(SpecError) as info:
-        registry.factory("kafka-cluster", field="spec.triggers.k")
+        registry.factory("kinesis", field="spec.triggers.k")
     message = str(info.value)
     assert "spec.triggers.k" in message
-    assert "kafka-cluster" in message
+    assert "kinesis" in message
     assert "http" in message
 
 

@@ -48,7 +48,7 @@ def test_good_http_attributes_pass() -> None:
 
 def test_an_unknown_kind_is_refused_at_its_kind_field() -> None:
     with pytest.raises(SpecError) as info:
-        registry().validate("kafka-cluster", Trigger.model_validate({"kind": "kafka-cluster"}), field="spec.triggers.k")
+        registry().validate("kinesis", Trigger.model_validate({"kind": "kinesis"}), field="spec.triggers.k")
     assert info.value.field == "spec.triggers.k.kind"
     assert "http" in str(info.value)
 
