@@ -24,8 +24,9 @@ def handler(context, event):
     body = event.body if isinstance(event.body, bytes) else str(event.body).encode()
     if body.startswith(b"slow") and os.environ.get("PAUSE"):
         time.sleep(float(os.environ["PAUSE"]))
-    line = "%s %s %s %s %s %s\\n" % (body.decode(), event.trigger.kind, event.path, event.shard_id, event.offset,
-                                     event.headers.get("k", "-"))
+    time.sleep(float(os.environ.get("EACH", "0")))
+    line = "%s %s %s %s %s %s %s\\n" % (body.decode(), event.trigger.kind, event.path, event.shard_id, event.offset,
+                                        event.headers.get("k", "-"), os.environ.get("TAG", "-"))
     with open(os.environ["OUT"], "a") as out:
         out.write(line)
     return "ok"
@@ -113,3 +114,35 @@ def test_a_replica_killed_mid_handler_gets_the_message_again_and_a_restart_skips
     handled = [line[0] for line in lines(out)]
     assert handled.count("slow") == 1 and handled.count("a3") == 1
     assert handled.count("a0") <= 2 and handled.count("a1") <= 2  # at most the in-flight window again
+
+
+def test_a_rebalance_mid_stream_loses_and_skips_nothing(
+    run_function: Callable[..., RunningFunction], function_dir: Path, kafka: KafkaNode, tmp_path: Path
+) -> None:
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic, 3)
+    total = 600
+    kafka.produce(topic, [(i % 3, f"m{i}".encode()) for i in range(total)])
+    out = tmp_path / "out.txt"
+    spec = triggers(kafka, topic, prefetchCount=4)
+    args = ("--handler", "handler:handler", "--triggers", spec)
+    env = {"OUT": str(out), "EACH": "0.02"}
+    first = run_function(function_dir / "handler.py", *args, env={**env, "TAG": "first"})
+    wait_until(lambda: len(lines(out)) >= 60, 60, "60 handled by the first replica")
+    second = run_function(function_dir / "handler.py", *args, env={**env, "TAG": "second"})  # joins: a rebalance
+    wait_until(lambda: any(line[6] == "second" for line in lines(out)), 60, "the second replica handling")
+    wait_until(lambda: len(lines(out)) >= 300, 60, "300 handled")
+    first.stop()  # leaves the group: a rebalance gives its partitions to the second
+    wait_until(lambda: {line[0] for line in lines(out)} >= {f"m{i}" for i in range(total)}, 90, "every message")
+    assert second.process.poll() is None
+    assert {line[6] for line in lines(out)[-20:]} == {"second"}, "the second replica finishes the stream"
+    handled = [line[0] for line in lines(out)]
+    duplicates = len(handled) - total
+    assert duplicates <= 2 * 3 * 4, f"{duplicates} handled twice, more than the in-flight windows"
+    for partition in range(3):
+        firsts: list[int] = []
+        for body, _, _, shard, _, _, _ in lines(out):
+            number = int(body[1:])
+            if shard == str(partition) and number not in firsts:
+                firsts.append(number)
+        assert firsts == sorted(firsts), f"partition {partition} out of order"
