@@ -45,13 +45,14 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from _kafka_bench import KafkaBench
 from _tcp import Connections
 
 from _harness import VENV_BIN, free_port, pinned, start_server, stop
 
 PAYLOAD = b"x" * 100
 HANDLER = "def handler(context, event):\n    return ''\n"
-BROKERS = ("redis-stream", "rabbit-mq", "nats", "mqtt")
+BROKERS = ("redis-stream", "rabbit-mq", "nats", "mqtt", "kafka-cluster")
 
 
 class Bench(Protocol):
@@ -386,6 +387,7 @@ def _bench(kind: str) -> Bench:
         "rabbit-mq": RabbitBench,
         "nats": NatsBench,
         "mqtt": MqttBench,
+        "kafka-cluster": KafkaBench,
     }
     return benches[kind]()
 

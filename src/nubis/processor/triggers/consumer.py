@@ -112,7 +112,7 @@ class ConsumerTrigger(Trigger):
         self._loop_task: asyncio.Task[None] | None = None
         self._replay_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_of_key: dict[str, asyncio.Task[None]] = {}
+        self._last_of_key: dict[str, asyncio.Future[None]] = {}
 
     # -- Trigger -------------------------------------------------------------------------------
     async def start(self, pool: Submitter) -> None:
@@ -229,13 +229,15 @@ class ConsumerTrigger(Trigger):
                 self.counts.redelivered += 1
             key = delivery.ordering_key if self.ordered else None
             before = self._last_of_key.get(key) if key is not None else None
-            task = self._spawn(self._settle(session, delivery, before, self._window))
+            handled: asyncio.Future[None] | None = None
             if key is not None:
-                self._last_of_key[key] = task
-                task.add_done_callback(lambda done, key=key: self._forget_key(key, done))  # type: ignore[misc]
+                handled = asyncio.get_running_loop().create_future()
+                self._last_of_key[key] = handled
+                handled.add_done_callback(lambda done, key=key: self._forget_key(key, done))  # type: ignore[misc]
+            self._spawn(self._settle(session, delivery, before, self._window, handled))
 
-    def _forget_key(self, key: str, task: asyncio.Task[None]) -> None:
-        if self._last_of_key.get(key) is task:
+    def _forget_key(self, key: str, handled: asyncio.Future[None]) -> None:
+        if self._last_of_key.get(key) is handled:
             del self._last_of_key[key]
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -266,13 +268,17 @@ class ConsumerTrigger(Trigger):
         self,
         session: Session | None,
         delivery: Delivery,
-        before: asyncio.Task[None] | None,
+        before: asyncio.Future[None] | None,
         window: asyncio.Semaphore,
+        handled: asyncio.Future[None] | None = None,
     ) -> None:
+        """`before`: resolved once the previous delivery of the same key is through its handler
+        (succeeded, given back, or in the dead letter), so the next one starts while the previous
+        one's acknowledgement is still on its way; `handled` is this one's, for the next."""
         try:
-            if before is not None:
-                await asyncio.wait([before])  # order: the previous one of this key is settled first
-            await self._attempts(session, delivery)
+            if before is not None and not before.done():
+                await asyncio.wait([before])  # order: the previous one of this key is handled first
+            await self._attempts(session, delivery, handled)
         except (BrokerUnavailable, OSError) as exc:
             # the connection went while settling: the broker delivers it again
             log.warning(
@@ -282,9 +288,12 @@ class ConsumerTrigger(Trigger):
                 exc,
             )
         finally:
+            _resolve(handled)
             window.release()
 
-    async def _attempts(self, session: Session | None, delivery: Delivery) -> None:
+    async def _attempts(
+        self, session: Session | None, delivery: Delivery, handled: asyncio.Future[None] | None = None
+    ) -> None:
         frame = delivery.event()
         frame["t"] = EVENT
         if not frame.get("id"):
@@ -299,6 +308,9 @@ class ConsumerTrigger(Trigger):
             response = await answer.future
             verdict = self.policy.judge(response, attempt, self._stopping.is_set())
             if verdict is Verdict.DONE:
+                # the next of this key may start now: acknowledgements still go out in order
+                # (this one is sent before the next one's handler can finish)
+                _resolve(handled)
                 await delivery.ack()
                 self.counts.handled += 1
                 return
@@ -366,3 +378,8 @@ class ConsumerTrigger(Trigger):
 
     def __str__(self) -> str:
         return f"{self.kind} trigger {self.name!r}"
+
+
+def _resolve(handled: asyncio.Future[None] | None) -> None:
+    if handled is not None and not handled.done():
+        handled.set_result(None)

@@ -21,6 +21,7 @@ timestamp = the record's (epoch seconds).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -87,6 +88,11 @@ class KafkaSession:
         #: partitions with a message given back: no later commit on them in this session
         self.returned: set[TopicPartition] = set()
         self._producer: AIOKafkaProducer | None = None
+        #: the highest offset committed per partition, and one commit at a time: the next message
+        #: of a partition may be handled while the previous one's commit is on its way, and a
+        #: commit must never move a partition's offset back
+        self._committed: dict[TopicPartition, int] = {}
+        self._committing = asyncio.Lock()
 
     async def deliveries(self) -> AsyncIterator[Delivery]:
         while True:
@@ -99,6 +105,13 @@ class KafkaSession:
     async def commit(self, partition: TopicPartition, next_offset: int) -> None:
         if partition in self.returned:
             return
+        async with self._committing:
+            if next_offset <= self._committed.get(partition, -1):
+                return
+            await self._commit(partition, next_offset)
+            self._committed[partition] = next_offset
+
+    async def _commit(self, partition: TopicPartition, next_offset: int) -> None:
         try:
             await self.consumer.commit({partition: next_offset})
         except CommitFailedError as exc:
