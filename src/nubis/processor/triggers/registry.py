@@ -27,6 +27,7 @@ BUILTIN_TRIGGERS: dict[str, str] = {
     "rabbitMq": "nubis.processor.triggers.rabbitmq:create",
     "nats": "nubis.processor.triggers.nats:create",
     "redis-stream": "nubis.processor.triggers.redis_stream:create",
+    "postgres-cdc": "nubis.processor.triggers.postgres_cdc:create",
     "kafka-cluster": "nubis.processor.triggers.kafka:create",
     "kafka": "nubis.processor.triggers.kafka:create",
 }
@@ -42,6 +43,7 @@ BUILTIN_VALIDATORS: dict[str, str] = {
     "rabbitMq": "nubis.processor.triggers.rabbitmq_config:validate",
     "nats": "nubis.processor.triggers.nats_config:validate",
     "redis-stream": "nubis.processor.triggers.redis_stream_config:validate",
+    "postgres-cdc": "nubis.processor.triggers.postgres_cdc_config:validate",
     "kafka-cluster": "nubis.processor.triggers.kafka_config:validate",
     "kafka": "nubis.processor.triggers.kafka_config:validate",
 }
