@@ -10,7 +10,8 @@ Series, each labelled `function`, `trigger`, `kind` and `replica`:
 - `nubis_trigger_up`: 1 while the trigger consumes (or a cron is scheduled), 0 while it waits for
   its broker;
 - `nubis_trigger_lag` and `nubis_trigger_pending`: the broker's backlog (not yet delivered; delivered
-  and not acknowledged), where the kind can ask for it.
+  and not acknowledged), where the kind can ask for it; `nubis_trigger_lag_bytes`: WAL bytes a
+  postgres-cdc slot has not confirmed.
 
 The replicas' load, scale state, events by outcome and latency histograms are added by
 `replica_metrics.py`. Behind the API's authentication like every `/api` path (Prometheus: `authorization` with a token
@@ -31,7 +32,7 @@ from nubis.control.api.replica_metrics import ReplicaCollector
 from nubis.platforms.status import FunctionStatus
 
 _LABELS = ("function", "trigger", "kind", "replica")
-_GAUGES = ("lag", "pending")
+_GAUGES = ("lag", "pending", "lag_bytes")
 _UP_STATES = ("consuming", "scheduled")
 
 
@@ -51,6 +52,11 @@ class ReportCollector(Collector):
             "lag": GaugeMetricFamily("nubis_trigger_lag", "Messages the broker has not delivered yet.", labels=_LABELS),
             "pending": GaugeMetricFamily(
                 "nubis_trigger_pending", "Messages delivered and not acknowledged yet.", labels=_LABELS
+            ),
+            "lag_bytes": GaugeMetricFamily(
+                "nubis_trigger_lag_bytes",
+                "Bytes of log the trigger has not confirmed yet (postgres-cdc).",
+                labels=_LABELS,
             ),
         }
         for function, status in sorted(self.statuses.items()):
