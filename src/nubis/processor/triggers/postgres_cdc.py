@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ KIND = "postgres-cdc"
 #: seconds between two peeks while the slot holds nothing new
 POLL_SECONDS = 0.1
 #: rows one peek asks for (PostgreSQL only stops between transactions, so a big one comes whole)
+log = logging.getLogger("nubis.processor")
 PEEK_ROWS = 1000
 _PEEK = (
     "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
@@ -138,14 +140,27 @@ class RowChange:
 
 
 class CdcSession:
-    def __init__(self, connection: psycopg.AsyncConnection[Any], config: PostgresCdcConfig, confirmed: int) -> None:
+    def __init__(
+        self,
+        connection: psycopg.AsyncConnection[Any],
+        config: PostgresCdcConfig,
+        confirmed: int,
+        recorder: psycopg.AsyncConnection[Any] | None = None,
+    ) -> None:
         self.connection = connection
+        #: a connection of its own for the progress record, so a record is not queued behind a
+        #: slot advance (which decodes WAL, and can take a while) on the peeking connection
+        self.recorder = recorder
+        self._record_lock = asyncio.Lock()
+        #: why the connection is known gone (a settlement failed), else None
+        self._lost: str | None = None
         self.config = config
         self._relations: dict[int, wire.Relation] = {}
         self._progress = _Progress()
         #: (commit LSN, index) of the last change delivered: a peek's changes up to it are skipped
         self._delivered: tuple[int, int] = (0, -1)
         self._advanced = self._wanted = confirmed
+        self._recorded = self._record_wanted = confirmed
         self._advance_lock = asyncio.Lock()
         self._tables = set(config.tables)
         self._publication = f'"{config.publication}"'
@@ -158,7 +173,8 @@ class CdcSession:
             cursor = await self.connection.execute(query, params)
             return await cursor.fetchall()
         except _LOST as exc:
-            raise BrokerUnavailable(f"PostgreSQL connection lost ({type(exc).__name__})") from None
+            self._lost = f"PostgreSQL connection lost ({type(exc).__name__})"
+            raise BrokerUnavailable(self._lost) from None
 
     async def deliveries(self) -> AsyncIterator[RowChange]:
         while True:
@@ -168,6 +184,10 @@ class CdcSession:
             fresh = False
             for change in self._changes(rows):
                 fresh = True
+                if self._lost is not None:
+                    # a settlement found the connection gone: take no more of this peek (handled
+                    # now, it could not be confirmed, and would only be handled again)
+                    raise BrokerUnavailable(self._lost)
                 yield change
             if not fresh:
                 await asyncio.sleep(POLL_SECONDS)
@@ -219,7 +239,9 @@ class CdcSession:
 
     def _spawn_advance(self, target: int | None) -> None:
         if target is not None:
-            task = asyncio.ensure_future(self.advance(target))
+            # past transactions with no change for us: no progress record (it would be a
+            # transaction of its own to skip next, for ever), nothing to handle twice after a crash
+            task = asyncio.ensure_future(self.advance(target, record=False))
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def settle(self, mark: _Mark) -> None:
@@ -227,9 +249,12 @@ class CdcSession:
         if target is not None:
             await self.advance(target)
 
-    async def advance(self, target: int) -> None:
-        """Move the slot to `target` (or further, if a later call asked for more meanwhile)."""
+    async def advance(self, target: int, record: bool = True) -> None:
+        """Move the slot to `target` (or further, if a later call asked for more meanwhile),
+        recording the progress first when `record` (handled changes)."""
         self._wanted = max(self._wanted, target)
+        if record and self.recorder is not None:
+            await self._record(target)  # durable first: the slot's position is not, until a checkpoint
         async with self._advance_lock:
             if self._wanted <= self._advanced:
                 return
@@ -238,6 +263,23 @@ class CdcSession:
                 "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.config.slot, wire.lsn_text(wanted))
             )
             self._advanced = wanted
+
+    async def _record(self, target: int) -> None:
+        assert self.recorder is not None
+        self._record_wanted = max(self._record_wanted, target)
+        async with self._record_lock:
+            if self._record_wanted <= self._recorded:
+                return
+            recorded = self._record_wanted
+            try:
+                await self.recorder.execute(
+                    _RECORD.format(table=_quoted(self.config.progress_table)),
+                    (self.config.slot, wire.lsn_text(recorded)),
+                )
+            except _LOST as exc:
+                self._lost = f"PostgreSQL connection lost ({type(exc).__name__})"
+                raise BrokerUnavailable(self._lost) from None
+            self._recorded = recorded
 
     def rewind(self, place: tuple[int, int]) -> None:
         """Deliver again, from `place` on, at the next peek."""
@@ -268,8 +310,10 @@ class CdcSession:
         raise AssertionError("postgres-cdc has no dead letter of its own")
 
     async def close(self) -> None:
-        with contextlib.suppress(psycopg.Error, OSError):
-            await self.connection.close()
+        for connection in (self.recorder, self.connection):
+            if connection is not None:
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await connection.close()
 
 
 class PostgresCdcBroker:
@@ -292,7 +336,15 @@ class PostgresCdcBroker:
             with contextlib.suppress(psycopg.Error, OSError):
                 await connection.close()
             raise
-        return CdcSession(connection, self.config, confirmed)
+        recorder = None
+        if self.config.progress_table:
+            try:
+                recorder = await psycopg.AsyncConnection.connect(self.config.url, autocommit=True, connect_timeout=5)
+            except _LOST as exc:
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await connection.close()
+                raise BrokerUnavailable(_first_line(exc)) from None
+        return CdcSession(connection, self.config, confirmed, recorder)
 
     async def _prepare(self, connection: psycopg.AsyncConnection[Any]) -> int:
         config = self.config
@@ -311,14 +363,48 @@ class PostgresCdcBroker:
             if config.create_slot and not await _exists(connection, _SLOT_STATE, config.slot):
                 await connection.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (config.slot,))
             state = await (await connection.execute(_SLOT_STATE, (config.slot,))).fetchone()
+            if state is not None and config.progress_table:
+                await self._catch_up(connection, wire.lsn_of(state[0]))
+                state = await (await connection.execute(_SLOT_STATE, (config.slot,))).fetchone()
         except _LOST as exc:
             raise BrokerUnavailable(_first_line(exc)) from None
         if state is None:
             raise LookupError(f"replication slot {config.slot} does not exist (and createSlot is false)")
         return wire.lsn_of(state[0])
 
+    async def _catch_up(self, connection: psycopg.AsyncConnection[Any], confirmed: int) -> None:
+        """The slot behind the progress record (PostgreSQL crashed before a checkpoint wrote its
+        position): move it to what was confirmed, so handled changes are not delivered again."""
+        table = _quoted(self.config.progress_table)
+        await connection.execute(_PROGRESS_TABLE.format(table=table))
+        row = await (await connection.execute(_PROGRESS.format(table=table), (self.config.slot,))).fetchone()
+        recorded = wire.lsn_of(row[0]) if row is not None else 0
+        if recorded > confirmed:
+            log.info(
+                "postgres-cdc slot %s was back at %s after a restart; moving it to the confirmed %s",
+                self.config.slot,
+                wire.lsn_text(confirmed),
+                wire.lsn_text(recorded),
+            )
+            await connection.execute(
+                "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.config.slot, wire.lsn_text(recorded))
+            )
+
 
 _LOCK = "SELECT pg_try_advisory_lock(hashtext(%s))"
+_PROGRESS_TABLE = "CREATE TABLE IF NOT EXISTS {table} (slot text PRIMARY KEY, lsn pg_lsn NOT NULL)"
+_PROGRESS = "SELECT lsn::text FROM {table} WHERE slot = %s"
+_RECORD = (
+    "INSERT INTO {table} (slot, lsn) VALUES (%s, %s::pg_lsn) "
+    "ON CONFLICT (slot) DO UPDATE SET lsn = GREATEST({table}.lsn, EXCLUDED.lsn)"
+)
+
+
+def _quoted(name: str) -> str:
+    """An identifier the config checked (letters, digits, _ and $), quoted for SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 _PUBLICATION = "SELECT 1 FROM pg_publication WHERE pubname = %s"
 
 

@@ -13,8 +13,15 @@ triggers:
       publication: nubis_billing_orders         # default: the slot's name
       createSlot: true                          # default true: made at start if missing
       createPublication: true                   # default true: made for `tables` if missing
+      progressTable: nubis_cdc_progress         # "" to keep no progress record (see below)
       maxAttempts: 3                            # and retryBackoff, retryBackoffMax (failures.py)
 ```
+
+`progressTable` (created if missing; the role needs CREATE on the schema, or the table made for
+it): the trigger records there how far it confirmed, in the same durable way as any write, before
+it advances the slot. PostgreSQL writes an advanced slot position to disk only at its next
+checkpoint, so after a crash of PostgreSQL itself the slot may be back where it was minutes ago;
+the record moves it forward again at connect, so only the in-flight window is handled twice.
 
 There is no `deadLetter`: an event that failed its last attempt goes to the platform's failed-event
 store (`nubis events failed`), and the slot moves on past it.
@@ -48,6 +55,8 @@ class PostgresCdcConfig:
     publication: str
     create_slot: bool
     create_publication: bool
+    #: where confirmed progress is recorded ("" none; see the module docstring)
+    progress_table: str = "nubis_cdc_progress"
 
     @property
     def where(self) -> str:
@@ -108,8 +117,16 @@ def parse(trigger: TriggerSpec, field: str, function: str, name: str) -> Postgre
                 expected="true or false",
                 found=repr(value),
             )
+    progress = attributes.get("progressTable", "nubis_cdc_progress")
+    if not isinstance(progress, str) or (progress and not _IDENTIFIER.match(progress)):
+        raise SpecError(
+            "bad progressTable",
+            field=f"{field}.attributes.progressTable",
+            expected='a table name (an identifier), or "" for none',
+            found=repr(progress),
+        )
     return PostgresCdcConfig(
-        url, tables, frozenset(operations), slot, publication, flags["createSlot"], flags["createPublication"]
+        url, tables, frozenset(operations), slot, publication, flags["createSlot"], flags["createPublication"], progress
     )
 
 
