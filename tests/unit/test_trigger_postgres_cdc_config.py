@@ -30,6 +30,8 @@ def test_defaults_name_slot_and_publication_after_function_and_trigger() -> None
     assert config.operations == frozenset(("insert", "update", "delete"))
     assert config.slot == config.publication == "nubis_billing_fn_orders"
     assert config.create_slot and config.create_publication
+    assert config.progress_table == "nubis_cdc_progress"  # the record that survives a PostgreSQL crash
+    assert parse(cdc(tables=["t"], progressTable=""), FIELD, "f", "t").progress_table == ""
     assert "s3cret" not in config.where and "slot nubis_billing_fn_orders" in config.where
     assert len(default_slot("f" * 80, "t")) == 63
 
@@ -71,6 +73,7 @@ def test_the_other_attributes() -> None:
         ("postgresql://u:pw@h/db", {"tables": ["t"], "slot": "Has-Caps"}, "attributes.slot", "'Has-Caps'"),
         ("postgresql://u:pw@h/db", {"tables": ["t"], "publication": "1x"}, "attributes.publication", "'1x'"),
         ("postgresql://u:pw@h/db", {"tables": ["t"], "createSlot": "yes"}, "attributes.createSlot", "'yes'"),
+        ("postgresql://u:pw@h/db", {"tables": ["t"], "progressTable": "a;b"}, "attributes.progressTable", "'a;b'"),
         ("postgresql://u:pw@h/db", {"tables": ["t"], "maxAttempts": 0}, "attributes.maxAttempts", None),
         ("postgresql://u:pw@h/db", {"tables": ["t"], "prefetchCount": -1}, "attributes.prefetchCount", None),
     ],
