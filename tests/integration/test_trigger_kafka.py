@@ -43,6 +43,18 @@ def function_dir(tmp_path: Path) -> Path:
     return function_with(tmp_path, HANDLER)
 
 
+def assert_first_sightings_in_order(out: Path, partitions: int) -> None:
+    """Each partition's messages (`<letter><number>`) were first handled in their order (a repeat
+    after a fault may replay an earlier stretch)."""
+    for partition in range(partitions):
+        firsts: list[int] = []
+        for line in lines(out):
+            number = int(line[0][1:])
+            if line[3] == str(partition) and number not in firsts:
+                firsts.append(number)
+        assert firsts == sorted(firsts), f"partition {partition} out of order"
+
+
 def triggers(kafka: KafkaNode, topic: str, kind: str = "kafka-cluster", **attributes: object) -> str:
     spec = {
         "kind": kind,
@@ -139,13 +151,7 @@ def test_a_rebalance_mid_stream_loses_and_skips_nothing(
     handled = [line[0] for line in lines(out)]
     duplicates = len(handled) - total
     assert duplicates <= 2 * 3 * 4, f"{duplicates} handled twice, more than the in-flight windows"
-    for partition in range(3):
-        firsts: list[int] = []
-        for body, _, _, shard, _, _, _, _ in lines(out):
-            number = int(body[1:])
-            if shard == str(partition) and number not in firsts:
-                firsts.append(number)
-        assert firsts == sorted(firsts), f"partition {partition} out of order"
+    assert_first_sightings_in_order(out, partitions=3)
 
 
 def test_a_thousand_events_survive_a_worker_and_a_replica_sigkill_with_two_replicas(
@@ -173,11 +179,5 @@ def test_a_thousand_events_survive_a_worker_and_a_replica_sigkill_with_two_repli
     duplicates = len(handled) - total
     # each of the two faults may repeat, per replica, what was handled but not committed (the window)
     assert duplicates <= 2 * 2 * 4 + 3, f"{duplicates} handled twice"
-    for partition in range(3):
-        firsts: list[int] = []
-        for line in lines(out):
-            number = int(line[0][1:])
-            if line[3] == str(partition) and number not in firsts:
-                firsts.append(number)
-        assert firsts == sorted(firsts), f"partition {partition} out of order"
+    assert_first_sightings_in_order(out, partitions=3)
     print(f"{total} events over 3 partitions and 2 replicas, {duplicates} handled twice after two SIGKILLs")
