@@ -203,18 +203,6 @@ def memory_kib(pids: list[int]) -> tuple[int, int]:
     return pss, rss
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    """User + system clock ticks of `pids` (what a settling process still spends)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total
-
-
 class Platform:
     """A real `nubis server` (API, local agent, gateway) on its own data dir and free ports, with
     anonymous local access. `env_cache`: a directory of built environments to share (linked as

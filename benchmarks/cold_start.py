@@ -42,13 +42,14 @@ from nubis.processor.events import Response, Submission
 from nubis.processor.outcomes import Outcome
 from nubis.processor.pool import WorkerPool
 from nubis.processor.processor import Processor
+from nubis.processor.reporting import cpu_seconds
 from nubis.processor.zygote import ZygoteStarter
 from nubis.runtimes.base import BuildRequest
 from nubis.runtimes.registry import DEFAULT_RUNTIME, parse
 from nubis.settings import default_data_dir, environments_dir
 from nubis.spec import load_function
 
-from _harness import ROOT, Platform, alive, cpu_ticks, http_get, memory_kib, process_tree
+from _harness import ROOT, Platform, alive, http_get, memory_kib, process_tree
 
 NOOP = "noop"
 NOOP_SOURCE = b"def handler(context, event):\n    return 'ok'\n"
@@ -102,9 +103,9 @@ def quiet(pid: int, timeout: float = 10.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
         tree = process_tree(pid)
-        before = cpu_ticks(tree)
+        before = sum(cpu_seconds(p) for p in tree)
         time.sleep(0.1)
-        if (cpu_ticks(tree) == before and process_tree(pid) == tree) or time.monotonic() > deadline:
+        if (sum(cpu_seconds(p) for p in tree) == before and process_tree(pid) == tree) or time.monotonic() > deadline:
             return tree
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from nubis.processor.reporting import cpu_seconds
 from nubis.sockets import replica_sockets_dir
 from nubis.store import Store, default_state_url
 
@@ -84,11 +84,6 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _replica(port: int, socket_dir: Path | None) -> subprocess.Popen[str]:
@@ -177,10 +172,10 @@ def _measure(
     for round_no in range(1, rounds + 1):
         for connections in (1, 32):
             for name, target in targets.items():
-                before = _cpu_seconds(target.gateway.pid) if target.gateway else 0.0
+                before = cpu_seconds(target.gateway.pid) if target.gateway else 0.0
                 result = wrk(target.url, connections, seconds, headers=target.headers)
                 if target.gateway:
-                    cpu[name] = cpu.get(name, 0.0) + _cpu_seconds(target.gateway.pid) - before
+                    cpu[name] = cpu.get(name, 0.0) + cpu_seconds(target.gateway.pid) - before
                     requests[name] = requests.get(name, 0.0) + result.rps * seconds
                 results.setdefault((name, connections), []).append(result)
                 print(

@@ -84,7 +84,6 @@ class Autoscaler:
                 await self.scale(name, decision, status.replicas_desired)
             elif decision is not None and decision.replicas == 0 and now - memory.zero_asked_at >= REASK_SECONDS:
                 # awake at zero replicas (since its deploy, or woken while the control plane was away)
-                memory.zero_asked_at = now
                 await self.scale(name, decision, 0)
             await self._report_failed_wake(name, status, memory)
             # a decision wrote the status (and the platform's state moved on): read it again
@@ -128,9 +127,7 @@ class Autoscaler:
         self.decisions[(name, direction)] = self.decisions.get((name, direction), 0) + 1
         if decision.replicas == 0:
             if name in self._memory:
-                self._memory[name].zero_asked_at = time.monotonic()
-                self._memory[name].events_seen = -1
-                self._memory[name].cold_at_sleep = -1
+                self._memory[name].asked_to_sleep(time.monotonic())
             message = f"scaled to zero: {decision.reason}"
         else:
             message = f"scaled from {before} to {decision.replicas} replica(s): {decision.reason}"
@@ -148,10 +145,10 @@ class Autoscaler:
         await self.platform.scale(name, replicas)
         memory = self._memory.get(name)
         if memory is not None:
-            # events before this (still in reports a moment old) must not read as a wake
-            memory.events_seen = -1
-            memory.zero_asked_at = time.monotonic() if zero else memory.zero_asked_at
-            memory.cold_at_sleep = -1
+            if zero:
+                memory.asked_to_sleep(time.monotonic())
+            else:
+                memory.forget_reports()
             memory.last_activity = time.monotonic()
             memory.recommendations.clear()
             memory.recommendations.append((time.monotonic(), replicas))

@@ -121,6 +121,16 @@ class Memory:
     #: the replicas' cold starts when a report last said asleep (-1: none since the last ask)
     cold_at_sleep: int = -1
 
+    def forget_reports(self) -> None:
+        """The desired count just changed: reports a moment old (events, cold starts) must not
+        read as a wake."""
+        self.events_seen = -1
+        self.cold_at_sleep = -1
+
+    def asked_to_sleep(self, now: float) -> None:
+        self.forget_reports()
+        self.zero_asked_at = now
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -50,17 +50,14 @@ def reports(triggers: list[Trigger]) -> list[dict[str, Any]]:
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes so far (Linux /proc; 0 for those gone)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / _TICKS
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15 of stat)
 
 
 class LoadSampler:
@@ -118,7 +115,7 @@ class LoadSampler:
         used = 0.0
         now: dict[int, float] = {}
         for pid in pids:
-            seconds = cpu_seconds([pid])
+            seconds = cpu_seconds(pid)
             now[pid] = seconds
             used += max(0.0, seconds - self.cpu_by_pid.get(pid, seconds))
         self.cpu_by_pid = now
