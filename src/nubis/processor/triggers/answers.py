@@ -4,6 +4,7 @@ streaming it to a client: it resolves a future with the response, a streamed bod
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from nubis.processor.events import Response
@@ -13,7 +14,9 @@ from nubis.processor.outcomes import Outcome
 class WholeAnswer:
     """A Reply that resolves a future with the whole response (streamed bodies are joined)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_ack: Callable[[Any], None] | None = None) -> None:
+        #: where the handler's `context.platform.explicit_ack(...)` goes (None: ignored)
+        self.on_ack = on_ack
         self.future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._head: Response | None = None
         self._chunks: list[bytes] = []
@@ -29,7 +32,8 @@ class WholeAnswer:
 
     def end(self, error: str | None, outcome: Outcome) -> None:
         head = self._head or Response(200, "", {}, b"")
-        body = b"".join(self._chunks)
+        # the head carries the body's first part, the chunks the rest
+        body = head.body + b"".join(self._chunks)
         if error is not None:
             head = Response(500, "text/plain", {}, error.encode(), outcome=outcome)
         elif not self.future.done():
@@ -38,4 +42,5 @@ class WholeAnswer:
             self.future.set_result(head)
 
     def ack(self, message: Any) -> None:
-        return None  # explicit acknowledgement is not offered by message triggers (yet)
+        if self.on_ack is not None:
+            self.on_ack(message)
