@@ -48,6 +48,8 @@ EVENT = {
 }
 RESPONSE = {"t": "r", "n": 7, "s": 201, "c": "text/plain", "h": {"X-A": "1", "X-N": 5}, "b": b"", "d": 0.25}
 LOG = {"t": "l", "n": None, "lvl": "info", "msg": "héllo", "with": {"nested": [1, 2.5, True, None]}}
+BATCH = {"t": "eb", "n": 8, "lvl": 10, "ev": [{"t": "e", "id": "a", "body": b"\x00"}, {"t": "e", "id": "b"}]}
+BATCH_RESPONSE = {"t": "rb", "n": 8, "d": 0.5, "res": [{"s": 200, "c": "", "h": {}, "b": b"\xff"}, None]}
 
 
 def test_the_wire_constants_agree() -> None:
@@ -56,7 +58,7 @@ def test_the_wire_constants_agree() -> None:
 
 
 def test_both_sides_encode_identically() -> None:
-    for message in (EVENT, RESPONSE, LOG):
+    for message in (EVENT, RESPONSE, LOG, BATCH, BATCH_RESPONSE):
         assert processor_frames.pack(message) == worker_framing.pack(message)
 
 
@@ -75,6 +77,15 @@ def test_round_trip_keeps_bytes_and_str_apart(pack: Pack, unpack: Unpack) -> Non
     assert isinstance(message["body"], bytes)
     assert isinstance(message["path"], str)
     assert buffer == bytearray()
+
+
+@pytest.mark.parametrize(("pack", "unpack"), DIRECTIONS)
+def test_a_batch_and_its_results_keep_their_nested_bytes_and_nils(pack: Pack, unpack: Unpack) -> None:
+    buffer = bytearray(pack(BATCH) + pack(BATCH_RESPONSE))
+    batch, results = unpack(buffer)
+    assert (batch, results) == (BATCH, BATCH_RESPONSE)
+    assert isinstance(batch["ev"][0]["body"], bytes) and isinstance(batch["ev"][1]["id"], str)
+    assert isinstance(results["res"][0]["b"], bytes) and results["res"][1] is None
 
 
 @pytest.mark.parametrize(("pack", "unpack"), DIRECTIONS)
@@ -155,6 +166,8 @@ FRAME_NAMES = [
     *("EVENT", "DRAIN", "TERMINATE", "READY", "FAIL", "RESPONSE", "CHUNK", "EXPIRED", "LOG", "ACK", "DRAINED"),
     *("KIND", "SEQ", "DEADLINE", "LEVEL", "STATUS", "CONTENT_TYPE", "HEADERS", "BODY", "DURATION", "STREAM"),
     *("END", "ERROR", "MESSAGE", "TRACEBACK", "LOG_VARS"),
+    # batches (docs/batching.md)
+    *("EVENT_BATCH", "RESPONSE_BATCH", "EVENTS", "RESULTS"),
     # the zygote's control channel
     *("FORK", "LOADED", "BLANK", "LOAD", "FORKED", "EXITED", "WORKER_ID", "PID", "THREADS", "EXIT_STATUS"),
     *("TRIGGER_KIND", "TRIGGER_NAME"),

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from nubis.processor.events import Response, Submission, refusal_response
+from nubis.processor.events import BatchResponse, Response, Submission, refusal_response
 from nubis.processor.frames import (
     BODY,
     CONTENT_TYPE,
@@ -33,8 +33,10 @@ from nubis.processor.frames import (
     DURATION,
     END,
     ERROR,
+    EVENTS,
     HEADERS,
     MESSAGE,
+    RESULTS,
     SEQ,
     STATUS,
     STREAM,
@@ -104,6 +106,11 @@ class Dispatch(abc.ABC):
     def submitted(self) -> int:
         """Events submitted so far (the autoscaler's rate)."""
         return self._seq
+
+    @property
+    def closing(self) -> bool:
+        """The pool is stopping: it takes no new event (`acquire` answers False)."""
+        return self._closing
 
     @property
     def queued(self) -> int:
@@ -438,6 +445,20 @@ class Dispatch(abc.ABC):
                 response.logs = sub.capture
                 sub.reply.respond(response)
             return
+        worker.inflight.popleft()
+        self._finish(worker, sub, response, response.duration)
+
+    def on_batch_response(self, worker: WorkerLink, message: dict[str, Any]) -> None:
+        """A batch's per-event results (batching.py fans them out to the batch's events)."""
+        sub = self._head(worker, message, "batch response")
+        if sub is None:
+            return
+        results = message[RESULTS]
+        events: Any = sub.frame.get(EVENTS)  # a batch's frame (frames.BatchFrame)
+        if not isinstance(results, list) or events is None or len(results) != len(events):
+            self.confused(worker, f"sent a batch response for event {sub.seq} that does not match its batch")
+            return
+        response = BatchResponse(results, message.get(DURATION, 0.0))
         worker.inflight.popleft()
         self._finish(worker, sub, response, response.duration)
 

@@ -36,6 +36,18 @@ class Response:
         self.logs: list[dict[str, Any]] | None = None
 
 
+class BatchResponse(Response):
+    """A batch's answer (batching.py): `results` holds one result map per event of the batch, in
+    the batch's order (frames.STATUS, CONTENT_TYPE, HEADERS, BODY, and ERROR where it failed), or
+    None for an event the handler gave no response."""
+
+    __slots__ = ("results",)
+
+    def __init__(self, results: list[dict[str, Any] | None], duration: float) -> None:
+        super().__init__(200, "", {}, b"", duration=duration)
+        self.results = results
+
+
 class Reply(Protocol):
     """Where a submission's answer goes. `chunk`/`end` follow `respond` only for streamed bodies."""
 

@@ -26,6 +26,8 @@ MAX_FRAME = 1 << 30
 # -- frame kinds (the value of KIND) -----------------------------------------------------------------
 #: processor -> worker: one event to handle
 EVENT: Final = "e"
+#: processor -> worker: a batch of events for one handler call (a trigger in batch mode)
+EVENT_BATCH: Final = "eb"
 #: processor -> worker: run the drain callback, answer DRAINED
 DRAIN: Final = "drain"
 #: processor -> worker: run the termination callback and exit
@@ -36,6 +38,8 @@ READY: Final = "ready"
 FAIL: Final = "fail"
 #: worker -> processor: an event's response, or the head of a streamed one
 RESPONSE: Final = "r"
+#: worker -> processor: a batch's per-event results
+RESPONSE_BATCH: Final = "rb"
 #: worker -> processor: a piece of a streamed body, or its end
 CHUNK: Final = "k"
 #: worker -> processor: an event not started, its availability deadline had passed
@@ -75,6 +79,10 @@ MESSAGE: Final = "msg"
 TRACEBACK: Final = "tb"
 #: log: the record's bound variables
 LOG_VARS: Final = "with"
+#: event batch: the batch's event maps, in order
+EVENTS: Final = "ev"
+#: batch response: one result per event of the batch, in the batch's order (nil: none returned)
+RESULTS: Final = "res"
 
 # -- the zygote's control channel (processor/zygote.py <-> nubis_worker/zygote.py) ---------------------
 # One msgpack map per datagram, keyed by KIND; FAIL, TERMINATE and MESSAGE/TRACEBACK as above.
@@ -125,10 +133,20 @@ class EventFrame(TypedDict, total=False):
     topic: str
 
 
+class BatchFrame(TypedDict, total=False):
+    """processor -> worker `eb`: the events of one batch (each an `EventFrame`), handled by one call."""
+
+    t: Required[str]
+    n: int
+    dl: float
+    lvl: int
+    ev: Required[list[EventFrame]]
+
+
 _packer = msgpack.Packer(use_bin_type=True, default=repr)
 
 
-def pack(message: dict[str, Any] | EventFrame) -> bytes:
+def pack(message: dict[str, Any] | EventFrame | BatchFrame) -> bytes:
     """Encode one message as a length-prefixed frame."""
     payload: bytes = _packer.pack(message)
     return _HEADER.pack(len(payload)) + payload

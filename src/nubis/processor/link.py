@@ -19,7 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 from nubis.processor import frames
 from nubis.processor.events import Submission
-from nubis.processor.frames import ACK, CHUNK, DRAINED, EXPIRED, FAIL, KIND, LOG, MESSAGE, READY, RESPONSE
+from nubis.processor.frames import (
+    ACK,
+    CHUNK,
+    DRAINED,
+    EXPIRED,
+    FAIL,
+    KIND,
+    LOG,
+    MESSAGE,
+    READY,
+    RESPONSE,
+    RESPONSE_BATCH,
+)
 
 if TYPE_CHECKING:
     from nubis.processor.pool import WorkerPool
@@ -90,6 +102,8 @@ class WorkerLink(asyncio.Protocol):
                         self.drained.set_result(None)
                 elif kind == ACK:
                     pool.on_ack(self, message)
+                elif kind == RESPONSE_BATCH:
+                    pool.on_batch_response(self, message)
                 else:
                     pool.confused(self, f"sent a frame of unknown kind {kind!r}")
             except (KeyError, TypeError, AttributeError) as exc:

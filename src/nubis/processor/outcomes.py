@@ -28,6 +28,9 @@ class Outcome(enum.Enum):
     BUSY = "busy"
     #: the function is stopping and takes no new event
     SHUTTING_DOWN = "shutting down"
+    #: the handler answered, but an output of the function did not confirm the answer's message
+    #: (`nubis.processor.outputs`): HTTP answers 500, a stream trigger tries the event again
+    OUTPUT_FAILED = "output failed"
 
 
 class Refusal(enum.Enum):
@@ -41,6 +44,7 @@ class Refusal(enum.Enum):
     TIMED_OUT = "timed out"
     WORKER_LOST = "worker lost"
     CANNOT_START = "cannot start"
+    NO_RESULT = "no result"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,14 @@ REFUSALS: dict[Refusal, RefusalRow] = {
     # a function at zero replicas could not start its workers (`reason`: init_context failed...);
     # the next wake is tried after a backoff
     Refusal.CANNOT_START: RefusalRow(Outcome.BUSY, 503, "the function cannot start: {reason}", True),
+    # batch mode: the handler's list of responses has none with this event's event_id; answered at
+    # the event's timeout, where Nuclio leaves the caller without an answer (docs/batching.md)
+    Refusal.NO_RESULT: RefusalRow(
+        Outcome.HANDLER_ERROR,
+        500,
+        "the batch handler returned no response for event {event_id} (a nuclio_sdk.Response with event_id=event.id)",
+        False,
+    ),
     # `reason`: "exited with code 1", "sent a corrupt frame (...)", ...
     Refusal.WORKER_LOST: RefusalRow(
         Outcome.WORKER_LOST, 500, "the worker process {reason} while handling the event", False

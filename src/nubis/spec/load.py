@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nubis.errors import SpecError
+from nubis.spec.batch import check_batches
 from nubis.spec.function import FunctionConfig
 from nubis.spec.inline import read_inline_file
 from nubis.spec.overrides import Overrides, apply_overrides
@@ -122,3 +123,4 @@ def _check(config: FunctionConfig) -> None:
     config.spec.event_timeout_seconds()
     for key, trigger in config.effective_triggers().items():
         trigger.termination_timeout_seconds(field=f"spec.triggers.{key}.workerTerminationTimeout")
+    check_batches(config)

@@ -57,6 +57,9 @@ class Trigger(Protocol):
     #: events that may wait for a worker before the pool refuses more (busy); pull-based triggers,
     #: which wait for capacity instead, keep the default
     max_queued_events: int = 1024
+    #: deliveries of one source (a partition, a queue) run in order; batch mode then sends a batch
+    #: only once the one before it is answered (processor/batching.py)
+    ordered: bool = False
 
     async def start(self, pool: Submitter) -> None: ...
 

@@ -26,11 +26,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from nubis.errors import NubisError
 from nubis.failed_events import FailedEvent, FailedEventStore
-from nubis.processor.events import Submission
+from nubis.processor.events import Response, Submission
 from nubis.processor.frames import EVENT, EventFrame
 from nubis.processor.ids import new_event_id
 from nubis.processor.triggers.answers import WholeAnswer
@@ -51,6 +51,20 @@ SETTLE_TIMEOUT = 10.0
 BACKLOG_SECONDS = 5.0
 #: seconds between two looks for events handed back for replay (`nubis events replay`)
 REPLAY_POLL_SECONDS = 1.0
+
+
+@runtime_checkable
+class Tracked(Protocol):
+    """A delivery that follows its own attempts (kafka: what its partition may commit, rebalances):
+    `start()` just before it goes to a worker, False when the broker took it back (it is then
+    given back untouched); `answered(response)` after each attempt, before it is judged; and
+    `explicit_ack(message)` for the handler's `context.platform.explicit_ack(...)`."""
+
+    def start(self) -> bool: ...
+
+    def answered(self, response: Response) -> None: ...
+
+    def explicit_ack(self, message: Any) -> None: ...
 
 
 @dataclass
@@ -86,6 +100,7 @@ class ConsumerTrigger(Trigger):
         prefetch: int | None = None,
         ordered: bool = False,
         reconnect_max: float = RECONNECT_MAX,
+        batched: bool = False,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -96,6 +111,9 @@ class ConsumerTrigger(Trigger):
         self.workers = workers
         self.prefetch = prefetch or workers
         self.ordered = ordered
+        #: batch mode (processor/batching.py): the next delivery of a key may join the batch of
+        #: the one before it, so order holds per batch (a retried event comes after later ones)
+        self.batched = batched
         #: seconds: the longest wait between two reconnect attempts (the delay doubles up to it)
         self.reconnect_max = reconnect_max
         self.counts = Counts()
@@ -299,13 +317,22 @@ class ConsumerTrigger(Trigger):
         if not frame.get("id"):
             frame["id"] = new_event_id()
         attempt = 1
+        tracked = delivery if isinstance(delivery, Tracked) else None
         while True:
             if self._stopping.is_set() or not await self.pool.acquire():
                 await self._give_back(delivery)
                 return
-            answer = WholeAnswer()
+            if tracked is not None and not tracked.start():
+                self.pool.release()  # the broker took it back (a rebalance): it never starts here
+                await self._give_back(delivery)
+                return
+            answer = WholeAnswer(tracked.explicit_ack if tracked is not None else None)
             self.pool.submit(Submission(frame.copy(), answer), reserved=True)
+            if self.batched:
+                _resolve(handled)  # in its batch: the next of this key may follow it there
             response = await answer.future
+            if tracked is not None:
+                tracked.answered(response)
             verdict = self.policy.judge(response, attempt, self._stopping.is_set())
             if verdict is Verdict.DONE:
                 # the next of this key may start now: acknowledgements still go out in order

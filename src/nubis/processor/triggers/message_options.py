@@ -19,6 +19,7 @@ from nubis.processor.triggers.consumer import ConsumerTrigger
 from nubis.processor.triggers.failures import Policy, policy_of
 from nubis.settings import default_data_dir
 from nubis.spec import Trigger as TriggerSpec
+from nubis.spec.batch import batch_config
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class ConsumerSettings:
     failed_store: FailedEventStore
     workers: int
     prefetch: int
+    #: the trigger's events are batched (`batch.mode: enable`, processor/batching.py)
+    batched: bool = False
 
     def as_kwargs(self) -> dict[str, Any]:
         return {
@@ -64,6 +67,7 @@ class ConsumerSettings:
             "failed_store": self.failed_store,
             "workers": self.workers,
             "prefetch": self.prefetch,
+            "batched": self.batched,
         }
 
 
@@ -73,16 +77,19 @@ def consumer_settings(
     """The shared settings of a message trigger; SpecError at `<field>.attributes.<name>`."""
     attributes = trigger.attributes or {}
     workers = options.workers or trigger.num_workers or 1
-    prefetch = attributes.get(prefetch_attribute) or workers
+    # batch mode: by default room for a full batch per worker (the processor checks the runtime)
+    batch = batch_config(trigger, field=field, runtime=None)
+    prefetch = attributes.get(prefetch_attribute) or workers * (batch.size if batch else 1)
     if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
         raise SpecError(
             f"{prefetch_attribute} must be a whole number of messages, 1 or more",
             field=f"{field}.attributes.{prefetch_attribute}",
-            expected="a whole number, 1 or more (0 or absent: one per worker)",
+            expected="a whole number, 1 or more (0 or absent: one per worker, batchSize per worker in batch mode)",
             found=repr(prefetch),
         )
     policy = policy_of(attributes, options.annotations, field)
-    return ConsumerSettings(options.function, policy, FailedEventStore(options.failed_events_dir), workers, prefetch)
+    store = FailedEventStore(options.failed_events_dir)
+    return ConsumerSettings(options.function, policy, store, workers, prefetch, batched=batch is not None)
 
 
 class MessageTriggerFactory(abc.ABC):

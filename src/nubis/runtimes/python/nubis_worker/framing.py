@@ -20,11 +20,13 @@ MAX_FRAME = 1 << 30
 
 # Frame kinds (the value of KIND).
 EVENT = "e"
+EVENT_BATCH = "eb"
 DRAIN = "drain"
 TERMINATE = "term"
 READY = "ready"
 FAIL = "fail"
 RESPONSE = "r"
+RESPONSE_BATCH = "rb"
 CHUNK = "k"
 EXPIRED = "x"
 LOG = "l"
@@ -47,6 +49,8 @@ ERROR = "err"
 MESSAGE = "msg"
 TRACEBACK = "tb"
 LOG_VARS = "with"
+EVENTS = "ev"
+RESULTS = "res"
 
 # -- the zygote's control channel (processor/zygote.py <-> nubis_worker/zygote.py) ---------------------
 # One msgpack map per datagram, keyed by KIND; FAIL, TERMINATE and MESSAGE/TRACEBACK as above.
