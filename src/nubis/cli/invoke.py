@@ -19,8 +19,19 @@ def invoke_command(
     path: Annotated[str, typer.Option("--path")] = "/",
     log_level: Annotated[str | None, typer.Option("--log-level", help="Return the event's logs.")] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Status and headers on stderr.")] = False,
+    run_async: Annotated[
+        bool, typer.Option("--async", help="Run it later: print the invocation's id (X-Nubis-Async).")
+    ] = False,
+    callback_url: Annotated[
+        str | None, typer.Option("--callback-url", help="With --async: POST the result to this http(s) URL.")
+    ] = None,
 ) -> None:
-    """Invoke a function through the API: the body on stdout; exit 1 on a status of 400 or more."""
+    """Invoke a function through the API: the body on stdout; exit 1 on a status of 400 or more.
+
+    With --async the function runs later: the invocation's id is printed, and
+    `nubis invocations get ID --wait` prints its result once it has one."""
+    if callback_url and not run_async:
+        raise typer.BadParameter("a callback is for async invocations: add --async", param_hint="--callback-url")
     headers = {"x-nuclio-function-name": name, "x-nuclio-path": path}
     for item in header or []:
         key, sep, value = item.partition(":")
@@ -31,6 +42,10 @@ def invoke_command(
         headers["content-type"] = content_type
     if log_level:
         headers["x-nuclio-log-level"] = log_level
+    if run_async:
+        headers["x-nubis-async"] = "true"
+        if callback_url:
+            headers["x-nubis-callback-url"] = callback_url
     with Api() as api:
         response = api.request(
             method.upper(),
@@ -45,6 +60,11 @@ def invoke_command(
         typer.echo(f"HTTP {response.status_code}", err=True)
         for key, value in response.headers.items():
             typer.echo(f"{key}: {value}", err=True)
+    if run_async and response.status_code == 202:
+        invocation_id = response.json()["id"]
+        typer.echo(invocation_id)
+        typer.echo(f"its result: nubis invocations get {invocation_id} --wait", err=True)
+        return
     sys.stdout.buffer.write(response.content)
     sys.stdout.flush()
     if response.status_code >= 400:

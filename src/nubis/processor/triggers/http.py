@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from nubis.errors import ProcessorError
+from nubis.invocations import InvocationStore
 from nubis.processor import port_owner
 from nubis.processor.events import Response
 from nubis.processor.options import ProcessorOptions
 from nubis.processor.replica_socket import ReplicaSocket
 from nubis.processor.triggers.base import Submitter, Trigger
+from nubis.processor.triggers.http_async import AsyncInvocations
 from nubis.processor.triggers.http_config import HttpTriggerConfig, trigger_config
 from nubis.processor.triggers.http_limits import RefusalLog
 from nubis.processor.triggers.http_protocol import HttpConnection
+from nubis.settings import default_data_dir
 from nubis.spec import Trigger as TriggerSpec
 
 log = logging.getLogger("nubis.processor")
@@ -40,6 +43,9 @@ class HttpOptions:
     port_owner: str | None = None
     #: this replica's own Unix socket for the gateway (`replica_socket.py`), None: none
     replica_socket: str | None = None
+    #: the function's async invocation store (`nubis.invocations`)
+    invocations_dir: Path | None = None
+    function_name: str = ""
 
 
 class HttpTrigger(Trigger):
@@ -54,6 +60,8 @@ class HttpTrigger(Trigger):
         owner: port_owner.PortOwner | None = None,
         workers: int = 1,
         replica_socket: Path | None = None,
+        invocations: InvocationStore | None = None,
+        function: str = "",
     ) -> None:
         self.name = name
         self.config = config
@@ -75,6 +83,15 @@ class HttpTrigger(Trigger):
         self._handoffs: set[asyncio.Future[Any]] = set()
         #: connections refused over attributes.maxConnections, logged as one line per interval
         self.refusals = RefusalLog(log, self._describe_refusals)
+        #: requests sent with X-Nubis-Async: true (http_async.py)
+        self.invocations = AsyncInvocations(
+            function=function,
+            trigger=name,
+            store=invocations or InvocationStore(default_data_dir() / "invocations" / (function or "function")),
+            policy=config.invocations.policy,
+            retention=config.invocations.retention,
+            window=max(16, 4 * workers),
+        )
         cors = config.cors
         self._cors_methods = ", ".join(cors.allow_methods)
         self._cors_headers = ", ".join(cors.allow_headers)
@@ -105,6 +122,7 @@ class HttpTrigger(Trigger):
         self.port = sock.getsockname()[1]
         if self.replica_socket is not None:
             await self._open_replica_socket(loop, self.replica_socket)
+        self.invocations.start(pool)
 
     async def _open_replica_socket(self, loop: asyncio.AbstractEventLoop, replica_socket: ReplicaSocket) -> None:
         """The gateway's way in to this replica alone; without it the gateway still reaches the
@@ -195,6 +213,7 @@ class HttpTrigger(Trigger):
 
     async def stop_accepting(self) -> None:
         self.draining = True
+        await self.invocations.stop()
         if self._server is not None:
             self._server.close()
         self._close_replica_socket()
@@ -212,6 +231,7 @@ class HttpTrigger(Trigger):
 
     async def close(self) -> None:
         self.refusals.close()
+        await self.invocations.close()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
@@ -263,6 +283,10 @@ class HttpTriggerFactory:
             reuse_port=overrides.reuse_port,
             port_owner=overrides.port_owner,
             replica_socket=overrides.replica_socket,
+            invocations_dir=Path(overrides.invocations_dir)
+            if overrides.invocations_dir
+            else default_data_dir() / "invocations" / (overrides.function_name or "function"),
+            function_name=overrides.function_name,
         )
 
     def create(self, *, name: str, trigger: TriggerSpec, field: str, options: HttpOptions) -> HttpTrigger:
@@ -280,6 +304,8 @@ class HttpTriggerFactory:
             owner=owner,
             workers=options.workers or trigger.num_workers or 1,
             replica_socket=Path(options.replica_socket) if options.replica_socket else None,
+            invocations=InvocationStore(options.invocations_dir) if options.invocations_dir else None,
+            function=options.function_name,
         )
 
 

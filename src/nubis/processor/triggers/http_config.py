@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nubis.errors import SpecError
+from nubis.processor.triggers.failures import Policy, policy_of
 from nubis.processor.triggers.http_limits import (
     DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -20,6 +21,8 @@ from nubis.spec.durations import parse_duration
 DEFAULT_PORT = 8080
 DEFAULT_MAX_REQUEST_BODY_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_QUEUED_EVENTS = 1024
+#: seconds a final async invocation's record is kept (attributes.asyncRetention)
+DEFAULT_ASYNC_RETENTION = 24 * 3600.0
 _DEFAULT_CORS_METHODS = ["HEAD", "GET", "POST", "PUT", "DELETE", "OPTIONS"]
 _DEFAULT_CORS_HEADERS = ["Accept", "Content-Length", "Content-Type", "X-nuclio-log-level"]
 
@@ -139,6 +142,28 @@ class CorsConfig:
         return "*" in self.allow_origins or origin in self.allow_origins
 
 
+@dataclass(frozen=True)
+class AsyncSettings:
+    """Async invocations (`X-Nubis-Async: true`, http_async.py): retried by the failure policy of
+    message triggers (`maxAttempts`, `retryBackoff`, `retryBackoffMax`), where an answer of
+    500-599 is a failure too (no caller waits to see it), and kept `asyncRetention` once final."""
+
+    policy: Policy = field(default_factory=lambda: Policy(fail_on_5xx=True))
+    #: seconds
+    retention: float = DEFAULT_ASYNC_RETENTION
+
+
+def async_settings(attributes: dict[str, Any], field: str) -> AsyncSettings:
+    """SpecError at `<field>.attributes.<name>` for a bad value."""
+    policy = replace(policy_of(attributes, None, field), fail_on_5xx=True)
+    where = f"{field}.attributes.asyncRetention"
+    raw = attributes.get("asyncRetention")
+    retention = parse_duration(raw, field=where) if raw is not None else None
+    if retention is not None and retention <= 0:
+        raise SpecError("must be positive", field=where, expected="a duration such as '24h' or '30m'", found=raw)
+    return AsyncSettings(policy, DEFAULT_ASYNC_RETENTION if retention is None else retention)
+
+
 @dataclass
 class HttpTriggerConfig:
     """What the HTTP trigger reads from `spec.triggers.<name>.attributes`."""
@@ -149,6 +174,7 @@ class HttpTriggerConfig:
     max_queued_events: int = DEFAULT_MAX_QUEUED_EVENTS
     cors: CorsConfig = field(default_factory=CorsConfig)
     limits: HttpLimits = field(default_factory=HttpLimits)
+    invocations: AsyncSettings = field(default_factory=AsyncSettings)
 
     @classmethod
     def from_attributes(cls, raw: Any, where: str) -> HttpTriggerConfig:
@@ -192,7 +218,9 @@ def trigger_config(trigger: Any, field: str) -> HttpTriggerConfig:
     attrs = dict(trigger.attributes or {})
     if trigger.mode and "mode" not in {str(k).lower() for k in attrs}:
         attrs["mode"] = trigger.mode
-    return HttpTriggerConfig.from_attributes(attrs, f"{field}.attributes")
+    config = HttpTriggerConfig.from_attributes(attrs, f"{field}.attributes")
+    config.invocations = async_settings(dict(trigger.attributes or {}), field)
+    return config
 
 
 def validate(trigger: Any, field: str) -> None:

@@ -338,6 +338,10 @@ class HttpConnection(FlowControl, asyncio.Protocol):
             level = min(level, LEVELS.get(level_name.lower(), 20))
         if level != 20:
             frame[LEVEL] = level
+        run_later = headers.get("X-Nubis-Async")  # one lookup of an absent key on the sync path
+        if run_later is not None and run_later.lower() == "true":
+            trigger.invocations.accept(frame, slot)  # stored, answered 202, run later (http_async.py)
+            return
         sub = Submission(frame, slot, capture=level_name is not None)
         if self.write_paused or self.deferred or len(self.slots) > MAX_IN_FLIGHT:
             self.defer(sub)

@@ -1,0 +1,141 @@
+"""`nubis invocations get ID [--wait]|list FUNCTION`: async invocations (`nubis invoke --async`).
+
+API calls (the saved login, or NUBIS_URL/NUBIS_TOKEN). `get --wait` asks again, a little less often
+each time (up to once a second), until the invocation is final or --timeout passes. Exit codes:
+0 succeeded (or not final, without --wait), FAILED_EXIT failed, TIMED_OUT_EXIT still not final
+when --wait gave up.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import sys
+import time
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+
+from nubis.cli.client import Api
+from nubis.cli.resources import _print_table as print_table
+
+app = typer.Typer(help="Async invocations (nubis invoke --async): state and result.", no_args_is_help=True)
+
+FAILED_EXIT = 1
+TIMED_OUT_EXIT = 2
+_FINAL = ("succeeded", "failed")
+#: seconds between two questions while waiting: the first, and the most
+_POLL_FIRST, _POLL_MAX = 0.05, 1.0
+
+
+@app.command("get")
+def get_command(
+    invocation_id: Annotated[str, typer.Argument(metavar="ID", help="The id `nubis invoke --async` printed.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until it succeeded or failed.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.", min=0)] = 300.0,
+    function: Annotated[str | None, typer.Option("--function", help="Its function (a faster lookup).")] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
+) -> None:
+    """Print an async invocation's state and, once it has one, its result."""
+    if output not in ("text", "json"):
+        raise typer.BadParameter("expected text or json", param_hint="-o")
+    params = {"function": function} if function else {}
+    path = f"/api/invocations/{quote(invocation_id, safe='')}"
+    deadline, pause = time.monotonic() + timeout, _POLL_FIRST
+    with Api() as api:
+        record: dict[str, Any] = api.json("GET", path, params=params)
+        while wait and record["state"] not in _FINAL and time.monotonic() < deadline:
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(_POLL_MAX, pause * 2)
+            record = api.json("GET", path, params=params)
+    if output == "json":
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        _print_record(record)
+    if record["state"] == "failed":
+        raise typer.Exit(FAILED_EXIT)
+    if wait and record["state"] not in _FINAL:
+        typer.echo(f"still {record['state']} after {timeout:g} s", err=True)
+        raise typer.Exit(TIMED_OUT_EXIT)
+
+
+@app.command("list")
+def list_command(
+    function: Annotated[str, typer.Argument(help="The function's name.")],
+    limit: Annotated[int, typer.Option("--limit", help="At most this many, newest first.", min=1, max=1000)] = 100,
+    output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
+) -> None:
+    """List a function's async invocations, newest first."""
+    if output not in ("text", "json"):
+        raise typer.BadParameter("expected text or json", param_hint="-o")
+    with Api() as api:
+        answer = api.json("GET", "/api/invocations", params={"function": function, "limit": str(limit)}) or {}
+    records = answer.get("invocations", [])
+    if output == "json":
+        typer.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        typer.echo(f"no async invocations of {function}")
+        return
+    rows = [
+        (
+            r["id"],
+            r["state"],
+            f"{r['attempts']}/{r['max_attempts']}",
+            str((r.get("result") or {}).get("status", "")),
+            _time(r["accepted_at"]),
+            _took(r),
+        )
+        for r in records
+    ]
+    print_table(("ID", "STATE", "ATTEMPTS", "STATUS", "ACCEPTED (UTC)", "TOOK"), rows)
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    result = record.get("result") or {}
+    lines = [
+        ("id", record["id"]),
+        ("function", f"{record['function']} (trigger {record['trigger']}): {record['method']} {record['path']}"),
+        ("state", record["state"]),
+        ("attempts", f"{record['attempts']} of {record['max_attempts']}"),
+        ("accepted", _time(record["accepted_at"])),
+    ]
+    if record.get("finished_at"):
+        lines.append(("finished", f"{_time(record['finished_at'])} ({_took(record)} after the accept)"))
+    if result:
+        content = f" ({result['content_type']})" if result.get("content_type") else ""
+        lines.append(("status", f"{result['status']}{content}"))
+        if result.get("error"):
+            lines.append(("error", result["error"].splitlines()[0]))
+        for name, value in (result.get("headers") or {}).items():
+            lines.append(("header", f"{name}: {value}"))
+    callback = record.get("callback")
+    if callback:
+        answered = f", answered {callback['status']}" if callback.get("status") is not None else ""
+        error = f": {callback['error']}" if callback.get("error") else ""
+        lines.append(
+            ("callback", f"{callback['state']} to {callback['url']} ({callback['attempts']} tries{answered}){error}")
+        )
+    for key, value in lines:
+        typer.echo(f"{key + ':':<10} {value}")
+    if result.get("body"):
+        body = base64.b64decode(result["body"])
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            typer.echo(f"\n({len(body)} bytes of binary body: -o json has it base64-encoded)")
+            return
+        typer.echo("")
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+
+
+def _time(epoch_ms: int) -> str:
+    return datetime.datetime.fromtimestamp(epoch_ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _took(record: dict[str, Any]) -> str:
+    finished = record.get("finished_at")
+    return f"{(finished - record['accepted_at']) / 1000:.3f} s" if finished else ""

@@ -1,0 +1,70 @@
+"""`/api/invocations` (a Nubis extension): the async invocations of functions (`X-Nubis-Async:
+true`), their state and result, read from the platform's invocation store (`nubis.invocations`).
+
+`GET /api/invocations/{id}` answers one: `state` (pending, running, succeeded, failed), attempts,
+timings (epoch ms) and the last attempt's `result` (status, headers, body base64, error); never the
+request itself, which holds the caller's headers. An id names no function, so the stores of every
+function are looked in (a file lookup each); `?function=NAME` looks in that one only.
+`GET /api/invocations?function=NAME` lists a function's, newest first.
+
+Reading a result is the `invoke` action, not `read`: a result is a function's answer, for whoever
+may invoke it, as `/api/function_invocations` answers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from nubis.control.api.responses import json_response
+from nubis.errors import BadRequest, NotFound
+from nubis.invocations import Invocation, valid_id
+from nubis.platforms.base import Platform
+from nubis.store.functions import function_not_found
+
+#: the most records a list answers (the newest)
+LIST_LIMIT = 1000
+
+
+async def get_invocation(request: Request) -> Response:
+    control = request.app.state.control
+    invocation_id = request.path_params["id"]
+    function = request.query_params.get("function")
+    if function:
+        if await control.store.get_function(function) is None:
+            raise function_not_found(function)
+        names = [function]
+    else:
+        names = [name for name, _ in await control.store.function_versions()]
+    found = await asyncio.to_thread(_find, control.platform, names, invocation_id) if valid_id(invocation_id) else None
+    if found is None:
+        raise NotFound(
+            f"no async invocation {invocation_id!r}"
+            + (f" of function {function!r}" if function else "")
+            + ": the id is wrong, or its result expired (kept for the HTTP trigger's asyncRetention, 24h by default)"
+        )
+    return json_response(found.view())
+
+
+async def list_invocations(request: Request) -> Response:
+    control = request.app.state.control
+    function = request.query_params.get("function")
+    if not function:
+        raise BadRequest("say whose async invocations to list: ?function=NAME")
+    limit_text = request.query_params.get("limit") or str(LIST_LIMIT)
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 1 to {LIST_LIMIT}, found {limit_text!r}")
+    if await control.store.get_function(function) is None:
+        raise function_not_found(function)
+    records = await asyncio.to_thread(control.platform.invocations(function).records)
+    return json_response({"invocations": [record.view() for record in records[: int(limit_text)]]})
+
+
+def _find(platform: Platform, names: list[str], invocation_id: str) -> Invocation | None:
+    for name in names:
+        found = platform.invocations(name).get(invocation_id)
+        if found is not None:
+            return found
+    return None
