@@ -163,3 +163,10 @@ def test_an_unexpected_failure_to_connect_is_an_error_state_and_retried(tmp_path
     state, message, tries = asyncio.run(run())
     assert tries >= 3 and state == "error"
     assert "client library broke" in message and "hunter2" not in message and "u:***@h" in message
+
+
+def test_backoffs_may_be_go_durations_as_nuclio_writes_them() -> None:
+    from nubis.processor.triggers.failures import policy_of
+
+    policy = policy_of({"retryBackoff": "2s", "retryBackoffMax": "1m"}, None, "spec.triggers.q")
+    assert (policy.backoff, policy.backoff_max) == (2.0, 60.0)

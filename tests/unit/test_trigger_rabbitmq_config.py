@@ -120,7 +120,7 @@ def test_nuclios_trigger_level_credentials_join_a_url_without_any() -> None:
         (rabbit(queueName="q", prefetchCount=-1), f"{FIELD}.attributes.prefetchCount", "1 or more"),
         (rabbit(queueName="q", prefetchCount="4"), f"{FIELD}.attributes.prefetchCount", "1 or more"),
         (rabbit(queueName="q", maxAttempts=0), f"{FIELD}.attributes.maxAttempts", "1 to 100"),
-        (rabbit(queueName="q", retryBackoff="1s"), f"{FIELD}.attributes.retryBackoff", "seconds"),
+        (rabbit(queueName="q", retryBackoff="soon"), f"{FIELD}.attributes.retryBackoff", "Go duration (2s)"),
     ],
 )
 def test_a_bad_attribute_names_its_field_and_what_it_expects(trigger: Trigger, field: str, expected: str) -> None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import json
 
-from nubis.control.api.trigger_secrets import MASK, masked_spec, masks_left, scrubbed_spec, unmask
+from nubis.control.api.trigger_secrets import (
+    MASK,
+    annotation_masks_left,
+    masked_metadata,
+    masked_spec,
+    masks_left,
+    scrubbed_spec,
+    unmask,
+    unmask_metadata,
+)
 
 SPEC = {
     "handler": "main:handler",
@@ -59,3 +68,39 @@ def test_masks_sent_back_keep_the_stored_values_and_new_values_win() -> None:
     left = unmask(moved, SPEC)  # another host: the stored password is not sent there
     assert masks_left(left) == ["spec.triggers.queue.url"]
     assert masks_left(round_trip) == []
+
+
+OUTPUTS_SPEC = {
+    "handler": "main:handler",
+    "outputs": [
+        {"kind": "rabbit-mq", "url": "amqp://app:0utpass@rabbit:5672/", "exchange": "done"},
+        {"kind": "kafka", "brokers": ["k:9092"], "topic": "t", "attributes": {"sasl": {"password": "k4fka"}}},
+    ],
+}
+OUTPUT_METADATA = {"name": "f", "annotations": {"nubis.io/output": "redis-stream://:r3dis@cache:6379/orders"}}
+
+
+def test_output_credentials_are_masked_scrubbed_and_kept_on_a_round_trip() -> None:
+    masked = masked_spec(OUTPUTS_SPEC)
+    metadata = masked_metadata(OUTPUT_METADATA)
+    text = json.dumps([masked, metadata])
+    assert not any(secret in text for secret in ("0utpass", "k4fka", "r3dis"))
+    assert masked["outputs"][0]["url"] == f"amqp://app:{MASK}@rabbit:5672/"
+    assert masked["outputs"][1]["topic"] == "t"
+    assert "0utpass" in json.dumps(OUTPUTS_SPEC)  # the stored spec is not changed
+    assert not masks_left(unmask(masked, OUTPUTS_SPEC))
+    assert unmask(masked, OUTPUTS_SPEC)["outputs"] == OUTPUTS_SPEC["outputs"]
+    assert unmask_metadata(metadata, OUTPUT_METADATA) == OUTPUT_METADATA
+    assert masks_left(masked) == ["spec.outputs[0].url", "spec.outputs[1].attributes.sasl.password"]
+    scrubbed = json.dumps(scrubbed_spec(OUTPUTS_SPEC))
+    assert MASK not in scrubbed and "0utpass" not in scrubbed and "amqp://app@rabbit" in scrubbed
+
+
+def test_annotations_naming_a_credential_are_masked_and_kept_on_a_round_trip() -> None:
+    metadata = {"annotations": {"nuclio.io/kafka-sasl-password": "s3cret", "nuclio.io/kafka-sasl-user": "u"}}
+    masked = masked_metadata(metadata)
+    assert masked["annotations"] == {"nuclio.io/kafka-sasl-password": MASK, "nuclio.io/kafka-sasl-user": "u"}
+    assert metadata["annotations"]["nuclio.io/kafka-sasl-password"] == "s3cret"
+    assert unmask_metadata(masked, metadata) == metadata
+    assert annotation_masks_left(masked) == ["metadata.annotations.nuclio.io/kafka-sasl-password"]
+    assert annotation_masks_left(metadata) == []

@@ -1,6 +1,7 @@
-"""`nubis events failed|replay FUNCTION`: the events a function's message triggers gave up on.
+"""`nubis events failed|replay FUNCTION`: the events a function's message triggers gave up on;
+`nubis events trace ID`: the path of one event through a chain of functions (docs/outputs.md).
 
-Both are API calls (the saved login, or NUBIS_URL/NUBIS_TOKEN). Replayed events go back to the
+All are API calls (the saved login, or NUBIS_URL/NUBIS_TOKEN). Replayed events go back to the
 function's running replicas, which take them within about a second and give them the same retries
 as a broker's message; one that fails again is listed again. An event in a broker's own dead letter
 (a trigger's `deadLetter`) is not here: it is in that queue, stream or subject.
@@ -18,7 +19,12 @@ import typer
 from nubis.cli.client import Api
 from nubis.cli.resources import _print_table as print_table
 
-app = typer.Typer(help="Events that failed for good, and their replay.", no_args_is_help=True)
+app = typer.Typer(help="Events that failed for good, their replay, and event traces.", no_args_is_help=True)
+
+
+def _check_output(output: str) -> None:
+    if output not in ("text", "json"):
+        raise typer.BadParameter("expected text or json", param_hint="-o")
 
 
 @app.command("failed")
@@ -27,8 +33,7 @@ def failed_command(
     output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
 ) -> None:
     """List the function's failed events, oldest first."""
-    if output not in ("text", "json"):
-        raise typer.BadParameter("expected text or json", param_hint="-o")
+    _check_output(output)
     with Api() as api:
         answer = api.json("GET", f"/api/functions/{quote(function, safe='')}/failed_events") or {}
     records = answer.get("failedEvents", [])
@@ -70,3 +75,37 @@ def replay_command(
         typer.echo(f"not found: {event_id} (already replayed, or never failed)", err=True)
     if missing and not replayed:
         raise typer.Exit(1)
+
+
+@app.command("trace")
+def trace_command(
+    event_id: Annotated[str, typer.Argument(help="An event's id: an answer's X-Nubis-Trace-Id, or a hop's id.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
+) -> None:
+    """Show the path of an event through the functions its outputs chain: one line per hop."""
+    _check_output(output)
+    with Api() as api:
+        answer = api.json("GET", f"/api/events/{quote(event_id, safe='')}/trace") or {}
+    if output == "json":
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    hops = answer.get("hops", [])
+    typer.echo(f"trace {answer.get('traceId', event_id)}: {len(hops)} hop(s)")
+    rows = [
+        (
+            ("   " * (hop["depth"] - 1) + "└─ " if hop["depth"] else "") + hop["function"],
+            f"{hop['trigger_kind']}/{hop['trigger_name']}",
+            hop["source"],
+            f"{hop['outcome']} {hop['status']}",
+            f"{hop['duration_ms']:.1f} ms",
+            ", ".join(_published(o) for o in hop["outputs"]) or ("-" if not hop.get("error") else hop["error"][:80]),
+            hop["event_id"],
+        )
+        for hop in hops
+    ]
+    print_table(("FUNCTION", "TRIGGER", "SOURCE", "OUTCOME", "DURATION", "PUBLISHED TO", "EVENT"), rows)
+
+
+def _published(output: dict[str, object]) -> str:
+    where = f"{output['kind']} {output['destination']}"
+    return f"{where} ({output['id']})" if output.get("id") else where

@@ -22,9 +22,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from nubis.errors import NubisError
 from nubis.failed_events import FailedEventStore
+from nubis.invocations import InvocationStore
 from nubis.platforms.status import Event, Exit, FunctionStatus, ReplicaStatus
 from nubis.runtimes.base import Artifact
 from nubis.spec import Spec
+from nubis.traces import TraceStore
 
 __all__ = [
     "BuildLog",
@@ -235,4 +237,12 @@ class Platform(Protocol):
     def failed_events(self, name: str) -> FailedEventStore:
         """Where the function's message triggers keep events that failed for good (and from where
         `replay` hands them back to its replicas)."""
+        ...
+
+    def invocations(self, name: str) -> InvocationStore:
+        """Where the function's replicas keep its async invocations and their results."""
+        ...
+
+    def traces(self) -> TraceStore:
+        """The hops every function's replicas recorded of their events' traces (`nubis.traces`)."""
         ...

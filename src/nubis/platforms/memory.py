@@ -27,6 +27,7 @@ from msgspec.structs import replace
 
 from nubis.errors import BuildError, TemporaryError
 from nubis.failed_events import FailedEventStore
+from nubis.invocations import InvocationStore
 from nubis.platforms.base import (
     Builder,
     BuildLog,
@@ -46,6 +47,7 @@ from nubis.platforms.base import (
 from nubis.runtimes.base import Artifact
 from nubis.runtimes.registry import DEFAULT_RUNTIME, get_default_registry
 from nubis.spec import parse_config
+from nubis.traces import TraceStore
 
 OutcomeKind = Literal["ready", "fail", "unavailable", "hang"]
 
@@ -259,6 +261,12 @@ class MemoryPlatform:
 
     def failed_events(self, name: str) -> FailedEventStore:
         return FailedEventStore(self.failed_root / name)
+
+    def invocations(self, name: str) -> InvocationStore:
+        return InvocationStore(self.failed_root.parent / "invocations" / name)
+
+    def traces(self) -> TraceStore:
+        return TraceStore(self.failed_root.parent / "traces")
 
     async def logs(self, name: str, since: float | None = None, follow: bool = False) -> AsyncIterator[str]:
         status = self.state.functions.get(name)

@@ -30,6 +30,10 @@ class ProcessorOptions:
     #: what trigger kinds keep for the function across replicas (the cron tick ledger); None:
     #: `<data dir>/triggers/<function>`
     trigger_state_dir: str | None = None
+    #: the HTTP trigger's async invocation store (None: `<data dir>/invocations/<function>`)
+    invocations_dir: str | None = None
+    #: where the replica records its events' hops of their traces (None: `<data dir>/traces/<function>`)
+    traces_dir: str | None = None
     #: seconds an event for a function at zero waits for its workers to start, then 503
     wake_timeout: float = 30.0
     #: filled in by the processor from the function's configuration, for the trigger kinds that

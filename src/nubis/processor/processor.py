@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 
 from nubis.errors import SpecError
+from nubis.processor.batching import Batching
 from nubis.processor.options import ProcessorOptions as ProcessorOptions  # re-exported: the replica's and CLI's
+from nubis.processor.outputs import Outputs, outputs_for
 from nubis.processor.pool import WorkerPool
 from nubis.processor.reporting import keep_reporting
 from nubis.processor.scaling import Scaling
@@ -25,6 +27,7 @@ from nubis.processor.zygote import ZygoteStarter
 from nubis.runtimes.base import Artifact, WorkerRequest
 from nubis.runtimes.registry import runtime_for
 from nubis.spec import FunctionConfig
+from nubis.spec.batch import batch_config, batch_ignored
 from nubis.spec.durations import parse_duration
 
 log = logging.getLogger("nubis.processor")
@@ -58,6 +61,10 @@ class Processor:
         self.registry = registry or get_default_registry()
         self.pools: list[WorkerPool] = []
         self.triggers: list[Trigger] = []
+        #: what each trigger feeds: its pool, or the pool behind `Batching` (batch mode)
+        self.submitters: list[WorkerPool | Batching] = []
+        #: the function's outputs and trace recording, wrapped around each submitter (outputs/chain.py)
+        self.outputs: Outputs | None = None
         self.started = False
         #: set when the replica can no longer serve (no zygote can run, no worker can start);
         #: `failure` says why
@@ -114,6 +121,7 @@ class Processor:
     def _build(self) -> None:
         """Create every trigger and pool object (no processes yet): all config errors surface here."""
         self._starter = self._make_starter()
+        self.outputs = outputs_for(self.config, self.options)
         event_timeout = self.config.spec.event_timeout_seconds()
         self.options = dataclasses.replace(self.options, event_timeout=event_timeout)
         next_wid = 0
@@ -137,6 +145,12 @@ class Processor:
             next_wid += size
             self.triggers.append(instance)
             self.pools.append(pool)
+            batch = batch_config(trigger, field=field, runtime=self.config.spec.runtime)
+            if batch_ignored(trigger):
+                log.warning(
+                    "%s: batching is not offered for %s triggers; its batch block is ignored", field, trigger.kind
+                )
+            self.submitters.append(pool if batch is None else Batching(pool, batch, ordered=instance.ordered))
         if not self.triggers:
             raise SpecError(
                 "the function has no enabled trigger",
@@ -147,7 +161,7 @@ class Processor:
     async def start(self) -> None:
         """Import the handler, start every worker (init_context), then open the triggers."""
         self._build()
-        assert self._starter is not None
+        assert self._starter is not None and self.outputs is not None
         if isinstance(self._starter, ZygoteStarter):
             self._starter.on_give_up = self._fail
         for pool in self.pools:
@@ -156,8 +170,8 @@ class Processor:
         await self._starter.start()
         try:
             await asyncio.gather(*(pool.start() for pool in self.pools))
-            for trigger, pool in zip(self.triggers, self.pools, strict=True):
-                await trigger.start(pool)
+            for trigger, submitter in zip(self.triggers, self.submitters, strict=True):
+                await trigger.start(self.outputs.wrap(submitter, trigger.kind, trigger.name))
         except BaseException:
             await self.stop(drain=False)
             raise
@@ -226,9 +240,16 @@ class Processor:
             self._reporting = None
         for trigger in self.triggers:
             await trigger.stop_accepting()
+        for submitter in self.submitters:
+            if isinstance(submitter, Batching):
+                submitter.close()  # the batch being filled is drained with the rest
         timeout = self.options.drain_timeout if drain else 0.0
         await asyncio.gather(*(pool.stop(timeout) for pool in self.pools), return_exceptions=True)
+        if self.outputs is not None:
+            await self.outputs.drain(timeout)  # answers still publishing: settled before the triggers close
         for trigger in self.triggers:
             await trigger.close()
+        if self.outputs is not None:
+            await self.outputs.close()
         if self._starter is not None:
             self._starter.stop()

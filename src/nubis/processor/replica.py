@@ -79,6 +79,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where message triggers keep events that failed for good (the platform's failed-event store)",
     )
     parser.add_argument(
+        "--invocations-dir",
+        default=None,
+        help="where the HTTP trigger keeps async invocations and their results (the platform's store)",
+    )
+    parser.add_argument(
+        "--traces-dir",
+        default=None,
+        help="where the replica records its events' hops of their traces (outputs, nubis events trace)",
+    )
+    parser.add_argument(
         "--trigger-state-dir",
         default=None,
         help="state the function's replicas share for their triggers (the cron tick ledger)",
@@ -161,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             port_owner=args.port_owner or f"{args.function_dir.resolve()}:{config.metadata.name}",
             replica_socket=args.replica_socket,
             failed_events_dir=args.failed_events_dir,
+            invocations_dir=args.invocations_dir,
             trigger_state_dir=args.trigger_state_dir,
+            traces_dir=args.traces_dir,
         )
         processor = Processor(config, args.function_dir.resolve(), args.artifact, options)
         code: int = uvloop.run(serve(processor, announce_without_url=True, ready_fd=args.ready_fd))

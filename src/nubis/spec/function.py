@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 
 from nubis.spec.base import NuclioModel
 from nubis.spec.durations import parse_duration
+from nubis.spec.outputs import Output
 from nubis.spec.trigger import Trigger, enrich_triggers
 
 
@@ -140,6 +141,8 @@ class Spec(NuclioModel):
     security_context: dict[str, Any] | None = Field(default=None, alias="securityContext")
     scale_to_zero: dict[str, Any] | None = Field(default=None, alias="scaleToZero")
     logger_sinks: list[dict[str, Any]] | None = Field(default=None, alias="loggerSinks")
+    #: Nubis extension: where responses are published (`nubis.spec.outputs`, docs/outputs.md)
+    outputs: list[Output] = Field(default_factory=list)
 
     def event_timeout_seconds(self) -> float | None:
         """The per-event timeout in seconds, None when unset. Raises `SpecError` if not a Go duration."""

@@ -8,9 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from nubis.control.api.bodies import PROJECT_LABEL, section, text_map
-from nubis.control.api.trigger_secrets import MASK, masked_spec, masks_left, scrubbed_spec
+from nubis.control.api.trigger_secrets import (
+    MASK,
+    OUTPUT_ANNOTATION,
+    annotation_masks_left,
+    masked_metadata,
+    masked_spec,
+    masks_left,
+    scrubbed_spec,
+)
 from nubis.control.sources import allowed_build_path, decode_source
 from nubis.errors import BadRequest
+from nubis.processor.outputs import check_outputs
 from nubis.processor.triggers.registry import TriggerRegistry, get_default_registry
 from nubis.runtimes.registry import DEFAULT_RUNTIME
 from nubis.spec import (
@@ -21,6 +30,7 @@ from nubis.spec import (
     validate_function_name,
     validate_handler,
 )
+from nubis.spec.batch import check_batches
 from nubis.store import FunctionRecord
 
 #: States in which a deploy is under way: updates and deletes are refused with 412 (NUCLIO.md §1.8).
@@ -65,6 +75,7 @@ def validated_config(
     data["metadata"].pop("resourceVersion", None)
     data["metadata"].pop("generation", None)
     masked = masks_left(data["spec"])
+    masked += annotation_masks_left(data["metadata"])
     if masked:
         raise BadRequest(
             f"{masked[0]} holds the mask {MASK} where no credential is stored: an answer's masked "
@@ -87,6 +98,7 @@ def validated_config(
     validate_handler(spec.handler)
     parse_runtime(spec.runtime or DEFAULT_RUNTIME)
     check_triggers(config)
+    check_outputs(config)  # spec.outputs and nubis.io/output (docs/outputs.md)
     if code_roots is not None and build.path and not build.function_source_code:
         allowed_build_path(Path(build.path), code_roots)
     return export_config(config)
@@ -103,6 +115,7 @@ def check_triggers(config: FunctionConfig, registry: TriggerRegistry | None = No
     for key, trigger in config.effective_triggers().items():
         if not trigger.disabled:
             registry.validate(trigger.kind, trigger, field=f"spec.triggers.{key}")
+    check_batches(config)
 
 
 #: The former name (kinds only), kept for its callers.
@@ -129,7 +142,11 @@ def function_object(record: FunctionRecord, logs: list[dict[str, Any]] | None = 
     status["observedGeneration"] = record.deployed_generation
     if logs is not None:
         status["logs"] = logs
-    return {"metadata": metadata, "spec": masked_spec(record.config.get("spec") or {}), "status": status}
+    return {
+        "metadata": masked_metadata(metadata),
+        "spec": masked_spec(record.config.get("spec") or {}),
+        "status": status,
+    }
 
 
 def export_object(record: FunctionRecord) -> dict[str, Any]:
@@ -144,6 +161,11 @@ def export_object(record: FunctionRecord) -> dict[str, Any]:
     annotations[SKIP_BUILD] = "true"
     annotations[SKIP_DEPLOY] = "true"
     annotations["nuclio.io/previous-state"] = obj["status"].get("state", "")
+    for key, value in list(annotations.items()):  # masked credentials emptied, as in the spec
+        if value == MASK:
+            annotations[key] = ""
+        elif key == OUTPUT_ANNOTATION and isinstance(value, str):
+            annotations[key] = value.replace(f":{MASK}@", "@")
     metadata["annotations"] = annotations
     return {"metadata": metadata, "spec": scrubbed_spec(record.config.get("spec") or {})}
 

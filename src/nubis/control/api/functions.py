@@ -21,7 +21,7 @@ from nubis.control.api.function_objects import (
     without_import_annotations,
 )
 from nubis.control.api.responses import cached_json, empty, json_response
-from nubis.control.api.trigger_secrets import unmask
+from nubis.control.api.trigger_secrets import unmask, unmask_metadata
 from nubis.control.api.unchanged import is_unchanged
 from nubis.errors import BadRequest, Conflict, PreconditionFailed
 from nubis.spec import parse_duration
@@ -164,6 +164,8 @@ async def update_function(request: Request) -> Response:
     if isinstance(body.get("spec"), dict):
         # what a GET answered, sent back: its masked trigger credentials keep the stored ones
         body = dict(body, spec=unmask(body["spec"], current.config.get("spec") or {}))
+    if isinstance(body.get("metadata"), dict):
+        body = dict(body, metadata=unmask_metadata(body["metadata"], current.config.get("metadata") or {}))
     config = validated_config(body, name=name, project=project, code_roots=control.settings.code_roots)
     expected = section(body, "metadata").get("resourceVersion") or None
     fresh = expected is None or expected == current.resource_version

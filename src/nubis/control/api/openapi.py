@@ -50,11 +50,14 @@ RESPONSE_HEADERS: dict[str, tuple[str, bool]] = {
     "WWW-Authenticate": ("how to authenticate: a bearer token (or basic auth with the token as password)", True),
     "Deprecation": ("`true`: use PUT /api/projects/{name} instead", True),
     "Retry-After": ("seconds to wait before retrying, when the server knows", False),
+    "Location": ("where the async invocation's state and result are read: /api/invocations/{id}", True),
 }
 _PATH_PARAM_TEXT = {
     "name": "the {kind}'s name",
     "replica": "one of the names GET /api/functions/{name}/replicas answers",
     "path": "the path to invoke the function at (X-Nuclio-Path wins when both are given)",
+    "id": "an async invocation's id, as its 202 answered it",
+    "event": "an event's id (its X-Nubis-Trace-Id, or a hop's event_id), `/` escaped or not",
 }
 
 

@@ -135,8 +135,11 @@ INVOKE_PARAMS = (
     Param("X-Nuclio-Invoke-Url", "header", "one of the function's invocation URLs (default: the first)"),
     Param("X-Nuclio-Invoke-Timeout", "header", "how long to wait for the function's answer, a Go duration"),
     Param("X-Nuclio-Log-Level", "header", "ask for the function's logs of this event in X-Nuclio-Logs"),
+    _flag("X-Nubis-Async", "run it later: answered 202 with its id, the result at /api/invocations/{id}"),
+    Param("X-Nubis-Callback-Url", "header", "with X-Nubis-Async: an http(s) URL the result is POSTed to"),
 )
 INVOKE_ANSWERS: dict[int | str, Answer] = {
+    202: Answer("X-Nubis-Async: stored, to be run", "InvocationAccepted", headers=("Location",)),
     400: _error("no function name, no invocation URL yet, an URL not the function's, or a bad timeout"),
     404: NOT_FOUND,
     502: _error("the function could not be reached"),
@@ -239,6 +242,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         },
         body=Body("ReplayRequest"),
     ),
+    ("GET", "/api/events/{event}/trace"): Operation(
+        "Nubis extension: every hop of the trace holding this event, across functions, in causal order",
+        {200: Answer("the trace", "EventTrace"), 404: _error("no recorded trace holds this event")},
+    ),
     ("GET", "/api/functions/{name}/logs"): LOGS,
     ("GET", "/api/functions/{name}/logs/{replica}"): LOGS,
     ("GET", "/api/functions/{name}/deploy_logs"): Operation(
@@ -263,6 +270,26 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     **{(m, "/api/function_invocations"): _invoke(m) for m in _INVOKE_METHODS},
     **{(m, "/api/function_invocations/{path}"): _invoke(m) for m in _INVOKE_METHODS},
+    ("GET", "/api/invocations"): Operation(
+        "Nubis extension: a function's async invocations (X-Nubis-Async), newest first",
+        {
+            200: Answer("the invocations", "InvocationList"),
+            400: _error("no ?function=, or a bad limit"),
+            404: NOT_FOUND,
+        },
+        (
+            Param("function", "query", "the function", required=True),
+            Param("limit", "query", "at most this many (1-1000)", {"type": "string", "pattern": "^[0-9]+$"}),
+        ),
+    ),
+    ("GET", "/api/invocations/{id}"): Operation(
+        "Nubis extension: an async invocation's state (pending, running, succeeded, failed) and result",
+        {
+            200: Answer("the invocation", "InvocationRecord"),
+            404: _error("no such invocation (or its result expired), or no such function"),
+        },
+        (Param("function", "query", "the invocation's function (else every function is looked in)"),),
+    ),
     ("GET", "/api/function_templates"): Operation(
         "Deployable function templates, keyed by name",
         {200: Answer("templates by name", schema=_map_of(_ref("RenderedTemplate")))},

@@ -370,6 +370,80 @@ class ReplayAnswer(Open):
     missing: list[str] = Field(description="ids not found (already replayed, or never failed)")
 
 
+class InvocationAccepted(Open):
+    """The 202 of a request sent with `X-Nubis-Async: true` (its `Location` is /api/invocations/{id})."""
+
+    id: str = Field(description="the invocation's id (a random UUID), also the event's id in the handler")
+
+
+class InvocationResult(Open):
+    """The last attempt's answer: the handler's, or the processor's own (a timeout, a lost worker)."""
+
+    status: int
+    content_type: str = ""
+    headers: dict[str, Any] = Field(default_factory=dict)
+    body: str = Field(default="", description="base64")
+    error: str | None = Field(default=None, description="why the attempt failed; null when it did not")
+
+
+class InvocationCallback(Open):
+    """Where the result is POSTed once final (`X-Nubis-Callback-Url`), and how that went."""
+
+    url: str = Field(description="scheme, host and path only (credentials and query hidden)")
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    status: int | None = None
+    error: str | None = None
+
+
+class InvocationRecord(Open):
+    """An async invocation (`nubis.invocations`): its state, attempts, timings and result."""
+
+    id: str
+    function: str
+    trigger: str
+    state: Literal["pending", "running", "succeeded", "failed"]
+    method: str
+    path: str
+    attempts: int
+    max_attempts: int
+    retention: float = Field(description="seconds the record is kept once final")
+    accepted_at: int = Field(description="epoch milliseconds, as are the other times")
+    started_at: int | None = None
+    finished_at: int | None = None
+    expires_at: int | None = None
+    result: InvocationResult | None = None
+    callback: InvocationCallback | None = None
+
+
+class InvocationList(Open):
+    invocations: list[InvocationRecord] = Field(description="newest accept first")
+
+
+class TraceHop(Open):
+    """One event handled by one function (`nubis.traces.Hop`), placed in its trace's tree."""
+
+    trace_id: str
+    event_id: str
+    parent_id: str | None = Field(description="the event whose output this one is; null: where the trace began")
+    function: str
+    trigger_kind: str
+    trigger_name: str
+    source: str = Field(description="the topic, stream, queue or subject it came from; an HTTP path")
+    outcome: str = Field(description="handled, handler error, timeout, worker lost, busy, shutting down, output failed")
+    status: int
+    started: int = Field(description="epoch milliseconds")
+    duration_ms: float = Field(description="from the trigger's submission to its answer, publishing included")
+    outputs: list[dict[str, Any]] = Field(description="what was published and confirmed: kind, name, destination, id")
+    error: str | None = None
+    depth: int = Field(description="0 where the trace began, one more per hop down the chain")
+
+
+class EventTrace(Open):
+    trace_id: str = Field(alias="traceId")
+    hops: list[TraceHop] = Field(description="parents before children, siblings by start")
+
+
 #: Every model the document names in `components/schemas` (each one's JSON Schema `$defs` too).
 COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     FunctionConfig,
@@ -402,4 +476,8 @@ COMPONENT_MODELS: tuple[type[BaseModel], ...] = (
     TriggerStates,
     ReplayRequest,
     ReplayAnswer,
+    EventTrace,
+    InvocationAccepted,
+    InvocationRecord,
+    InvocationList,
 )

@@ -1,5 +1,5 @@
-"""Credentials in a function's triggers never leave the API in clear: every answer shows them
-masked, and a masked value sent back unchanged keeps the stored one.
+"""Credentials in a function's triggers and outputs never leave the API in clear: every answer
+shows them masked, and a masked value sent back unchanged keeps the stored one.
 
 What is a credential: the password of a trigger's `url` (`amqp://user:PASSWORD@host`), its
 `password` and `secret` fields, and any attribute whose name says it is one (password, secret,
@@ -7,6 +7,9 @@ token, accessKey, sasl...; nested mappings such as `sasl: {password}` too). A cl
 function and PUTs it back (the dashboard, nuclio-jupyter's redeploy) sends the masks: `unmask`
 puts the stored values back in their place, so the round trip changes nothing; a new value
 replaces the stored one as usual.
+
+Outputs (`spec.outputs`, docs/outputs.md) name brokers as triggers do and are masked the same way,
+matched to the stored ones by position; so are the URLs of the `nubis.io/output` annotation.
 """
 
 from __future__ import annotations
@@ -18,21 +21,85 @@ from typing import Any
 from nubis.redact import masked_url as _masked
 
 MASK = "********"
-_SECRET_NAME = re.compile(r"pass(word)?|secret|token|access_?key|credential|private_?key", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"pass(word)?|secret|token|access[_-]?key|credential|private[_-]?key", re.IGNORECASE)
 
 
 def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
+#: the annotation whose URLs may hold broker passwords (spec/outputs.py's OUTPUT_ANNOTATION)
+OUTPUT_ANNOTATION = "nubis.io/output"
+
+
 def masked_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """`spec` with every trigger credential masked (a copy; `spec` is not changed)."""
+    """`spec` with every trigger and output credential masked (a copy; `spec` is not changed)."""
     triggers = spec.get("triggers")
-    if not isinstance(triggers, dict) or not triggers:
+    outputs = spec.get("outputs")
+    has_triggers = isinstance(triggers, dict) and bool(triggers)
+    has_outputs = isinstance(outputs, list) and bool(outputs)
+    if not has_triggers and not has_outputs:
         return spec
     spec = dict(spec)
-    spec["triggers"] = {name: _masked_trigger(trigger) for name, trigger in triggers.items()}
+    if has_triggers:
+        assert isinstance(triggers, dict)
+        spec["triggers"] = {name: _masked_trigger(trigger) for name, trigger in triggers.items()}
+    if has_outputs:
+        assert isinstance(outputs, list)
+        spec["outputs"] = [_masked_trigger(output) for output in outputs]
     return spec
+
+
+def masked_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """`metadata` with credentials in annotations masked (a copy): the value of an annotation whose
+    name says it is one (`nuclio.io/kafka-sasl-password`), the passwords of the output annotation's
+    URLs."""
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, dict):
+        return metadata
+    masked = {key: _masked_annotation(key, value) for key, value in annotations.items()}
+    return metadata if masked == annotations else dict(metadata, annotations=masked)
+
+
+def _masked_annotation(key: str, value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        return value
+    if key == OUTPUT_ANNOTATION:
+        return " ".join(masked_url(url) for url in value.split())
+    return MASK if is_secret_name(key.rsplit("/", 1)[-1]) else value
+
+
+def unmask_metadata(new_metadata: dict[str, Any], stored_metadata: dict[str, Any]) -> dict[str, Any]:
+    """`new_metadata` with each masked annotation replaced by the stored value: a whole masked
+    value, or a masked URL of the output annotation that is the stored one at its place, masked."""
+    annotations = new_metadata.get("annotations")
+    stored = stored_metadata.get("annotations") or {}
+    if not isinstance(annotations, dict) or not isinstance(stored, dict):
+        return new_metadata
+    restored = dict(annotations)
+    for key, value in annotations.items():
+        old = stored.get(key)
+        if not isinstance(value, str) or MASK not in value or not isinstance(old, str):
+            continue
+        if value == MASK:
+            restored[key] = old
+        elif key == OUTPUT_ANNOTATION:
+            stored_urls, urls = old.split(), value.split()
+            for index, url in enumerate(urls):
+                if index < len(stored_urls) and masked_url(stored_urls[index]) == url:
+                    urls[index] = stored_urls[index]
+            restored[key] = " ".join(urls)
+    return dict(new_metadata, annotations=restored)
+
+
+def annotation_masks_left(metadata: dict[str, Any]) -> list[str]:
+    """Annotations still holding a mask (`metadata.annotations.<key>`): never stored, so refused."""
+    annotations = metadata.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        return []
+    return [
+        f"metadata.annotations.{key}" for key, value in annotations.items() if isinstance(value, str) and MASK in value
+    ]
 
 
 def scrubbed_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +107,7 @@ def scrubbed_spec(spec: dict[str, Any]) -> dict[str, Any]:
     masked = masked_spec(spec)
     if masked is spec:
         return spec
-    for trigger in masked["triggers"].values():
+    for trigger in [*(masked.get("triggers") or {}).values(), *(masked.get("outputs") or [])]:
         if isinstance(trigger, dict):
             _scrub(trigger)
     return masked
@@ -57,16 +124,22 @@ def _scrub(mapping: dict[str, Any]) -> None:
 
 
 def unmask(new_spec: dict[str, Any], stored_spec: dict[str, Any]) -> dict[str, Any]:
-    """`new_spec` with each masked credential replaced by the stored trigger's value there."""
+    """`new_spec` with each masked credential replaced by the stored trigger's (or output's, at the
+    same position) value there."""
+    new_spec = copy.deepcopy(new_spec)
     triggers = new_spec.get("triggers")
     stored = stored_spec.get("triggers") or {}
-    if not isinstance(triggers, dict) or not isinstance(stored, dict):
-        return new_spec
-    new_spec = copy.deepcopy(new_spec)
-    for name, trigger in new_spec["triggers"].items():
-        old = stored.get(name)
-        if isinstance(trigger, dict) and isinstance(old, dict):
-            _restore(trigger, old)
+    if isinstance(triggers, dict) and isinstance(stored, dict):
+        for name, trigger in triggers.items():
+            old = stored.get(name)
+            if isinstance(trigger, dict) and isinstance(old, dict):
+                _restore(trigger, old)
+    outputs = new_spec.get("outputs")
+    stored_outputs = stored_spec.get("outputs") or []
+    if isinstance(outputs, list) and isinstance(stored_outputs, list):
+        for output, old in zip(outputs, stored_outputs, strict=False):
+            if isinstance(output, dict) and isinstance(old, dict):
+                _restore(output, old)
     return new_spec
 
 
@@ -109,6 +182,10 @@ def masks_left(spec: dict[str, Any]) -> list[str]:
     triggers = spec.get("triggers")
     if isinstance(triggers, dict):
         walk(triggers, "spec.triggers")
+    outputs = spec.get("outputs")
+    if isinstance(outputs, list):
+        for index, output in enumerate(outputs):
+            walk(output, f"spec.outputs[{index}]")
     return found
 
 

@@ -179,7 +179,11 @@ class Agent:
         supervisor.logs.remove()
         shutil.rmtree(self.dir / "functions" / name, ignore_errors=True)
         environment = supervisor.environment
-        for directory in (environment.trigger_state_dir(name), environment.failed_events_dir(name)):
+        for directory in (
+            environment.trigger_state_dir(name),
+            environment.failed_events_dir(name),
+            environment.invocations_dir(name),
+        ):
             shutil.rmtree(directory, ignore_errors=True)
         self._remove_socket_dir(name)
         log.info("function %s deleted", name)

@@ -84,6 +84,12 @@ class ReplicaEnvironment:
             # message triggers' events that failed for good (`nubis events failed`)
             "--failed-events-dir",
             str(self.failed_events_dir(deployment.name)),
+            # the HTTP trigger's async invocations and their results (`nubis invocations get`)
+            "--invocations-dir",
+            str(self.invocations_dir(deployment.name)),
+            # the hops of its events' traces (outputs, `nubis events trace`)
+            "--traces-dir",
+            str(self.traces_dir(deployment.name)),
             # one cron tick ledger for all the function's replicas: a tick fires once
             "--trigger-state-dir",
             str(self.trigger_state_dir(deployment.name)),
@@ -103,6 +109,15 @@ class ReplicaEnvironment:
     def failed_events_dir(self, function: str) -> Path:
         """The platform's failed-event store of one function (`nubis.failed_events`)."""
         return self.agent_dir / "failed" / function
+
+    def invocations_dir(self, function: str) -> Path:
+        """The platform's async invocation store of one function (`nubis.invocations`)."""
+        return self.agent_dir / "invocations" / function
+
+    def traces_dir(self, function: str) -> Path:
+        """Where one function's replicas record their hops (`nubis.traces`; the platform reads
+        every function's, under `agent/traces`)."""
+        return self.agent_dir / "traces" / function
 
     def replica_socket(self, function: str, slot_name: str) -> Path:
         """The Unix socket of one replica (`nubis.processor.replica_socket`)."""

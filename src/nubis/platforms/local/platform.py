@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 
 from nubis.failed_events import FailedEventStore
+from nubis.invocations import InvocationStore
 from nubis.platforms.base import (
     Builder,
     BuildOutput,
@@ -38,6 +39,7 @@ from nubis.platforms.local.client import AgentClient
 from nubis.platforms.local.models import DEFAULT_READINESS_TIMEOUT, Deployment
 from nubis.platforms.local.paths import socket_path
 from nubis.spec import parse_config
+from nubis.traces import TraceStore
 
 log = logging.getLogger("nubis.server")
 
@@ -197,6 +199,14 @@ class LocalPlatform:
     def failed_events(self, name: str) -> FailedEventStore:
         """The store the replicas write (`--failed-events-dir`, `ReplicaEnvironment.failed_events_dir`)."""
         return FailedEventStore(self.data_dir / "agent" / "failed" / name)
+
+    def invocations(self, name: str) -> InvocationStore:
+        """The store the replicas write (`--invocations-dir`, `ReplicaEnvironment.invocations_dir`)."""
+        return InvocationStore(self.data_dir / "agent" / "invocations" / name)
+
+    def traces(self) -> TraceStore:
+        """The hops the replicas record (`--traces-dir`, `ReplicaEnvironment.traces_dir`), all functions."""
+        return TraceStore(self.data_dir / "agent" / "traces")
 
     async def logs(self, name: str, since: float | None = None, follow: bool = False) -> AsyncIterator[str]:
         async for line in self.client.logs(name, follow=follow, since=since):

@@ -8,11 +8,13 @@ sets `nubis.io/fail-on-status: "5xx"`, which makes an answer of 500-599 a failur
 
 Attempts and backoff come from the trigger's attributes (Nubis extensions, the same for every
 message kind): `maxAttempts` (default 3: the first try and two retries), `retryBackoff` (seconds
-before the first retry, default 1, doubling each time) and `retryBackoffMax` (default 30).
+before the first retry, default 1, doubling each time) and `retryBackoffMax` (default 30); the
+backoffs as numbers of seconds or as Go durations, as Nuclio writes them (`2s`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from nubis.errors import SpecError
 from nubis.processor.events import Response
 from nubis.processor.outcomes import Outcome
+from nubis.spec.durations import parse_duration
 
 FAIL_ON_STATUS_ANNOTATION = "nubis.io/fail-on-status"
 DEFAULT_MAX_ATTEMPTS = 3
@@ -103,12 +106,17 @@ def policy_of(attributes: dict[str, Any], annotations: dict[str, str] | None, fi
 
 def _number(attributes: dict[str, Any], name: str, default: float, field: str, *, whole: bool = False) -> float:
     value = attributes.get(name, default)
+    if isinstance(value, str) and not whole:
+        # Nuclio writes its backoffs as Go durations (`retryBackoff: 2s`)
+        with contextlib.suppress(SpecError):  # not one: refused below, saying both forms
+            seconds = parse_duration(value, field=f"{field}.attributes.{name}")
+            value = default if seconds is None else seconds
     kinds = (int,) if whole else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or value < 0:
         raise SpecError(
             f"{name} must be a {'whole ' if whole else ''}number of {'attempts' if whole else 'seconds'}",
             field=f"{field}.attributes.{name}",
-            expected="a whole number" if whole else "a number of seconds, 0 or more",
+            expected="a whole number" if whole else "a number of seconds, 0 or more, or a Go duration (2s)",
             found=repr(value),
         )
     return float(value)

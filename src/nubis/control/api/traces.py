@@ -1,0 +1,35 @@
+"""`GET /api/events/{event}/trace` (a Nubis extension): every hop of the trace that holds event
+`event` (an event's id, or a trace id), across all functions, in causal order: the path of one
+event through a chain of functions joined by outputs (docs/outputs.md).
+
+Each hop is one event handled by one function (`nubis.traces.Hop`), with its `depth` in the tree
+(0: where the trace began). Event ids may hold `/` (a Kafka record's is `topic/partition/offset`):
+the route takes them whole, escaped or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from nubis.control.api.responses import json_response
+from nubis.errors import NotFound
+from nubis.traces import RETENTION_SECONDS, TraceStore, depths
+
+
+async def event_trace(request: Request) -> Response:
+    event_id = request.path_params["event"]
+    store: TraceStore = request.app.state.control.platform.traces()
+    hops = await asyncio.to_thread(store.trace, event_id)
+    if not hops:
+        days = RETENTION_SECONDS / 86400
+        raise NotFound(
+            f"no trace holds event {event_id!r}: hops are recorded for functions with outputs and for events that "
+            f"came with a nubis-trace-id header, and kept {days:g} days"
+        )
+    first = next((hop for hop in hops if event_id in (hop.event_id, hop.trace_id)), hops[0])
+    records = [{**asdict(hop), "depth": depth} for hop, depth in zip(hops, depths(hops), strict=True)]
+    return json_response({"traceId": first.trace_id, "hops": records})
