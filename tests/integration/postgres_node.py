@@ -3,9 +3,11 @@ replication on, that a test may crash (`pg_ctl -m immediate`) and start again on
 
 The machine's PostgreSQL binaries (`/usr/lib/postgresql/<version>/bin`) refuse to run as root, so
 when the tests run as root the server runs as the `postgres` OS user (`runuser`), with its data
-directory and socket directory owned by it. It listens on 127.0.0.1 at a free port and trusts
-local connections; the tests connect as the superuser `postgres`, or as a role of the test's own.
-`stop` ends it by the postmaster's pid (from `postmaster.pid`).
+directory and socket directory owned by it, in a directory of its own under /tmp (removed by
+`stop`). It listens on 127.0.0.1 at a free port and trusts local connections; the tests connect
+as the superuser `postgres`, or as a role of the test's own. `stop` ends it by the postmaster's
+pid (from `postmaster.pid`). `benchmarks/cdc.py` starts its PostgreSQL with it too, so it needs
+nothing of pytest until a binary is missing.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from harness import skip_or_fail
 
 START_TIMEOUT = 30.0
 
@@ -38,24 +40,28 @@ class PostgresNode:
     def __init__(self, directory: Path, port: int) -> None:
         bin_dir = _bin_dir()
         if bin_dir is None:
+            from harness import skip_or_fail  # here: benchmarks/cdc.py imports this module without pytest
+
             skip_or_fail("PostgreSQL's server binaries (/usr/lib/postgresql/*/bin) are needed")
         assert bin_dir is not None
         self.bin_dir = bin_dir
+        self._as_root = os.geteuid() == 0
+        if self._as_root:
+            # a directory of its own under the system's temporary directory, which the postgres
+            # user can always reach: pytest takes group and other permissions off its
+            # `pytest-of-<user>` directory at the start of every session, so another session
+            # starting meanwhile would lock the server out of a directory below it
+            directory = Path(tempfile.mkdtemp(prefix="nubis-pg-"))
+            directory.chmod(0o755)
+            shutil.chown(directory, "postgres", "postgres")
         self.directory = directory
         self.data = directory / "data"
         self.sockets = directory / "sockets"
         self.port = port
         directory.mkdir(parents=True, exist_ok=True)
         self.sockets.mkdir(exist_ok=True)
-        self._as_root = os.geteuid() == 0
         if self._as_root:
-            shutil.chown(directory, "postgres", "postgres")
             shutil.chown(self.sockets, "postgres", "postgres")
-            directory.chmod(0o755)
-            for parent in directory.parents:  # the postgres user must reach the directory
-                if parent == Path("/"):
-                    break
-                parent.chmod(parent.stat().st_mode | 0o011)
         self._run(["initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"])
 
     def _run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -112,7 +118,15 @@ class PostgresNode:
         self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "stop"])
 
     def stop(self) -> None:
-        """Stop the server, by the postmaster's pid, whatever state it is in."""
+        """Stop the server, by the postmaster's pid, whatever state it is in (and, run as root,
+        remove the directory it made for itself)."""
+        try:
+            self._stop()
+        finally:
+            if self._as_root:
+                shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _stop(self) -> None:
         pid_file = self.data / "postmaster.pid"
         if not pid_file.exists():
             return

@@ -1,48 +1,55 @@
 """The `postgres-cdc` trigger (a Nubis kind): the inserts, updates and deletes of chosen tables, read
 from a PostgreSQL logical replication slot (plugin `pgoutput`), each row change one event.
 
-psycopg 3 does not speak the replication protocol, so the slot is read with SQL:
-`pg_logical_slot_peek_binary_changes` (every POLL_SECONDS while it holds nothing new), which
-returns whole committed transactions in commit order and leaves the slot where it was. The slot
-is moved on with `pg_replication_slot_advance` only once events are settled (handled, or recorded
-in the failed-event store after their last attempt), strictly in order: the trigger is ordered,
-one key for the slot, so one change is handled at a time. A peek returns the changes it returned
-before until the slot moves, so the session remembers how far it delivered, by (commit LSN,
-index in the transaction), and delivers nothing twice while it lives.
+Why SQL and not the replication protocol: psycopg 3 does not speak it, and psycopg2's replication
+cursor would be a second PostgreSQL client (a C extension) and a thread. So the slot is read with
+`pg_logical_slot_peek_binary_changes` (PEEK_ROWS rows a call; every POLL_SECONDS while it holds
+nothing new), which returns whole committed transactions in commit order and leaves the slot
+where it was, and moved on with `pg_replication_slot_advance`. The price (docs/triggers/
+postgres-cdc.md has the figures): every peek and every advance decodes the WAL again from the
+slot's restart point, which PostgreSQL moves only past the running transactions it logs every
+15 s or at a checkpoint, where a streaming client decodes each record once. Hence few, large
+peeks, and one advance a peek.
 
-PostgreSQL keeps a slot's progress per transaction: the slot is advanced to a transaction's end
-once its last change (of those delivered) is settled. A replica that dies, or a PostgreSQL that
-crashes, leaves the slot where it was last advanced (persisted at the next checkpoint, so a
-PostgreSQL crash may also repeat what was confirmed since): the next session delivers again the
-changes of the transaction it was in, and of those that followed. Duplicates, never losses.
+Confirmation, strictly in order and only after handling: the trigger is ordered, one key for the
+slot, so one change is handled at a time (READ_AHEAD more are taken and wait). Once a change and
+every change before it are settled (handled, or in the failed-event store after their last
+attempt), and once the end of its transaction is recorded in progressTable (in the background,
+at most every RECORD_SECONDS: `postgres_cdc_setup`), the slot may move to that end; it is moved
+there before the next peek (`_peek`), as a peek returns everything after the slot's position. A
+peek returns again what is still in flight, so the session remembers how far it delivered, by
+(commit LSN, index in the transaction), and delivers nothing twice while it lives.
 
-A change given back (the replica draining, no worker) makes the session deliver it again, with
-those after it, at the next peek. One replica reads a slot at a time: a session holds a session
-advisory lock for it, and another replica waits (reconnecting) until it is released.
+A replica that dies leaves the slot, and the record, where they were: the next session moves the
+slot to the record and delivers again the change being handled and those handled since the last
+record (at most RECORD_SECONDS' worth). Duplicates, never losses. A replica that stops moves the
+slot to what it settled first. A change given back (the replica draining, no worker) makes the
+session deliver it again, with those after it, at the next peek. One replica reads a slot at a
+time: a session holds a session advisory lock for it, and another replica waits (reconnecting)
+until it is released.
 
-Set-up at connect (the role needs REPLICATION, or to be superuser, to read and advance a slot):
-the publication (`CREATE PUBLICATION ... FOR TABLE ... WITH (publish = <operations>)`, which
-needs ownership of the tables) when `createPublication` and it is missing, then the slot when
-`createSlot` and it is missing (`wal_level = logical`). An existing publication is used as it
-is; changes of other tables are skipped. Truncates are not events.
+An existing publication is used as it is; changes of other tables are skipped, and a heartbeat
+moves the slot past WAL that holds nothing for it (`_peek`). Truncates are not events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from nubis.failed_events import FailedEvent
 from nubis.processor.frames import EventFrame
+from nubis.processor.triggers import postgres_cdc_setup as setup
 from nubis.processor.triggers import postgres_cdc_wire as wire
 from nubis.processor.triggers.brokers import BrokerUnavailable
 from nubis.processor.triggers.consumer import ConsumerTrigger
@@ -51,19 +58,29 @@ from nubis.processor.triggers.postgres_cdc_config import PostgresCdcConfig, pars
 from nubis.spec import Trigger as TriggerSpec
 
 KIND = "postgres-cdc"
+log = logging.getLogger("nubis.processor")
 #: seconds between two peeks while the slot holds nothing new
 POLL_SECONDS = 0.1
+#: seconds between two heartbeats: the slot moved past WAL with no change for it (see `_peek`)
+HEARTBEAT_SECONDS = 1.0
 #: rows one peek asks for (PostgreSQL only stops between transactions, so a big one comes whole)
-log = logging.getLogger("nubis.processor")
-PEEK_ROWS = 1000
-_PEEK = (
+PEEK_ROWS = 5000
+#: changes taken ahead of the one being handled when prefetchCount is not given (they wait in
+#: order; one that was taken but not handled is never a duplicate after a restart, so only memory
+#: bounds it): enough for a peek to be under way while the worker keeps busy
+READ_AHEAD = 128
+#: the peek (benchmarks/cdc.py's raw loop runs the same statement, and `setup.ADVANCE`)
+PEEK = (
     "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
     "'proto_version', '1', 'publication_names', %s)"
 )
-_SLOT_STATE = "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s"
+_FLUSHED = "SELECT pg_current_wal_flush_lsn()::text"
+#: seconds a stopping session gives its last progress record and slot advance
+CLOSE_SECONDS = 5.0
+#: seconds between two progress records while changes keep being settled (see `_keep_recording`)
+RECORD_SECONDS = 0.01
 #: the index past any change of a transaction: (commit LSN, _WHOLE) is "all of it delivered"
 _WHOLE = 1 << 62
-_LOST = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
 
 
 @dataclass
@@ -131,6 +148,21 @@ class RowChange:
             "method": "POST",
         }
 
+    def start(self) -> bool:
+        """Just before each attempt (`consumer.Tracked`): False, so it is given back untouched,
+        once the session knows its connection gone (handled now, it could not be confirmed and
+        would only be handled twice: the changes read ahead would all be) or once a change before
+        it was given back (it comes again after that one, in order)."""
+        return self.session.lost is None and self.mark is not None and self.session.current(self.mark)
+
+    def answered(self, response: Any) -> None:
+        """After each attempt (`consumer.Tracked`): nothing to note, the settlement says it all."""
+        return None
+
+    def explicit_ack(self, message: Any) -> None:
+        """`context.platform.explicit_ack(...)`: nothing to do, a change is confirmed when handled."""
+        return None
+
     async def ack(self) -> None:
         assert self.mark is not None
         await self.session.settle(self.mark)
@@ -149,19 +181,26 @@ class CdcSession:
     ) -> None:
         self.connection = connection
         #: a connection of its own for the progress record, so a record is not queued behind a
-        #: slot advance (which decodes WAL, and can take a while) on the peeking connection
+        #: peek or a slot advance (which decode WAL, and can take a while) on the peeking connection
         self.recorder = recorder
-        self._record_lock = asyncio.Lock()
-        #: why the connection is known gone (a settlement failed), else None
+        self._recording: asyncio.Future[None] | None = None
+        self._record = setup.record_statement(config) if recorder is not None else ""
+        #: why a connection is known gone (a statement or a progress record failed), else None
         self._lost: str | None = None
         self.config = config
         self._relations: dict[int, wire.Relation] = {}
         self._progress = _Progress()
         #: (commit LSN, index) of the last change delivered: a peek's changes up to it are skipped
         self._delivered: tuple[int, int] = (0, -1)
-        self._advanced = self._wanted = confirmed
+        #: where the slot is; how far every delivered change is settled (and recorded); the slot
+        #: is moved to the settled point before the next peek (see the module docstring)
+        self._advanced = self._settled = confirmed
         self._recorded = self._record_wanted = confirmed
         self._advance_lock = asyncio.Lock()
+        #: set when the settled point moves (a peek that found only unsettled changes waits for it)
+        self._progressed = asyncio.Event()
+        #: when the next empty peek may move the slot on (`_peek`)
+        self._heartbeat_at = 0.0
         self._tables = set(config.tables)
         self._publication = f'"{config.publication}"'
         #: awaited before each peek (the consumer loop's gate, for scale to zero)
@@ -172,17 +211,28 @@ class CdcSession:
         try:
             cursor = await self.connection.execute(query, params)
             return await cursor.fetchall()
-        except _LOST as exc:
-            self._lost = f"PostgreSQL connection lost ({type(exc).__name__})"
-            raise BrokerUnavailable(self._lost) from None
+        except setup.LOST as exc:
+            raise self._gone(exc) from None
+
+    @property
+    def lost(self) -> str | None:
+        """Why the connection is known gone, else None."""
+        return self._lost
+
+    def current(self, mark: _Mark) -> bool:
+        """No change delivered before `mark`'s was given back since (`rewind`)."""
+        return mark.generation == self._progress.generation
+
+    def _gone(self, exc: BaseException) -> BrokerUnavailable:
+        self._lost = f"PostgreSQL connection lost ({type(exc).__name__})"
+        return BrokerUnavailable(self._lost)
 
     async def deliveries(self) -> AsyncIterator[RowChange]:
         while True:
             if self.gate is not None:
                 await self.gate()
-            rows = await self.call(_PEEK, (self.config.slot, PEEK_ROWS, self._publication))
             fresh = False
-            for change in self._changes(rows):
+            for change in self._changes(await self._peek(), self._progress.generation):
                 fresh = True
                 if self._lost is not None:
                     # a settlement found the connection gone: take no more of this peek (handled
@@ -190,15 +240,49 @@ class CdcSession:
                     raise BrokerUnavailable(self._lost)
                 yield change
             if not fresh:
-                await asyncio.sleep(POLL_SECONDS)
+                # nothing new: wait for the changes in flight to settle (the next peek then starts
+                # past them), or POLL_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progressed.wait(), POLL_SECONDS)
 
-    def _changes(self, rows: list[tuple[Any, ...]]) -> Iterator[RowChange]:
+    async def _peek(self) -> list[tuple[Any, ...]]:
+        """The slot's next rows, the slot first moved to the settled point (one advance a peek: a
+        peek returns everything after the slot's position, so the further it is, the less comes
+        again; each advance decodes WAL too, so not one a settlement). When the slot holds
+        nothing, a heartbeat now and then: the slot advanced to where PostgreSQL had flushed the
+        WAL before the peek. Safe: a peek decodes
+        up to the flush position at its own start (later, so further), and an empty one means no
+        transaction of the publication up to there is unconfirmed (delivered changes are in every
+        peek until the slot moves past them). Without it, a slot whose tables see no change while
+        the rest of the database writes would pin that WAL, and every peek decode more of it
+        (pgoutput of PostgreSQL 15 and later leaves transactions without a published change out
+        of a peek altogether). A heartbeat is not recorded in progressTable: nothing was handled."""
+        self._progressed.clear()
+        await self.advance(self._settled)
+        due = time.monotonic() >= self._heartbeat_at
+        flushed = (await self.call(_FLUSHED, ()))[0][0] if due else None
+        rows = await self.call(PEEK, (self.config.slot, PEEK_ROWS, self._publication))
+        if flushed is not None:
+            self._heartbeat_at = time.monotonic() + HEARTBEAT_SECONDS
+            if not rows:
+                await self.advance(wire.lsn_of(flushed))
+        return rows
+
+    def _changes(self, rows: list[tuple[Any, ...]], generation: int) -> Iterator[RowChange]:
         """The changes of `rows` not delivered yet, each with its mark. A transaction with none
-        for this trigger gets a mark settled at once, so the slot moves past it in turn."""
+        for this trigger gets a mark settled at once, so the slot moves past it in turn. Stops
+        once a change is given back (`generation` is then past): the rest comes again, after it."""
         begin: wire.Begin | None = None
         pending: list[RowChange] = []
+        seen = False  # inside a transaction delivered before: only its Relation messages matter
         for lsn, data in rows:
+            if seen and data[:1] != b"R":
+                seen = data[:1] != b"C"
+                continue
             message = wire.parse_message(data)
+            if isinstance(message, wire.Begin) and (message.final_lsn, _WHOLE) <= self._delivered:
+                seen, begin = True, None  # returned again: the slot is behind what is in flight
+                continue
             if isinstance(message, wire.Relation):
                 self._relations[message.oid] = message  # also from transactions skipped below
             elif isinstance(message, wire.Begin):
@@ -208,15 +292,18 @@ class CdcSession:
                 if change is not None:
                     pending.append(change)
             elif isinstance(message, wire.Commit) and begin is not None:
-                if (begin.final_lsn, _WHOLE) <= self._delivered:
-                    continue  # delivered by an earlier peek
+                if self._progress.generation != generation:
+                    return
                 fresh = [change for change in pending if change.place > self._delivered]
                 self._delivered = (begin.final_lsn, _WHOLE)
                 if not fresh:
-                    self._spawn_advance(self._progress.settle(self._progress.add(message.end_lsn)))
+                    self._settle_at(self._progress.settle(self._progress.add(message.end_lsn)))
                 for index, change in enumerate(fresh):
                     change.mark = self._progress.add(message.end_lsn if index == len(fresh) - 1 else None)
-                yield from fresh
+                for change in fresh:
+                    if self._progress.generation != generation:
+                        return
+                    yield change
 
     def _row_change(self, message: wire.Change, lsn: int, begin: wire.Begin, index: int) -> RowChange | None:
         relation = self._relations.get(message.relation_oid)
@@ -237,49 +324,49 @@ class CdcSession:
         }
         return RowChange(self, body, (begin.final_lsn, index), begin.commit_time_us)
 
-    def _spawn_advance(self, target: int | None) -> None:
-        if target is not None:
-            # past transactions with no change for us: no progress record (it would be a
-            # transaction of its own to skip next, for ever), nothing to handle twice after a crash
-            task = asyncio.ensure_future(self.advance(target, record=False))
-            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    def _settle_at(self, target: int | None) -> None:
+        """Every change up to `target` settled (and recorded): the slot may move there."""
+        if target is not None and target > self._settled:
+            self._settled = target
+            self._progressed.set()
 
     async def settle(self, mark: _Mark) -> None:
+        """A change handled (or in the failed-event store). The slot may move past it once every
+        change before it is settled too and, with progressTable, once that is recorded there
+        (`_keep_recording`, in the background: the next change need not wait for it)."""
         target = self._progress.settle(mark)
-        if target is not None:
-            await self.advance(target)
-
-    async def advance(self, target: int, record: bool = True) -> None:
-        """Move the slot to `target` (or further, if a later call asked for more meanwhile),
-        recording the progress first when `record` (handled changes)."""
-        self._wanted = max(self._wanted, target)
-        if record and self.recorder is not None:
-            await self._record(target)  # durable first: the slot's position is not, until a checkpoint
-        async with self._advance_lock:
-            if self._wanted <= self._advanced:
-                return
-            wanted = self._wanted
-            await self.call(
-                "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.config.slot, wire.lsn_text(wanted))
-            )
-            self._advanced = wanted
-
-    async def _record(self, target: int) -> None:
-        assert self.recorder is not None
+        if target is None:
+            return
+        if self.recorder is None:
+            self._settle_at(target)
+            return
         self._record_wanted = max(self._record_wanted, target)
-        async with self._record_lock:
-            if self._record_wanted <= self._recorded:
-                return
+        if self._recording is None or self._recording.done():
+            self._recording = asyncio.ensure_future(self._keep_recording())
+
+    async def _keep_recording(self) -> None:
+        """Record how far changes are settled until the record is caught up: one statement at a
+        time, at most one every RECORD_SECONDS, each covering every settlement before it. Durable
+        before the slot moves: PostgreSQL saves a slot's position only at a checkpoint."""
+        assert self.recorder is not None
+        while self._record_wanted > self._recorded:
             recorded = self._record_wanted
             try:
-                await self.recorder.execute(
-                    _RECORD.format(table=_quoted(self.config.progress_table)),
-                    (self.config.slot, wire.lsn_text(recorded)),
-                )
-            except _LOST as exc:
-                self._lost = f"PostgreSQL connection lost ({type(exc).__name__})"
-                raise BrokerUnavailable(self._lost) from None
+                await self.recorder.execute(self._record, (self.config.slot, wire.lsn_text(recorded)))
+            except setup.LOST as exc:
+                self._gone(exc)  # the next delivery sees it: no more of this peek is taken
+                return
             self._recorded = recorded
+            self._settle_at(recorded)
+            if self._record_wanted > self._recorded:
+                await asyncio.sleep(RECORD_SECONDS)
+
+    async def advance(self, target: int) -> None:
+        """Move the slot to `target` (never back: PostgreSQL refuses that)."""
+        async with self._advance_lock:
+            if target > self._advanced:
+                await self.call(setup.ADVANCE, (self.config.slot, wire.lsn_text(target)))
+                self._advanced = target
 
     def rewind(self, place: tuple[int, int]) -> None:
         """Deliver again, from `place` on, at the next peek."""
@@ -287,9 +374,10 @@ class CdcSession:
         self._delivered = min(self._delivered, (place[0], place[1] - 1))
 
     async def wait_for_work(self) -> None:
-        """Return once the slot holds a transaction not delivered yet, taking nothing."""
+        """Return once the slot holds a transaction not delivered yet, taking nothing (the
+        function at zero: see `brokers.Session`)."""
         while True:
-            for _lsn, data in await self.call(_PEEK, (self.config.slot, PEEK_ROWS, self._publication)):
+            for _lsn, data in await self._peek():
                 if bytes(data[:1]) == b"B":
                     begin = wire.parse_message(data)
                     if isinstance(begin, wire.Begin) and (begin.final_lsn, _WHOLE) > self._delivered:
@@ -310,14 +398,24 @@ class CdcSession:
         raise AssertionError("postgres-cdc has no dead letter of its own")
 
     async def close(self) -> None:
+        """The last record written and the slot moved to the settled point first (a replica that
+        stops leaves nothing handled behind it, progressTable or not), then both connections closed."""
+        if self._lost is None:
+            with contextlib.suppress(BrokerUnavailable, psycopg.Error, OSError, TimeoutError):
+                await asyncio.wait_for(self._finish(), CLOSE_SECONDS)
         for connection in (self.recorder, self.connection):
             if connection is not None:
                 with contextlib.suppress(psycopg.Error, OSError):
                     await connection.close()
 
+    async def _finish(self) -> None:
+        if self._recording is not None and not self._recording.done():
+            await self._recording
+        await self.advance(self._settled)
+
 
 class PostgresCdcBroker:
-    """Connects, takes the slot's advisory lock, sets up publication and slot (module docstring)."""
+    """Connects, takes the slot's advisory lock, sets up publication and slot (`postgres_cdc_setup`)."""
 
     dead_letter: str | None = None
 
@@ -326,95 +424,22 @@ class PostgresCdcBroker:
         self.where = config.where
 
     async def connect(self, prefetch: int) -> CdcSession:
+        connection = await _connect(self.config.url)
         try:
-            connection = await psycopg.AsyncConnection.connect(self.config.url, autocommit=True, connect_timeout=5)
-        except _LOST as exc:
-            raise BrokerUnavailable(_first_line(exc)) from None
-        try:
-            confirmed = await self._prepare(connection)
+            confirmed = await setup.prepare(connection, self.config)
+            recorder = await _connect(self.config.url) if self.config.progress_table else None
         except BaseException:
             with contextlib.suppress(psycopg.Error, OSError):
                 await connection.close()
             raise
-        recorder = None
-        if self.config.progress_table:
-            try:
-                recorder = await psycopg.AsyncConnection.connect(self.config.url, autocommit=True, connect_timeout=5)
-            except _LOST as exc:
-                with contextlib.suppress(psycopg.Error, OSError):
-                    await connection.close()
-                raise BrokerUnavailable(_first_line(exc)) from None
         return CdcSession(connection, self.config, confirmed, recorder)
 
-    async def _prepare(self, connection: psycopg.AsyncConnection[Any]) -> int:
-        config = self.config
-        try:
-            locked = await (await connection.execute(_LOCK, (f"nubis-cdc:{config.slot}",))).fetchone()
-            if not locked or not locked[0]:
-                raise BrokerUnavailable(f"slot {config.slot} is being read by another replica")
-            if config.create_publication and not await _exists(connection, _PUBLICATION, config.publication):
-                tables = sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in config.tables)
-                publish = ", ".join(op for op in ("insert", "update", "delete") if op in config.operations)
-                await connection.execute(
-                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
-                        sql.Identifier(config.publication), tables, sql.Literal(publish)
-                    )
-                )
-            if config.create_slot and not await _exists(connection, _SLOT_STATE, config.slot):
-                await connection.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (config.slot,))
-            state = await (await connection.execute(_SLOT_STATE, (config.slot,))).fetchone()
-            if state is not None and config.progress_table:
-                await self._catch_up(connection, wire.lsn_of(state[0]))
-                state = await (await connection.execute(_SLOT_STATE, (config.slot,))).fetchone()
-        except _LOST as exc:
-            raise BrokerUnavailable(_first_line(exc)) from None
-        if state is None:
-            raise LookupError(f"replication slot {config.slot} does not exist (and createSlot is false)")
-        return wire.lsn_of(state[0])
 
-    async def _catch_up(self, connection: psycopg.AsyncConnection[Any], confirmed: int) -> None:
-        """The slot behind the progress record (PostgreSQL crashed before a checkpoint wrote its
-        position): move it to what was confirmed, so handled changes are not delivered again."""
-        table = _quoted(self.config.progress_table)
-        await connection.execute(_PROGRESS_TABLE.format(table=table))
-        row = await (await connection.execute(_PROGRESS.format(table=table), (self.config.slot,))).fetchone()
-        recorded = wire.lsn_of(row[0]) if row is not None else 0
-        if recorded > confirmed:
-            log.info(
-                "postgres-cdc slot %s was back at %s after a restart; moving it to the confirmed %s",
-                self.config.slot,
-                wire.lsn_text(confirmed),
-                wire.lsn_text(recorded),
-            )
-            await connection.execute(
-                "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.config.slot, wire.lsn_text(recorded))
-            )
-
-
-_LOCK = "SELECT pg_try_advisory_lock(hashtext(%s))"
-_PROGRESS_TABLE = "CREATE TABLE IF NOT EXISTS {table} (slot text PRIMARY KEY, lsn pg_lsn NOT NULL)"
-_PROGRESS = "SELECT lsn::text FROM {table} WHERE slot = %s"
-_RECORD = (
-    "INSERT INTO {table} (slot, lsn) VALUES (%s, %s::pg_lsn) "
-    "ON CONFLICT (slot) DO UPDATE SET lsn = GREATEST({table}.lsn, EXCLUDED.lsn)"
-)
-
-
-def _quoted(name: str) -> str:
-    """An identifier the config checked (letters, digits, _ and $), quoted for SQL."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-_PUBLICATION = "SELECT 1 FROM pg_publication WHERE pubname = %s"
-
-
-async def _exists(connection: psycopg.AsyncConnection[Any], query: str, name: str) -> bool:
-    return await (await connection.execute(query, (name,))).fetchone() is not None
-
-
-def _first_line(exc: BaseException) -> str:
-    """The client's message, first line (psycopg names host and port, never the password)."""
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=5)
+    except setup.LOST as exc:
+        raise BrokerUnavailable(setup.first_line(exc)) from None
 
 
 class PostgresCdcFactory(MessageTriggerFactory):
@@ -424,6 +449,8 @@ class PostgresCdcFactory(MessageTriggerFactory):
         self, name: str, trigger: TriggerSpec, field: str, options: MessageOptions, settings: ConsumerSettings
     ) -> ConsumerTrigger:
         broker = PostgresCdcBroker(parse(trigger, field, options.function, name))
+        if not (trigger.attributes or {}).get("prefetchCount"):
+            settings = dataclasses.replace(settings, prefetch=max(settings.prefetch, READ_AHEAD))
         return ConsumerTrigger(kind=KIND, name=name, broker=broker, ordered=True, **settings.as_kwargs())
 
 

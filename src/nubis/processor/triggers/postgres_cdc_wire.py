@@ -90,6 +90,12 @@ class Other:
 Message = Begin | Commit | Relation | Change | Other
 
 
+_U8, _I16, _U32, _I32 = struct.Struct(">B"), struct.Struct(">h"), struct.Struct(">I"), struct.Struct(">i")
+_BEGIN, _COMMIT, _TYPE = struct.Struct(">QqI"), struct.Struct(">BQQq"), struct.Struct(">Ii")
+#: a column's kind byte -> its kind: 't' text, 'b' binary, 'n' null, 'u' unchanged TOAST
+_KINDS = {b"t": "t", b"b": "b", b"n": "n", b"u": "u"}
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data, self.at = data, 0
@@ -101,8 +107,12 @@ class _Reader:
         self.at += size
         return chunk
 
-    def unpack(self, fmt: str) -> Any:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+    def unpack(self, shape: struct.Struct) -> Any:
+        if self.at + shape.size > len(self.data):
+            raise WireError(f"message cut short at byte {self.at} (wanted {shape.size} more of {len(self.data)})")
+        value = shape.unpack_from(self.data, self.at)
+        self.at += shape.size
+        return value if len(value) > 1 else value[0]
 
     def string(self) -> str:
         end = self.data.find(b"\x00", self.at)
@@ -113,16 +123,30 @@ class _Reader:
         return text
 
     def tuple_data(self) -> tuple[tuple[str, bytes | None], ...]:
-        """(kind, value) per column: kind 'n' null, 'u' unchanged TOAST, 't' text."""
+        """(kind, value) per column (see `_KINDS`); the hot path of a change, so its loop keeps
+        its state in locals."""
+        data, at = self.data, self.at
         columns: list[tuple[str, bytes | None]] = []
-        for _ in range(self.unpack(">h")):
-            kind = self.take(1).decode("ascii", "replace")
-            if kind == "t" or kind == "b":
-                columns.append((kind, self.take(self.unpack(">i"))))
-            elif kind in ("n", "u"):
-                columns.append((kind, None))
-            else:
-                raise WireError(f"unknown column kind {kind!r} at byte {self.at - 1}")
+        try:
+            (count,) = _I16.unpack_from(data, at)
+            at += 2
+            for _ in range(count):
+                kind = _KINDS.get(data[at : at + 1])
+                at += 1
+                if kind == "t" or kind == "b":
+                    (size,) = _I32.unpack_from(data, at)
+                    at += 4
+                    if at + size > len(data):
+                        raise struct.error
+                    columns.append((kind, data[at : at + size]))
+                    at += size
+                elif kind is not None:
+                    columns.append((kind, None))
+                else:
+                    raise WireError(f"unknown column kind {data[at - 1 : at]!r} at byte {at - 1}")
+        except struct.error:
+            raise WireError(f"message cut short in a row at byte {at} (of {len(data)})") from None
+        self.at = at
         return tuple(columns)
 
 
@@ -131,20 +155,20 @@ def parse_message(data: bytes) -> Message:
     reader = _Reader(bytes(data))
     tag = reader.take(1).decode("ascii", "replace")
     if tag == "B":
-        final_lsn, time_us, xid = struct.unpack(">QqI", reader.take(20))
+        final_lsn, time_us, xid = reader.unpack(_BEGIN)
         return Begin(final_lsn, time_us + PG_EPOCH_US, xid)
     if tag == "C":
-        _flags, commit_lsn, end_lsn, time_us = struct.unpack(">BQQq", reader.take(25))
+        _flags, commit_lsn, end_lsn, time_us = reader.unpack(_COMMIT)
         return Commit(commit_lsn, end_lsn, time_us + PG_EPOCH_US)
     if tag == "R":
-        oid = reader.unpack(">I")
+        oid = reader.unpack(_U32)
         schema, table = reader.string(), reader.string()
         reader.take(1)  # replica identity setting
         columns = []
-        for _ in range(reader.unpack(">h")):
-            flags = reader.unpack(">B")
+        for _ in range(reader.unpack(_I16)):
+            flags = reader.unpack(_U8)
             name = reader.string()
-            type_oid, _typmod = struct.unpack(">Ii", reader.take(8))
+            type_oid, _typmod = reader.unpack(_TYPE)
             columns.append(Column(name, type_oid, bool(flags & 1)))
         return Relation(oid, schema, table, tuple(columns))
     if tag in ("I", "U", "D"):
@@ -153,7 +177,7 @@ def parse_message(data: bytes) -> Message:
 
 
 def _change(tag: str, reader: _Reader) -> Change:
-    oid = reader.unpack(">I")
+    oid = reader.unpack(_U32)
     marker = reader.take(1)
     old = None
     old_is_key = False
