@@ -5,8 +5,10 @@ every way a batch can end fanned out to each of its events with its outcome."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import uuid
+import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -282,5 +284,88 @@ def test_a_place_asked_for_at_zero_waits_for_the_wake_it_asks_for(tmp_path: Path
         [got] = await answers(submit_all(batching, "/a", reserved=True))
         await wakes[0]
         assert got.body == b"1 /a b0"
+
+    run(test, tmp_path)
+
+
+def test_closing_answers_at_once_the_events_left_without_a_result(tmp_path: Path) -> None:
+    """The NO_RESULT of an event the handler gave no response waits for its timeout; a stopping
+    replica does not wait for it: no result is coming, and its caller would outlive the server."""
+
+    async def test(harness: Pools) -> None:
+        batching = await batching_on(harness, size=3, event_timeout=120)
+        (_, a), (_, dropped), (_, c) = submit_all(batching, "/a", "/drop", "/c")
+        await a.answer()
+        await c.answer()
+        assert dropped.response is None  # waits for its timeout, two minutes away
+        batching.close()
+        assert dropped.response is not None, "answered when the replica stops, not at its timeout"
+        assert (dropped.response.status, dropped.response.outcome) == (500, Outcome.HANDLER_ERROR)
+
+    run(test, tmp_path)
+
+
+def test_a_batch_answered_while_the_pool_drains_answers_its_missing_results_at_once(tmp_path: Path) -> None:
+    async def test(harness: Pools) -> None:
+        batching = await batching_on(harness, size=2, event_timeout=120)
+        flag = harness.flag()
+        events = [event("/block", flag), event("/drop")]
+        for sub, _ in events:
+            batching.submit(sub)
+        (_, held), (_, dropped) = events
+        batching.close()  # what the processor does before it drains the pool
+        stopping = asyncio.ensure_future(batching.pool.stop(120))
+        harness.release(flag)
+        assert (await held.answer()).status == 200
+        missing = await dropped.answer(timeout=30)  # not at its timeout, two minutes away
+        assert missing.outcome is Outcome.HANDLER_ERROR
+        await stopping
+
+    run(test, tmp_path)
+
+
+def test_an_event_that_comes_after_close_goes_at_once(tmp_path: Path) -> None:
+    async def test(harness: Pools) -> None:
+        batching = await batching_on(harness, size=10, timeout=120)
+        batching.close()
+        [(_, reply)] = submit_all(batching, "/a")
+        assert batching.pool.submitted == 1, "sent now, not at the batch's timeout"
+        assert (await reply.answer()).body == b"1 /a b0"
+
+    run(test, tmp_path)
+
+
+def test_an_explicit_ack_naming_no_event_of_the_batch_is_not_dropped(tmp_path: Path) -> None:
+    """Kafka's acknowledgement is cumulative and may name an earlier message's offset: the trigger
+    reads the offset from the message itself, so it goes to the batch's first event."""
+
+    async def test(harness: Pools) -> None:
+        batching = await batching_on(harness, size=2)
+        first, acking = (
+            event("/b", topic="orders", shard_id=2, offset=50),
+            event("/ack", topic="orders", shard_id=2, offset=51),
+        )
+        for sub, _ in (first, acking):
+            batching.submit(sub)
+        await answers([first, acking])
+        assert first[1].acks == [
+            {"kind": "streamMessageAck", "attributes": {"topic": "orders", "partition": 2, "offset": 41}}
+        ]
+        assert acking[1].acks == []
+
+    run(test, tmp_path)
+
+
+def test_an_answered_batch_is_not_kept(tmp_path: Path) -> None:
+    """Its events (bodies included) are freed once answered: nothing keeps the last batch."""
+
+    async def test(harness: Pools) -> None:
+        batching = await batching_on(harness, size=2)
+        events = submit_all(batching, "/a", "/b")
+        await answers(events)
+        watched = weakref.ref(events[0][1])
+        del events
+        gc.collect()
+        assert watched() is None
 
     run(test, tmp_path)

@@ -212,3 +212,66 @@ def test_a_drain_answers_publications_still_unconfirmed_as_shutting_down(tmp_pat
         assert not outputs.pending
 
     run(scenario, tmp_path)
+
+
+class Broken:
+    """A publisher of a plug-in kind that breaks the protocol: `publish` raises before it returns
+    a coroutine, and `close` raises."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def publish(self, message: Message) -> Any:
+        raise RuntimeError("broken plug-in")
+
+    async def close(self) -> None:
+        self.closed = True
+        raise RuntimeError("broken plug-in close")
+
+
+class FailingWriter(TraceWriter):
+    """A trace store that refuses every hop with an error other than OSError."""
+
+    def record(self, hop: Hop) -> None:
+        raise ValueError("cannot encode the hop")
+
+
+def test_a_publisher_raising_at_once_still_answers_its_caller_with_a_500(tmp_path: Path) -> None:
+    async def scenario(harness: Pools, root: Path) -> None:
+        pool, gate = await harness.start(), Gate()
+        gate.opened.set()
+        outputs = Outputs("fn", [(target(), Broken()), (target(), gate)], TraceWriter(root / "fn"))
+        sub, reply = event("/echo", b"x")
+        outputs.wrap(pool, "http", "web").submit(sub)
+        response = await reply.answer()
+        assert response.status == 500 and response.outcome is Outcome.OUTPUT_FAILED
+        assert b"RuntimeError: broken plug-in" in response.body
+        assert len(gate.messages) == 1  # the other output was published all the same
+
+    run(scenario, tmp_path)
+
+
+def test_close_closes_every_publisher_whatever_one_of_them_raises(tmp_path: Path) -> None:
+    async def scenario(harness: Pools, root: Path) -> None:
+        broken, gate = Broken(), Gate()
+        outputs = Outputs("fn", [(target(), broken), (target(), gate)], TraceWriter(root / "fn"))
+        await outputs.close()
+        assert broken.closed and gate.closed
+
+    run(scenario, tmp_path)
+
+
+def test_a_trace_store_that_fails_does_not_cost_the_answer_or_the_worker(tmp_path: Path) -> None:
+    async def scenario(harness: Pools, root: Path) -> None:
+        pool = await harness.start()
+        outputs = Outputs("fn", [], FailingWriter(root / "fn"))
+        wrapped = outputs.wrap(pool, "kafka-cluster", "in")
+        pids = [link.pid for link in pool.workers]
+        for _ in range(2):
+            sub, reply = event("/echo", b"x")
+            sub.frame["headers"] = {"nubis-trace-id": "T1"}
+            wrapped.submit(sub)
+            assert (await reply.answer()).status == 200
+        assert [link.pid for link in pool.workers] == pids, "the worker was not killed for it"
+
+    run(scenario, tmp_path)

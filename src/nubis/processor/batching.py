@@ -12,14 +12,18 @@ its answer is fanned out here, to each event by its place in the batch.
 - **Pull** (message triggers): `acquire` grants a place in the batch being filled at once (the
   consumer's prefetch window bounds how many), and a worker of the pool is awaited only when the
   batch is sent, so a consumer with a prefetch of batchSize or more fills its batches.
-- **Ordered** message triggers: a batch goes to the pool only once the one before it is answered,
-  so deliveries of one key run in order across batches as within one; the consumer lets the next
-  delivery of a key join the batch right after the previous one. A failed event is retried in a
-  later batch, after events that came behind it: order holds per batch, not per event.
+- **Ordered** message triggers: a batch goes to the pool only once every batch before it that
+  holds one of its ordering keys (a partition, a stream: `Submission.key`, set by the consumer) is
+  answered, so deliveries of one key run in order across batches as within one, while batches of
+  different keys run side by side on different workers. The consumer lets the next delivery of a
+  key join the batch right after the previous one. A failed event is retried in a later batch,
+  after events that came behind it: order holds per batch, not per event. Events without a key
+  (replays) are ordered among themselves as one key.
 
 An event the handler gave no response is answered with the processor's `NO_RESULT` error at its
 timeout (eventTimeout, or without one workerAvailabilityTimeoutMilliseconds, Nuclio's wait for a
-batched request), where Nuclio leaves the caller without an answer. Log records of a batch go to
+batched request), where Nuclio leaves the caller without an answer; at once when the replica stops
+(no result is coming, and the caller would outlive the server). Log records of a batch go to
 every event of it that asked for them (X-Nuclio-Log-Level).
 """
 
@@ -30,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nubis.processor.events import BatchResponse, Response, Submission, refusal_response
+from nubis.processor.events import BatchResponse, Response, Submission, qualified_offset, refusal_response
 from nubis.processor.frames import (
     BODY,
     CONTENT_TYPE,
@@ -54,7 +58,7 @@ _INFO = 20
 class Batch:
     """One batch: its events, and the reply of the one submission that carries them."""
 
-    __slots__ = ("arrived", "batching", "done", "ids", "members", "pulled")
+    __slots__ = ("arrived", "batching", "done", "ids", "keys", "members", "pulled")
 
     def __init__(self, batching: Batching, pulled: bool) -> None:
         self.batching = batching
@@ -62,6 +66,8 @@ class Batch:
         #: monotonic time each event came (its NO_RESULT deadline counts from there)
         self.arrived: list[float] = []
         self.ids: set[str] = set()
+        #: the ordering keys of its events (ordered triggers only)
+        self.keys: set[str | None] = set()
         #: the events were taken by `acquire` (a pull trigger): a worker is awaited when it is sent
         self.pulled = pulled
         #: resolved once the batch is answered (an ordered trigger sends its next batch then)
@@ -93,10 +99,15 @@ class Batch:
         return None
 
     def ack(self, message: Any) -> None:
-        """`context.platform.explicit_ack(qualified_offset)` in a batch: to the event it names."""
-        attributes = message.get("attributes") if isinstance(message, dict) else None
-        if isinstance(attributes, dict):
-            where = (attributes.get("topic"), attributes.get("partition"), attributes.get("offset"))
+        """`context.platform.explicit_ack(qualified_offset)` in a batch: to the event it names, else
+        to the batch's first event. Kafka's acknowledgement is cumulative and may name an offset
+        of no event of this batch (an earlier, held one); its trigger reads the offset from the
+        message itself, so it must not be dropped."""
+        if not self.members:
+            return
+        target = self.members[0]
+        where = qualified_offset(message)
+        if where is not None:
             for sub in self.members:
                 frame = sub.frame  # as `QualifiedOffset.from_event` reads the event
                 if (
@@ -104,8 +115,9 @@ class Batch:
                     frame.get("shard_id", -1),
                     frame.get("offset", 0),
                 ) == where:
-                    sub.reply.ack(message)
-                    return
+                    target = sub
+                    break
+        target.reply.ack(message)
 
     # -- answers ---------------------------------------------------------------------------------
     def fan_out(self, response: Response) -> None:
@@ -134,6 +146,7 @@ class Batch:
                 batching.answer(sub, copy, logs)
         if not self.done.done():
             self.done.set_result(None)
+        batching.forget(self)
 
 
 def _response_of(result: Any, duration: float) -> Response:
@@ -162,9 +175,14 @@ class Batching:
         self._loop = asyncio.get_running_loop()
         self._filling: Batch | None = None
         self._timer: asyncio.TimerHandle | None = None
-        #: the last batch sent (ordered triggers send the next once it is answered)
-        self._last: Batch | None = None
+        #: ordered triggers: per ordering key, the last batch sent that holds it, until answered
+        #: (a later batch of the key goes to the pool once it is)
+        self._last_of_key: dict[str | None, Batch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: events the handler gave no response, waiting for their NO_RESULT (`await_no_result`)
+        self._no_result: set[Submission] = set()
+        #: the replica stops: an event that still comes goes to the pool at once
+        self._closed = False
 
     # -- Submitter ---------------------------------------------------------------------------------
     @property
@@ -200,7 +218,9 @@ class Batching:
         batch.members.append(sub)
         batch.arrived.append(time.monotonic())
         batch.ids.add(event_id)
-        if len(batch.members) >= self.size:
+        if self.ordered:
+            batch.keys.add(getattr(sub, "key", None))
+        if len(batch.members) >= self.size or self._closed:
             self.flush()
 
     # -- sending -----------------------------------------------------------------------------------
@@ -212,17 +232,35 @@ class Batching:
             self._timer = None
         if batch is None:
             return
-        previous, self._last = self._last, batch
         if not batch.pulled:
             self.pool.submit(batch.submission())
             return
-        task = self._loop.create_task(self._send_pulled(batch, previous if self.ordered else None))
+        task = self._loop.create_task(self._send_pulled(batch, self._before(batch) if self.ordered else []))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send_pulled(self, batch: Batch, previous: Batch | None) -> None:
-        if previous is not None and not previous.done.done():
-            await previous.done
+    def _before(self, batch: Batch) -> list[asyncio.Future[None]]:
+        """What `batch` waits for: the last batch sent of each of its keys, still unanswered; it is
+        now the last of them."""
+        waits: list[asyncio.Future[None]] = []
+        last = self._last_of_key
+        for key in batch.keys:
+            previous = last.get(key)
+            if previous is not None and not previous.done.done() and previous.done not in waits:
+                waits.append(previous.done)
+            last[key] = batch
+        return waits
+
+    def forget(self, batch: Batch) -> None:
+        """`batch` is answered: the keys it was the last batch of wait for nothing any more."""
+        last = self._last_of_key
+        for key in batch.keys:
+            if last.get(key) is batch:
+                del last[key]
+
+    async def _send_pulled(self, batch: Batch, before: list[asyncio.Future[None]]) -> None:
+        if before:
+            await asyncio.wait(before)
         if await self.pool.acquire():
             self.pool.submit(batch.submission(), reserved=True)
         else:
@@ -235,14 +273,26 @@ class Batching:
         self.pool.answer(sub, response)
 
     def await_no_result(self, sub: Submission, arrived: float) -> None:
-        """The handler gave `sub` no response: its caller gets NO_RESULT at the event's timeout."""
+        """The handler gave `sub` no response: its caller gets NO_RESULT at the event's timeout, or
+        at once when the replica stops."""
+        if self._closed or self.pool.closing:
+            self._no_result_due(sub)
+            return
         wait = self.pool.event_timeout or self.pool.availability_timeout
         delay = max(0.0, arrived + wait - time.monotonic())
-        response = refusal_response(Refusal.NO_RESULT, event_id=sub.frame.get("id"))
+        self._no_result.add(sub)
         # `sub.timer` is the pool's to cancel once the event is answered (an answer is given once)
-        sub.timer = self._loop.call_later(delay, self.pool.answer, sub, response)
+        sub.timer = self._loop.call_later(delay, self._no_result_due, sub)
+
+    def _no_result_due(self, sub: Submission) -> None:
+        self._no_result.discard(sub)
+        self.pool.answer(sub, refusal_response(Refusal.NO_RESULT, event_id=sub.frame.get("id")))
 
     def close(self) -> None:
         """The replica stops: the batch being filled goes to the pool now (which answers it, or
-        refuses it while shutting down); batches still waiting for a worker learn it from the pool."""
+        refuses it while shutting down), as does any event that still comes; batches still
+        waiting for a worker learn it from the pool; events waiting for their NO_RESULT get it."""
+        self._closed = True
         self.flush()
+        for sub in list(self._no_result):
+            self._no_result_due(sub)

@@ -77,12 +77,18 @@ class Submission:
         "capture",
         "deadline",
         "frame",
+        "key",
         "prefetched",
         "reply",
         "seq",
         "streaming",
         "timer",
     )
+
+    #: the delivery's ordering key (a partition, a stream), set only by an ordered message trigger in
+    #: batch mode and read with `getattr(sub, "key", None)` (batching.py); left unset otherwise, so
+    #: the single event's path pays nothing for it
+    key: str | None
 
     def __init__(self, frame: EventFrame, reply: Reply, capture: bool = False) -> None:
         self.frame = frame
@@ -119,3 +125,21 @@ def refusal_response(refusal: Refusal, **fields: Any) -> Response:
     response = error_response(row.status, message, headers)
     response.outcome = row.outcome
     return response
+
+
+def qualified_offset(message: Any) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) that an explicit acknowledgement names (nuclio-sdk's
+    QualifiedOffset: `{kind, attributes: {topic, partition, offset}}`; keys in any case), or None
+    when it names none."""
+    if not isinstance(message, dict):
+        return None
+    attributes = next((value for key, value in message.items() if str(key).lower() == "attributes"), message)
+    if not isinstance(attributes, dict):
+        return None
+    fields = {str(key).lower(): value for key, value in attributes.items()}
+    topic, partition, offset = fields.get("topic"), fields.get("partition"), fields.get("offset")
+    if not isinstance(topic, str) or isinstance(partition, bool) or isinstance(offset, bool):
+        return None
+    if not isinstance(partition, int) or not isinstance(offset, int):
+        return None
+    return topic, partition, offset

@@ -74,9 +74,15 @@ class Outputs:
                 await task
 
     async def close(self) -> None:
-        for _, publisher in self.publishers:
-            await publisher.close()
-        self.writer.close()
+        """Close every publisher (one that fails to is logged, the others are closed all the same)."""
+        try:
+            for target, publisher in self.publishers:
+                try:
+                    await publisher.close()
+                except Exception:
+                    log.warning("output %s: closing its connection failed", target.name, exc_info=True)
+        finally:
+            self.writer.close()
 
     # -- one answer ------------------------------------------------------------------------------
     def finish(self, reply: OutputReply, response: Response) -> None:
@@ -100,7 +106,7 @@ class Outputs:
         message = Message(response.body, response.content_type, headers, event_id)
         try:
             results = await asyncio.gather(
-                *(publisher.publish(message) for _, publisher in wanted), return_exceptions=True
+                *(_publish_one(publisher, message) for _, publisher in wanted), return_exceptions=True
             )
         except asyncio.CancelledError:
             stopped = error_response(503, "the function is stopping before its outputs confirmed the answer")
@@ -150,10 +156,16 @@ class Outputs:
         )
         try:
             self.writer.record(hop)
-        except OSError as exc:
+        except Exception as exc:  # called inside the pool's answer: nothing may escape to the worker's link
             if not self._write_failed:
                 self._write_failed = True
                 log.warning("%s: cannot record event traces in %s: %s", self.function, self.writer.directory, exc)
+
+
+async def _publish_one(publisher: Publisher, message: Message) -> Published:
+    """`publisher.publish(message)`, inside a coroutine of ours: a publisher that raises before it
+    returns its coroutine fails its own output, not the whole answer (which would then never come)."""
+    return await publisher.publish(message)
 
 
 def _reason(target: Target, result: BaseException | Published) -> str:

@@ -1,5 +1,6 @@
 """The `mqtt` output: each response a message on a topic, QoS 1 by default, confirmed by the
-broker's PUBACK (QoS 2: PUBCOMP) before the event is answered.
+broker's PUBACK (QoS 2: PUBCOMP) before the event is answered; a PUBACK whose reason code is a
+refusal (MQTT 5: "Not authorized"...) is a failure (mqtt_acks.py).
 
 Headers need MQTT 5, the default here: they travel as user properties (`nubis-trace-id`,
 `nubis-parent-id`, the handler's headers) and the content type as the Content Type property,
@@ -28,7 +29,7 @@ from __future__ import annotations
 import os
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import SplitResult, unquote
 
 from nubis.errors import SpecError
@@ -46,12 +47,10 @@ from nubis.processor.outputs.base import (
     url_path,
     url_query,
 )
-from nubis.processor.outputs.connected import CONNECT_TIMEOUT, PUBLISH_TIMEOUT, ConnectedPublisher
+from nubis.processor.outputs.connected import CONNECT_TIMEOUT, ConnectedPublisher
+from nubis.processor.outputs.mqtt_acks import Acks
 from nubis.redact import masked_url
 from nubis.spec.outputs import ANNOTATION_FIELD, Output
-
-if TYPE_CHECKING:
-    import aiomqtt
 
 KIND = "mqtt"
 #: URL scheme -> uses TLS (the trigger's schemes)
@@ -127,8 +126,8 @@ class MqttKind:
         return MqttPublisher(target, client_name)
 
 
-class MqttPublisher(ConnectedPublisher["aiomqtt.Client"]):
-    async def connect(self) -> aiomqtt.Client:
+class MqttPublisher(ConnectedPublisher[Acks]):
+    async def connect(self) -> Acks:
         import aiomqtt
 
         settings: MqttSettings = self.target.settings
@@ -146,9 +145,9 @@ class MqttPublisher(ConnectedPublisher["aiomqtt.Client"]):
             keepalive=30,
         )
         await client.__aenter__()
-        return client
+        return Acks(client)  # PUBACK's reason code is read there: aiomqtt's publish ignores it
 
-    async def send(self, connection: aiomqtt.Client, message: Message) -> str | None:
+    async def send(self, connection: Acks, message: Message) -> str | None:
         settings: MqttSettings = self.target.settings
         properties = None
         if settings.protocol_version == 5:
@@ -161,17 +160,12 @@ class MqttPublisher(ConnectedPublisher["aiomqtt.Client"]):
             if message.content_type:
                 properties.ContentType = message.content_type
         await connection.publish(
-            settings.topic,
-            message.body,
-            qos=settings.qos,
-            retain=settings.retain,
-            properties=properties,
-            timeout=PUBLISH_TIMEOUT,
+            settings.topic, message.body, qos=settings.qos, retain=settings.retain, properties=properties
         )
         return None
 
-    async def disconnect(self, connection: aiomqtt.Client) -> None:
-        await connection.__aexit__(None, None, None)
+    async def disconnect(self, connection: Acks) -> None:
+        await connection.client.__aexit__(None, None, None)
 
 
 #: what BUILTIN_OUTPUTS names for kind `mqtt`

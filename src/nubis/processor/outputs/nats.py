@@ -8,7 +8,10 @@ Two modes, as the `nats` trigger has:
   retried event within the stream's duplicate window (2 minutes by default) is stored once. The
   hop records `<stream>:<sequence>`, the id the trigger gives the event.
 - **core NATS**: published, then a flush (a PING/PONG round trip) confirms that the server has it;
-  core NATS keeps nothing, so a subscriber that is not there at that moment never sees it.
+  core NATS keeps nothing, so a subscriber that is not there at that moment never sees it. A
+  server that refuses the message (a user without permission to publish to the subject) says so
+  with an `-ERR` it sends before that PONG, which the client hands to its error callback only:
+  a refusal seen between the publish and the PONG fails the message.
 
 ```yaml
 outputs:
@@ -110,14 +113,26 @@ class NatsKind:
         return NatsPublisher(target, client_name)
 
 
+class NatsRefused(Exception):
+    """The server refused a core NATS message (it said so in an `-ERR`)."""
+
+
 class NatsPublisher(ConnectedPublisher["Client"]):
+    #: publishes the server refused on this publisher's connections, and the last one's text
+    refusals = 0
+    refusal = ""
+
     async def connect(self) -> Client:
         import nats
 
         settings: NatsSettings = self.target.settings
 
-        async def quiet(_exc: Exception) -> None:
-            return None  # a failure surfaces on the next publish, which says it once
+        async def quiet(exc: Exception) -> None:
+            # a failure surfaces on the next publish, which says it once; a refused publish is
+            # noted for the message waiting for its flush (`send`)
+            if "permissions violation for publish" in str(exc).lower():
+                self.refusals += 1
+                self.refusal = str(exc)
 
         return await nats.connect(
             servers=list(settings.servers),
@@ -136,8 +151,11 @@ class NatsPublisher(ConnectedPublisher["Client"]):
         if message.content_type:
             headers["Content-Type"] = message.content_type
         if not settings.jetstream:
+            refusals = self.refusals
             await connection.publish(settings.subject, message.body, headers=headers)
             await connection.flush(int(PUBLISH_TIMEOUT))
+            if self.refusals != refusals:  # all of this output's messages go to one subject
+                raise NatsRefused(f"the server refused it: {self.refusal}")
             return None
         headers["Nats-Msg-Id"] = f"nubis:{message.event_id}:{self.target.name}"
         ack = await connection.jetstream().publish(

@@ -43,7 +43,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 )
 
 from nubis.failed_events import FailedEvent
-from nubis.processor.events import Response
+from nubis.processor.events import Response, qualified_offset
 from nubis.processor.frames import DRAIN, KIND, EventFrame
 from nubis.processor.outcomes import Outcome
 from nubis.processor.triggers.brokers import BrokerUnavailable, Delivery
@@ -203,7 +203,7 @@ class KafkaSession:
         if self.config.explicit_ack == "disable":
             self._say("an explicit_ack was ignored: the trigger's explicitAckMode is disable")
             return
-        qualified = _qualified(message)
+        qualified = qualified_offset(message)
         if qualified is None:
             self._say(f"an explicit_ack without topic, partition and offset was ignored: {message!r:.200}")
             return
@@ -347,18 +347,3 @@ def _signal_drain(submitter: object) -> None:
 
 def _true(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() in _TRUE)
-
-
-def _qualified(message: Any) -> tuple[str, int, int] | None:
-    if not isinstance(message, dict):
-        return None
-    attributes = next((value for key, value in message.items() if str(key).lower() == "attributes"), message)
-    if not isinstance(attributes, dict):
-        return None
-    fields = {str(key).lower(): value for key, value in attributes.items()}
-    topic, partition, offset = fields.get("topic"), fields.get("partition"), fields.get("offset")
-    if not isinstance(topic, str) or isinstance(partition, bool) or isinstance(offset, bool):
-        return None
-    if not isinstance(partition, int) or not isinstance(offset, int):
-        return None
-    return topic, partition, offset
