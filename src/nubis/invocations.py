@@ -17,17 +17,22 @@ skip it, and the next owner ends it before appending (`take_orphans`). An accept
 its 202 (`make_durable`: one sync for a batch of accepts); a final result is made durable before
 its claim goes, so no crash leaves a record nobody finishes.
 
-Who runs an unfinished invocation is its **claim**, an empty file `claims/<id>.owner-<pid>`:
-exactly one exists from the accept until the record is final. A claim changes hands only by
-`rename`, atomic and exclusive (of two replicas renaming the same name, one fails), and only from a
-name no live process can create again: a dead pid's, or `owner-0` (given back by a replica that
-drained). So a SIGKILLed replica's invocations go to whichever replica renames its claims first.
+Who runs an unfinished invocation is its **claim**, an empty file
+`claims/<id>.owner-<pid>-<start>`: exactly one exists from the accept until the record is final. A
+claim changes hands only by `rename`, atomic and exclusive (of two replicas renaming the same name,
+one fails), and only from a name no live process can create again: a dead process's, or `owner-0`
+(given back by a replica that drained). So a SIGKILLed replica's invocations go to whichever
+replica renames its claims first. A process is named by its pid *and* its start time (clock ticks
+since boot, from /proc; absent where there is none), because pids are used again: after a reboot,
+or in a container, where a replica started again often gets its predecessor's pid, which by pid
+alone would look alive, or like the new replica's own claims.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import heapq
 import json
 import os
 import re
@@ -43,9 +48,14 @@ PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed
 STATES = (PENDING, RUNNING, SUCCEEDED, FAILED)
 FINISHED = frozenset({SUCCEEDED, FAILED})
 #: a claim's owner when nobody holds it: given back, any replica may take it
-NOBODY = 0
+NOBODY = "0"
 CLAIMS_DIR = "claims"
 _OWNER = ".owner-"
+#: the free space accepts leave on the store's filesystem: the smaller of these (bytes, share of
+#: its size); below it an accept is refused (503), so a flood of async requests cannot fill the
+#: disk that the platform's state database and logs share
+MIN_FREE_BYTES = 512 << 20
+MIN_FREE_SHARE = 0.05
 #: what an invocation id looks like (the event id: a random UUID4); anything else is no record
 _ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -194,15 +204,43 @@ class InvocationStore:
         except (IndexError, ValueError, TypeError):
             return None
 
-    def records(self) -> list[Invocation]:
-        """Every record, newest accept first; unreadable files are skipped."""
-        found = [record for record in map(self.get, self._ids()) if record is not None]
-        return sorted(found, key=lambda r: (r.accepted_at, r.id), reverse=True)
+    def records(self, limit: int | None = None) -> list[Invocation]:
+        """The newest `limit` records (every one without), newest accept first, each without its
+        request's headers and body (`Invocation.view` shows none of them): a list must not hold
+        every body of the store at once. Unreadable files are skipped."""
+        newest: list[tuple[int, str, Invocation]] = []  # a heap of the `limit` newest so far
+        for invocation_id in self._ids():
+            record = self.get(invocation_id)
+            if record is None:
+                continue
+            record.request = {"method": record.request.get("method", ""), "path": record.request.get("path", "")}
+            entry = (record.accepted_at, record.id, record)
+            if limit is None or len(newest) < limit:
+                heapq.heappush(newest, entry)
+            elif entry[:2] > newest[0][:2]:
+                heapq.heapreplace(newest, entry)
+        return [record for _, _, record in sorted(newest, key=lambda e: e[:2], reverse=True)]
 
     def _ids(self) -> list[str]:
         return [name[:-5] for name in _listdir(self.directory) if name.endswith(".json")]
 
     # -- writing (the replica) -----------------------------------------------------------------
+    def low_space(self) -> str | None:
+        """Why the store's filesystem has no room for more accepts (`MIN_FREE_BYTES`), None when
+        it has (or cannot be asked: the accept's own write then says)."""
+        directory = self.directory
+        while not directory.exists() and directory.parent != directory:
+            directory = directory.parent
+        try:
+            disk = os.statvfs(directory)
+        except OSError:
+            return None
+        free = disk.f_bavail * disk.f_frsize
+        floor = min(MIN_FREE_BYTES, int(disk.f_blocks * disk.f_frsize * MIN_FREE_SHARE))
+        if free >= floor:
+            return None
+        return f"the disk of the invocation store has {free >> 20} MiB free, under the {floor >> 20} MiB kept free"
+
     def accept(self, invocation_id: str, line: str) -> Path:
         """Claim the new invocation `invocation_id` for this process and write its record's first
         `line` (`encode_line`); `make_durable` then makes it last (a batch of accepts shares it).
@@ -211,7 +249,7 @@ class InvocationStore:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.claims.mkdir(mode=0o700, exist_ok=True)
             self._made = True
-        claim = self._claim_path(invocation_id, os.getpid())
+        claim = self._claim_path(invocation_id, this_process())
         os.close(os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         path = self.directory / f"{invocation_id}.json"
         try:
@@ -258,29 +296,30 @@ class InvocationStore:
     def release(self, invocation_id: str) -> None:
         """The record is final: nobody needs to run it any more."""
         with contextlib.suppress(FileNotFoundError):
-            self._claim_path(invocation_id, os.getpid()).unlink()
+            self._claim_path(invocation_id, this_process()).unlink()
 
     def give_back(self, invocation_id: str) -> None:
         """Not run here after all (this replica stops): any replica may take it (`take_orphans`)."""
         with contextlib.suppress(FileNotFoundError):
-            os.rename(self._claim_path(invocation_id, os.getpid()), self._claim_path(invocation_id, NOBODY))
+            os.rename(self._claim_path(invocation_id, this_process()), self._claim_path(invocation_id, NOBODY))
 
-    def take_orphans(self, limit: int) -> list[Invocation]:
+    def take_orphans(self, limit: int, max_bytes: int | None = None) -> list[Invocation]:
         """Up to `limit` unfinished invocations whose claim was given back or names a dead
         process, each claimed for this process (a record that is already final comes too: its
-        callback may still be due). A claim without a record (its accept was cut short, never
-        answered) is removed."""
-        me = os.getpid()
+        callback may still be due); once their requests' bodies hold `max_bytes` (base64), no
+        more (the one that crosses it is taken: one at least). A claim without a record (its
+        accept was cut short, never answered) is removed."""
+        me = this_process()
         taken: list[Invocation] = []
-        living: dict[int, bool] = {}
+        living: dict[str, bool] = {}
+        held = 0
         for name in sorted(_listdir(self.claims)):
-            if len(taken) >= limit:
+            if len(taken) >= limit or (max_bytes is not None and held >= max_bytes):
                 break
             invocation_id, mark, owner = name.rpartition(_OWNER)
-            if not mark or not owner.isdigit() or int(owner) == me:
+            if not mark or owner == me or not _OWNER_NAME.match(owner):
                 continue
-            pid = int(owner)
-            if pid != NOBODY and living.setdefault(pid, alive(pid)):
+            if owner != NOBODY and living.setdefault(owner, running(owner)):
                 continue
             mine = self._claim_path(invocation_id, me)
             try:
@@ -294,6 +333,7 @@ class InvocationStore:
                 continue
             self._end_cut_line(invocation_id)
             taken.append(record)
+            held += len(record.request.get("body") or "")
         return taken
 
     def _end_cut_line(self, invocation_id: str) -> None:
@@ -330,8 +370,46 @@ class InvocationStore:
                     removed += 1
         return removed
 
-    def _claim_path(self, invocation_id: str, owner: int) -> Path:
+    def _claim_path(self, invocation_id: str, owner: str) -> Path:
         return self.claims / f"{invocation_id}{_OWNER}{owner}"
+
+
+#: a claim's owner: `<pid>-<start>`, or `<pid>` (a claim of a version before start times, or where
+#: /proc has none)
+_OWNER_NAME = re.compile(r"^[0-9]+(-[0-9]+)?$")
+_me: list[tuple[int, str]] = []
+
+
+def this_process() -> str:
+    """This process as a claim names it (`<pid>-<start>`; computed again in a forked child)."""
+    pid = os.getpid()
+    if not _me or _me[0][0] != pid:
+        start = _start_time(pid)
+        _me[:] = [(pid, f"{pid}-{start}" if start is not None else str(pid))]
+    return _me[0][1]
+
+
+def running(owner: str) -> bool:
+    """Whether the process a claim names (`this_process` of it) is still running: its pid is alive
+    and, where the name has one, started at the same time (not a later process given its pid)."""
+    pid, _, start = owner.partition("-")
+    if not alive(int(pid)):
+        return False
+    if not start:
+        return True
+    now = _start_time(int(pid))
+    return now is None or str(now) == start
+
+
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat field 22); None
+    where there is no /proc or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _write(path: Path, line: str, flags: int, *, durable: bool) -> None:

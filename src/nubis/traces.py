@@ -31,6 +31,9 @@ RETENTION_SECONDS = 7 * 24 * 3600.0
 MAX_FILE_BYTES = 8 << 20
 #: the most one function's hops may take on disk; the oldest files go first
 MAX_FUNCTION_BYTES = 64 << 20
+#: the most hops one trace answers (a client may send one nubis-trace-id with every request, and
+#: a function publishing to its own input makes a chain without end); past it, the first found
+MAX_TRACE_HOPS = 10_000
 SUFFIX = ".jsonl"
 
 
@@ -126,11 +129,18 @@ class TraceStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def trace(self, event_id: str) -> list[Hop]:
-        """Every hop of the trace holding event `event_id` (an event's id or a trace id), in
-        causal order: a parent before its children, siblings by start. Empty when none holds it."""
+    def trace(self, event_id: str, limit: int = MAX_TRACE_HOPS) -> list[Hop]:
+        """The hops of the trace holding event `event_id` (an event's id or a trace id), in
+        causal order: a parent before its children, siblings by start; at most `limit` (more:
+        the trace was cut, the caller can tell by the count). Empty when none holds it."""
         traces = {hop.trace_id for hop in self._hops(event_id) if event_id in (hop.event_id, hop.trace_id)}
-        hops = [hop for trace in sorted(traces) for hop in self._hops(trace) if hop.trace_id == trace]
+        hops: list[Hop] = []
+        for trace in sorted(traces):
+            for hop in self._hops(trace):
+                if hop.trace_id == trace:
+                    hops.append(hop)
+                    if len(hops) >= limit:
+                        return causal_order(hops)
         return causal_order(hops)
 
     def _hops(self, needle: str) -> Iterator[Hop]:
@@ -160,25 +170,31 @@ def causal_order(hops: list[Hop]) -> list[Hop]:
     ids = {hop.event_id for hop in hops}
     children: dict[str | None, list[Hop]] = {}
     for hop in sorted(hops, key=lambda h: (h.started, h.event_id)):
-        parent = hop.parent_id if hop.parent_id in ids and hop.parent_id != hop.event_id else None
-        children.setdefault(parent, []).append(hop)
+        children.setdefault(_parent(hop, ids), []).append(hop)
     ordered: list[Hop] = []
     seen: set[str] = set()
-
-    def visit(parent: str | None) -> None:
-        siblings = children.get(parent, [])
-        for hop in siblings:
-            if hop.event_id in seen:
-                continue
-            seen.add(hop.event_id)  # every attempt of one event together, then what it published
-            ordered.extend(other for other in siblings if other.event_id == hop.event_id)
-            visit(hop.event_id)
-
-    visit(None)
+    # depth first without recursion: a chain is as deep as it is long (a function that publishes
+    # to its own input), past any recursion limit
+    stack: list[Iterator[Hop]] = [iter(children.get(None, []))]
+    while stack:
+        found = next(stack[-1], None)
+        if found is None:
+            stack.pop()
+            continue
+        if found.event_id in seen:
+            continue
+        seen.add(found.event_id)  # every attempt of one event together, then what it published
+        ordered.extend(other for other in children[_parent(found, ids)] if other.event_id == found.event_id)
+        stack.append(iter(children.get(found.event_id, [])))
     if len(ordered) < len(hops):  # parents that point at each other: nothing is dropped
         placed = {id(hop) for hop in ordered}
         ordered += [hop for hop in sorted(hops, key=lambda h: h.started) if id(hop) not in placed]
     return ordered
+
+
+def _parent(hop: Hop, ids: set[str]) -> str | None:
+    """`hop`'s parent among `ids`, None when it counts as a root."""
+    return hop.parent_id if hop.parent_id in ids and hop.parent_id != hop.event_id else None
 
 
 def depths(hops: list[Hop]) -> list[int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import yaml
-from harness import FUNCTIONS, RunningFunction, wait_until
+from harness import FUNCTIONS, RunningFunction, nubis_executable, wait_until
 
 from nubis.invocations import FINISHED, Invocation, InvocationStore, decode_body
 
@@ -195,6 +196,33 @@ def test_the_result_is_posted_to_the_callback_and_its_delivery_recorded(
     assert (record.callback.attempts, record.callback.status) == (2, 200)
     wait_until(lambda: os.listdir(later.store.claims) == [], RESULT_TIMEOUT, "the claim to be released")
     assert len(later.store.records()) == 1  # the refused one was never stored
+
+
+def test_a_callback_to_the_cloud_metadata_address_is_refused_and_one_to_a_name_of_it_not_sent(
+    later: Later, nubis_data_dir: Path
+) -> None:
+    """SSRF: whoever may invoke names the callback, which the replica sends from inside the
+    platform; `nubis invocations get --local` reads what `nubis run` kept."""
+    function = later.serve()
+    metadata = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+    with function.client() as client:
+        refused = client.post(later.path("echo"), headers={"X-Nubis-Async": "true", "X-Nubis-Callback-Url": metadata})
+        # the same address written as IPv4-mapped IPv6 is refused too; a name for loopback is allowed
+        mapped = client.post(
+            later.path("echo"), headers={"X-Nubis-Async": "true", "X-Nubis-Callback-Url": "http://[::ffff:a9fe:a9fe]/"}
+        )
+        callback = {"X-Nubis-Callback-Url": "http://localhost:9/hook"}
+        invocation_id = later.accept(client, "echo", content=b"kept", headers=callback)
+    assert refused.status_code == 400 and "link-local" in refused.json()["error"], refused.text
+    assert mapped.status_code == 400 and "link-local" in mapped.json()["error"], mapped.text
+    assert [r.id for r in later.store.records()] == [invocation_id]  # the refused ones were never stored
+    env = dict(os.environ, NUBIS_DATA_DIR=str(nubis_data_dir))
+    command = [str(nubis_executable()), "invocations", "get", invocation_id, "--local", "--wait", "-o", "json"]
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["state"] == "succeeded" and decode_body(record["result"]["body"]) == b"kept"
+    assert "request" not in record
 
 
 def test_a_draining_replica_gives_back_what_it_has_not_started_and_the_next_one_runs_it(later: Later) -> None:

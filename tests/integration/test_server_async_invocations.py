@@ -21,6 +21,7 @@ from server_harness import RunningServer, gateway_port, inline_function, wait_st
 
 from leaks import alive
 from nubis.invocations import decode_body
+from nubis.traces import MAX_TRACE_HOPS, Hop, TraceWriter
 
 SOURCE = (FUNCTIONS / "later" / "main.py").read_bytes()
 RESULT_TIMEOUT = 60.0
@@ -101,6 +102,9 @@ def test_async_invocations_through_the_api_the_gateway_the_port_and_the_cli(serv
         assert api.get(f"/api/invocations/{uuid.uuid4()}").status_code == 404
         assert api.get("/api/invocations/..%2F..%2Fagent.lock").status_code == 404
         assert api.get(f"/api/invocations/{via_api}", params={"function": "nosuch"}).status_code == 404
+        # a search names the project it covers, as a function list does
+        elsewhere = {"X-Nuclio-Project-Name": "elsewhere"}
+        assert api.get(f"/api/invocations/{via_api}", headers=elsewhere).status_code == 404
         assert api.get("/api/invocations").status_code == 400
     with server.client(token=None) as anonymous:
         assert anonymous.get(f"/api/invocations/{via_api}").status_code == 401
@@ -162,3 +166,50 @@ def test_no_accepted_invocation_is_lost_when_the_server_and_the_replica_are_sigk
     ran = calls.read_text().split()
     assert set(ran) == set(ids)  # none lost
     assert len(ran) - count <= 1, "more than the one running at the kill ran twice"
+
+
+def test_a_trace_answers_a_bounded_number_of_hops_its_errors_masked_and_a_chain_of_any_depth(
+    server: RunningServer,
+) -> None:
+    """Hops as a replica records them (`TraceWriter`, into the platform's trace store): one trace id
+    sent with more requests than an answer holds, and a function publishing to its own input."""
+    directory = server.data_dir / "agent" / "traces" / "looping"
+    writer = TraceWriter(directory)
+    for index in range(MAX_TRACE_HOPS + 5):
+        parent = f"loop/0/{index - 1}" if index else None
+        error = "output out (kafka): cannot connect to kafka://user:hunter2@broker:9092" if index == 0 else None
+        writer.record(
+            Hop(
+                "shared",
+                f"loop/0/{index}",
+                parent,
+                "looping",
+                "kafka",
+                "in",
+                "loop",
+                "handled",
+                200,
+                index,
+                0.5,
+                [],
+                error,
+            )
+        )
+    writer.close()
+    with server.client() as api:
+        answer = api.get("/api/events/shared/trace")
+        assert (
+            api.get("/api/invocations/not-an-id")
+            .json()["error"]
+            .startswith("'not-an-id' is not an async invocation id")
+        )
+    assert answer.status_code == 200, answer.text
+    trace = answer.json()
+    assert trace["truncated"] is True and len(trace["hops"]) == MAX_TRACE_HOPS
+    first = trace["hops"][0]
+    assert first["event_id"] == "loop/0/0" and "hunter2" not in answer.text and "user:***@broker" in first["error"]
+    assert [hop["depth"] for hop in trace["hops"][:3]] == [0, 1, 2]
+    shown = cli(server, "events", "trace", "shared")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"trace shared: {MAX_TRACE_HOPS} hop(s) (the first ones only: the trace has more)")
+    assert "hunter2" not in shown.stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nubis import invocations as invocations_module
 from nubis.errors import SpecError
 from nubis.invocations import (
     FAILED,
@@ -28,6 +29,7 @@ from nubis.invocations import (
     encode_body,
     encode_line,
     now_ms,
+    this_process,
 )
 from nubis.processor.triggers.http_callback import check_url
 from nubis.processor.triggers.http_config import DEFAULT_ASYNC_RETENTION, async_settings
@@ -68,7 +70,7 @@ def test_an_accept_writes_the_record_and_this_process_claim_private_and_durable(
     store.make_durable([tmp_path / "f" / f"{r.id}.json" for r in others], new_names=True)  # a batch: syncfs
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o700
-    assert f"{record.id}.owner-{os.getpid()}" in os.listdir(store.claims)
+    assert f"{record.id}.owner-{this_process()}" in os.listdir(store.claims)
     assert store.get(record.id) == record
     assert {r.id for r in store.records()} == {record.id, *(r.id for r in others)}
 
@@ -106,25 +108,46 @@ def test_orphans_of_dead_processes_and_given_back_ones_are_taken_live_ones_are_n
     store = InvocationStore(tmp_path)
     mine, dead, given, living, lost = (accepted(store, invocation()) for _ in range(5))
     claims = store.claims
-    os.rename(claims / f"{dead.id}.owner-{os.getpid()}", claims / f"{dead.id}.owner-{dead_pid()}")
+    os.rename(claims / f"{dead.id}.owner-{this_process()}", claims / f"{dead.id}.owner-{dead_pid()}")
     store.give_back(given.id)
-    os.rename(claims / f"{living.id}.owner-{os.getpid()}", claims / f"{living.id}.owner-{os.getppid()}")
+    os.rename(claims / f"{living.id}.owner-{this_process()}", claims / f"{living.id}.owner-{os.getppid()}")
     # a claim whose accept never wrote its record (the replica died in between): removed
     (tmp_path / f"{lost.id}.json").unlink()
-    os.rename(claims / f"{lost.id}.owner-{os.getpid()}", claims / f"{lost.id}.owner-{dead_pid()}")
+    os.rename(claims / f"{lost.id}.owner-{this_process()}", claims / f"{lost.id}.owner-{dead_pid()}")
 
     taken = {record.id for record in store.take_orphans(10)}
 
     assert taken == {dead.id, given.id}
     assert sorted(os.listdir(claims)) == sorted(
         [
-            f"{mine.id}.owner-{os.getpid()}",
-            f"{dead.id}.owner-{os.getpid()}",
-            f"{given.id}.owner-{os.getpid()}",
+            f"{mine.id}.owner-{this_process()}",
+            f"{dead.id}.owner-{this_process()}",
+            f"{given.id}.owner-{this_process()}",
             f"{living.id}.owner-{os.getppid()}",
         ]
     )
     assert store.take_orphans(10) == []
+
+
+def test_a_claim_of_a_pid_used_again_by_a_later_process_is_taken(tmp_path: Path) -> None:
+    """After a reboot, or in a container started again, a replica often gets the pid its dead
+    predecessor had: by the pid alone, the predecessor's claims looked alive (or like its own)."""
+    store = InvocationStore(tmp_path)
+    same_pid, parent_earlier, parent_now = (accepted(store, invocation()) for _ in range(3))
+    claims, me = store.claims, this_process()
+    pid, _, start = me.partition("-")
+    assert start, "this platform has /proc: a claim names the start time"
+    os.rename(claims / f"{same_pid.id}.owner-{me}", claims / f"{same_pid.id}.owner-{pid}-{int(start) - 1}")
+    parent = f"{os.getppid()}-{invocations_module._start_time(os.getppid())}"
+    parent_start = int(parent.partition("-")[2])
+    os.rename(
+        claims / f"{parent_earlier.id}.owner-{me}",
+        claims / f"{parent_earlier.id}.owner-{os.getppid()}-{parent_start + 1}",
+    )
+    os.rename(claims / f"{parent_now.id}.owner-{me}", claims / f"{parent_now.id}.owner-{parent}")
+
+    assert {record.id for record in store.take_orphans(10)} == {same_pid.id, parent_earlier.id}
+    assert f"{parent_now.id}.owner-{parent}" in os.listdir(claims)  # its process is still the one
 
 
 def test_a_limit_bounds_what_one_look_takes(tmp_path: Path) -> None:
@@ -162,7 +185,7 @@ def test_replicas_racing_for_orphans_take_each_exactly_once(tmp_path: Path) -> N
         racer.join(30)
     everything = [invocation_id for result in results for invocation_id in result]
     assert sorted(everything) == sorted(ids)  # each once: none twice, none left
-    owners = {name.rpartition("-")[2] for name in os.listdir(store.claims)}
+    owners = {name.rpartition(".owner-")[2].partition("-")[0] for name in os.listdir(store.claims)}
     assert owners <= {str(racer.pid) for racer in racers}
 
 

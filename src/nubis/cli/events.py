@@ -90,7 +90,8 @@ def trace_command(
         typer.echo(json.dumps(answer, indent=2))
         return
     hops = answer.get("hops", [])
-    typer.echo(f"trace {answer.get('traceId', event_id)}: {len(hops)} hop(s)")
+    more = " (the first ones only: the trace has more)" if answer.get("truncated") else ""
+    typer.echo(f"trace {answer.get('traceId', event_id)}: {len(hops)} hop(s){more}")
     rows = [
         (
             ("   " * (hop["depth"] - 1) + "└─ " if hop["depth"] else "") + hop["function"],

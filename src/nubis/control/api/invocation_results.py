@@ -4,7 +4,9 @@ true`), their state and result, read from the platform's invocation store (`nubi
 `GET /api/invocations/{id}` answers one: `state` (pending, running, succeeded, failed), attempts,
 timings (epoch ms) and the last attempt's `result` (status, headers, body base64, error); never the
 request itself, which holds the caller's headers. An id names no function, so the stores of every
-function are looked in (a file lookup each); `?function=NAME` looks in that one only.
+function are looked in (a file lookup each), those of the `X-Nuclio-Project-Name` project only when
+the header is sent; `?function=NAME` looks in that one only. An id that is not a UUID is a 404 that
+says what an id looks like.
 `GET /api/invocations?function=NAME` lists a function's, newest first.
 
 Reading a result is the `invoke` action, not `read`: a result is a function's answer, for whoever
@@ -18,6 +20,7 @@ import asyncio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from nubis.control.api.bodies import project_header
 from nubis.control.api.responses import json_response
 from nubis.errors import BadRequest, NotFound
 from nubis.invocations import Invocation, valid_id
@@ -32,13 +35,19 @@ async def get_invocation(request: Request) -> Response:
     control = request.app.state.control
     invocation_id = request.path_params["id"]
     function = request.query_params.get("function")
+    if not valid_id(invocation_id):
+        raise NotFound(
+            f"{invocation_id[:100]!r} is not an async invocation id: it is the UUID the 202 answered "
+            "(its `id`, and the end of its `Location`), such as 0b6a4a6e-6f1e-4c55-9a4e-0f5d8b1f2a9c"
+        )
     if function:
         if await control.store.get_function(function) is None:
             raise function_not_found(function)
         names = [function]
     else:
-        names = [name for name, _ in await control.store.function_versions()]
-    found = await asyncio.to_thread(_find, control.platform, names, invocation_id) if valid_id(invocation_id) else None
+        # the search covers the functions the caller names a project for, as a function list does
+        names = [name for name, _ in await control.store.function_versions(project_header(request))]
+    found = await asyncio.to_thread(_find, control.platform, names, invocation_id)
     if found is None:
         raise NotFound(
             f"no async invocation {invocation_id!r}"
@@ -58,8 +67,8 @@ async def list_invocations(request: Request) -> Response:
         raise BadRequest(f"limit must be a whole number from 1 to {LIST_LIMIT}, found {limit_text!r}")
     if await control.store.get_function(function) is None:
         raise function_not_found(function)
-    records = await asyncio.to_thread(control.platform.invocations(function).records)
-    return json_response({"invocations": [record.view() for record in records[: int(limit_text)]]})
+    records = await asyncio.to_thread(control.platform.invocations(function).records, int(limit_text))
+    return json_response({"invocations": [record.view() for record in records]})
 
 
 def _find(platform: Platform, names: list[str], invocation_id: str) -> Invocation | None:

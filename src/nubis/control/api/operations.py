@@ -288,7 +288,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             200: Answer("the invocation", "InvocationRecord"),
             404: _error("no such invocation (or its result expired), or no such function"),
         },
-        (Param("function", "query", "the invocation's function (else every function is looked in)"),),
+        (
+            Param("function", "query", "the invocation's function (else every function is looked in)"),
+            Param("X-Nuclio-Project-Name", "header", "without ?function=: look in this project's functions only"),
+        ),
     ),
     ("GET", "/api/function_templates"): Operation(
         "Deployable function templates, keyed by name",

@@ -442,6 +442,7 @@ class TraceHop(Open):
 class EventTrace(Open):
     trace_id: str = Field(alias="traceId")
     hops: list[TraceHop] = Field(description="parents before children, siblings by start")
+    truncated: bool = Field(False, description="true: the trace has more hops than the 10,000 answered")
 
 
 #: Every model the document names in `components/schemas` (each one's JSON Schema `$defs` too).

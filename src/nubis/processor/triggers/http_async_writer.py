@@ -53,6 +53,11 @@ class RecordWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
+    @property
+    def running(self) -> bool:
+        """Something was submitted, and `close` was not called: the thread runs what comes."""
+        return self._thread is not None and not self._closed
+
     def submit(self, op: Operation) -> None:
         if self._thread is None:
             self._loop = asyncio.get_running_loop()
