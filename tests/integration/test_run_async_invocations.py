@@ -79,9 +79,12 @@ def test_an_async_request_is_answered_202_stored_and_run_with_its_result_kept(la
     with function.client() as client:
         invocation_id = later.accept(client, "echo", content=b"payload", headers={"X-Nubis-Async": "True"})
         record = later.result(invocation_id)
-        # the same requests without the header (or with another value) are answered as ever
+        # the same requests without the header (or with false) are answered as ever
         assert client.post(later.path("echo"), content=b"now").status_code == 201
         assert client.post(later.path("echo"), content=b"now", headers={"X-Nubis-Async": "false"}).text == "now"
+        # a value meaning neither is refused, not run at once (the caller meant later)
+        typo = client.post(later.path("echo"), content=b"now", headers={"X-Nubis-Async": "yes"})
+        assert typo.status_code == 400 and "true or false" in typo.json()["error"]
     assert record.state == "succeeded" and record.attempts == 1
     assert record.result is not None and record.result.status == 201 and record.result.error is None
     assert decode_body(record.result.body) == b"payload"

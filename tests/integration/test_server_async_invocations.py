@@ -121,6 +121,10 @@ def test_async_invocations_through_the_api_the_gateway_the_port_and_the_cli(serv
     text = cli(server, "invocations", "get", invocation_id)
     assert text.returncode == 0 and "succeeded" in text.stdout and text.stdout.rstrip().endswith("by the CLI")
 
+    refused = cli(server, "invoke", name, "--async", "--callback-url", "ftp://hooks/x")
+    assert refused.returncode == 1 and refused.stdout == "", refused.stdout
+    assert "X-Nubis-Callback-Url must be" in refused.stderr and "(HTTP 400)" in refused.stderr, refused.stderr
+
     failing = cli(server, "invoke", name, "--async", "--path", "/fail").stdout.strip()
     failed = cli(server, "invocations", "get", failing, "--wait", "--timeout", "60")
     assert failed.returncode == 1, failed.stdout + failed.stderr

@@ -60,6 +60,8 @@ def invoke_command(
         typer.echo(f"HTTP {response.status_code}", err=True)
         for key, value in response.headers.items():
             typer.echo(f"{key}: {value}", err=True)
+    if run_async and response.status_code >= 400:
+        raise ClientError(error_text(response))  # refused before it was stored (a bad callback URL, say)
     if run_async and response.status_code == 202:
         invocation_id = response.json()["id"]
         typer.echo(invocation_id)

@@ -339,9 +339,14 @@ class HttpConnection(FlowControl, asyncio.Protocol):
         if level != 20:
             frame[LEVEL] = level
         run_later = headers.get("X-Nubis-Async")  # one lookup of an absent key on the sync path
-        if run_later is not None and run_later.lower() == "true":
-            trigger.invocations.accept(frame, slot)  # stored, answered 202, run later (http_async.py)
-            return
+        if run_later is not None:
+            answer = run_later.strip().lower()
+            if answer == "true":
+                trigger.invocations.accept(frame, slot)  # stored, answered 202, run later (http_async.py)
+                return
+            if answer != "false":  # a typo must not run the request now when later was meant
+                slot.respond(error_response(400, f"X-Nubis-Async must be true or false, not {run_later[:40]!r}"))
+                return
         sub = Submission(frame, slot, capture=level_name is not None)
         if self.write_paused or self.deferred or len(self.slots) > MAX_IN_FLIGHT:
             self.defer(sub)
