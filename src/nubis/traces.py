@@ -133,9 +133,18 @@ class TraceStore:
         """The hops of the trace holding event `event_id` (an event's id or a trace id), in
         causal order: a parent before its children, siblings by start; at most `limit` (more:
         the trace was cut, the caller can tell by the count). Empty when none holds it."""
-        traces = {hop.trace_id for hop in self._hops(event_id) if event_id in (hop.event_id, hop.trace_id)}
         hops: list[Hop] = []
-        for trace in sorted(traces):
+        others: set[str] = set()
+        # one pass when `event_id` is a trace's id (what X-Nubis-Trace-Id gives): its hops all
+        # mention it; a second one only for the traces of a hop named by its own id
+        for hop in self._hops(event_id):
+            if hop.trace_id == event_id:
+                hops.append(hop)
+                if len(hops) >= limit:
+                    return causal_order(hops)
+            elif hop.event_id == event_id:
+                others.add(hop.trace_id)
+        for trace in sorted(others):
             for hop in self._hops(trace):
                 if hop.trace_id == trace:
                     hops.append(hop)
