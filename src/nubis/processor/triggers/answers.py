@@ -14,6 +14,8 @@ from nubis.processor.outcomes import Outcome
 class WholeAnswer:
     """A Reply that resolves a future with the whole response (streamed bodies are joined)."""
 
+    __slots__ = ("_chunks", "_head", "future", "on_ack")
+
     def __init__(self, on_ack: Callable[[Any], None] | None = None) -> None:
         #: where the handler's `context.platform.explicit_ack(...)` goes (None: ignored)
         self.on_ack = on_ack

@@ -122,6 +122,7 @@ class ConsumerTrigger(Trigger):
         self.state = "connecting"
         self.state_message = ""
         self.pool: Submitter
+        self._loop: asyncio.AbstractEventLoop
         self._stopping = asyncio.Event()
         self._window = asyncio.Semaphore(self.prefetch)
         #: replays have a window of their own: the broker's reader holds a slot of `_window` while
@@ -135,6 +136,7 @@ class ConsumerTrigger(Trigger):
     # -- Trigger -------------------------------------------------------------------------------
     async def start(self, pool: Submitter) -> None:
         self.pool = pool
+        self._loop = asyncio.get_running_loop()
         self._loop_task = asyncio.create_task(self._consume(), name=f"{self.kind} trigger {self.name}")
         self._replay_task = asyncio.create_task(self._replay(), name=f"{self.kind} trigger {self.name} replays")
 
@@ -249,17 +251,21 @@ class ConsumerTrigger(Trigger):
             before = self._last_of_key.get(key) if key is not None else None
             handled: asyncio.Future[None] | None = None
             if key is not None:
-                handled = asyncio.get_running_loop().create_future()
+                handled = self._loop.create_future()
                 self._last_of_key[key] = handled
-                handled.add_done_callback(lambda done, key=key: self._forget_key(key, done))  # type: ignore[misc]
-            self._spawn(self._settle(session, delivery, before, self._window, handled))
+            self._spawn(self._settle(session, delivery, before, self._window, handled, key))
 
-    def _forget_key(self, key: str, handled: asyncio.Future[None]) -> None:
-        if self._last_of_key.get(key) is handled:
+    def _handled(self, key: str | None, handled: asyncio.Future[None] | None) -> None:
+        """`handled` resolved: the next delivery of `key` may start; the key is forgotten at once
+        when this was its last one (no done callback, which would cost a loop turn a delivery)."""
+        if handled is None or handled.done():
+            return
+        handled.set_result(None)
+        if key is not None and self._last_of_key.get(key) is handled:
             del self._last_of_key[key]
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(work)
+        task = self._loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -289,6 +295,7 @@ class ConsumerTrigger(Trigger):
         before: asyncio.Future[None] | None,
         window: asyncio.Semaphore,
         handled: asyncio.Future[None] | None = None,
+        key: str | None = None,
     ) -> None:
         """`before`: resolved once the previous delivery of the same key is through its handler
         (succeeded, given back, or in the dead letter), so the next one starts while the previous
@@ -296,7 +303,7 @@ class ConsumerTrigger(Trigger):
         try:
             if before is not None and not before.done():
                 await asyncio.wait([before])  # order: the previous one of this key is handled first
-            await self._attempts(session, delivery, handled)
+            await self._attempts(session, delivery, handled, key)
         except (BrokerUnavailable, OSError) as exc:
             # the connection went while settling: the broker delivers it again
             log.warning(
@@ -306,11 +313,15 @@ class ConsumerTrigger(Trigger):
                 exc,
             )
         finally:
-            _resolve(handled)
+            self._handled(key, handled)
             window.release()
 
     async def _attempts(
-        self, session: Session | None, delivery: Delivery, handled: asyncio.Future[None] | None = None
+        self,
+        session: Session | None,
+        delivery: Delivery,
+        handled: asyncio.Future[None] | None = None,
+        key: str | None = None,
     ) -> None:
         frame = delivery.event()
         frame["t"] = EVENT
@@ -318,7 +329,6 @@ class ConsumerTrigger(Trigger):
             frame["id"] = new_event_id()
         attempt = 1
         tracked = delivery if _is_tracked(delivery) else None
-        key = delivery.ordering_key if self.ordered else None
         while True:
             if self._stopping.is_set() or not await self.pool.acquire():
                 await self._give_back(delivery)
@@ -333,7 +343,7 @@ class ConsumerTrigger(Trigger):
                 sub.key = key  # batching.py: batches of other keys need not wait for this one's
             self.pool.submit(sub, reserved=True)
             if self.batched:
-                _resolve(handled)  # in its batch: the next of this key may follow it there
+                self._handled(key, handled)  # in its batch: the next of this key may follow it there
             response = await answer.future
             if tracked is not None:
                 tracked.answered(response)
@@ -341,7 +351,7 @@ class ConsumerTrigger(Trigger):
             if verdict is Verdict.DONE:
                 # the next of this key may start now: acknowledgements still go out in order
                 # (this one is sent before the next one's handler can finish)
-                _resolve(handled)
+                self._handled(key, handled)
                 await delivery.ack()
                 self.counts.handled += 1
                 return
@@ -422,8 +432,3 @@ def _is_tracked(delivery: Delivery) -> TypeGuard[Tracked]:
     if known is None:
         known = _TRACKED[kind] = isinstance(delivery, Tracked)
     return known
-
-
-def _resolve(handled: asyncio.Future[None] | None) -> None:
-    if handled is not None and not handled.done():
-        handled.set_result(None)

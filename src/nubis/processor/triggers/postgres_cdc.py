@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import psycopg
 
 from nubis.failed_events import FailedEvent
@@ -83,7 +84,7 @@ RECORD_SECONDS = 0.01
 _WHOLE = 1 << 62
 
 
-@dataclass
+@dataclass(slots=True)
 class _Mark:
     """A delivered change's place in the slot: `target` the LSN to advance to once it and all
     before it are settled (a transaction's end, on its last change), None inside a transaction."""
@@ -123,6 +124,7 @@ class _Progress:
 class RowChange:
     """One insert, update or delete, delivered to this session."""
 
+    __slots__ = ("body", "mark", "ordering_key", "place", "session", "source", "time_us")
     redelivered = False
 
     def __init__(self, session: CdcSession, body: dict[str, Any], place: tuple[int, int], time_us: int) -> None:
@@ -138,7 +140,7 @@ class RowChange:
         return {
             "t": "e",
             "id": f"{wire.lsn_text(self.place[0])}:{self.place[1]}",
-            "body": json.dumps(self.body).encode(),
+            "body": _json_of(self.body),
             "headers": {"table": self.source, "operation": self.body["operation"], "lsn": self.body["lsn"]},
             "content_type": "application/json",
             "path": self.source,
@@ -169,6 +171,18 @@ class RowChange:
 
     async def give_back(self) -> None:
         self.session.rewind(self.place)
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json_of(body: dict[str, Any]) -> bytes:
+    """A change's body as JSON: msgspec's encoder (0.2 µs a change, `json.dumps` 2.4 µs), `json`
+    for anything it would refuse (the values are those of `wire.value_of`: none expected)."""
+    try:
+        return _encode(body)
+    except (OverflowError, TypeError, msgspec.EncodeError):
+        return json.dumps(body).encode()
 
 
 class CdcSession:
@@ -272,40 +286,53 @@ class CdcSession:
         """The changes of `rows` not delivered yet, each with its mark. A transaction with none
         for this trigger gets a mark settled at once, so the slot moves past it in turn. Stops
         once a change is given back (`generation` is then past): the rest comes again, after it."""
-        begin: wire.Begin | None = None
+        begin: tuple[int, int, int] | None = None  # final LSN, commit time, xid (`wire.begin_of`)
         pending: list[RowChange] = []
         seen = False  # inside a transaction delivered before: only its Relation messages matter
+        delivered = self._delivered
         for lsn, data in rows:
-            if seen and data[:1] != b"R":
-                seen = data[:1] != b"C"
+            tag = data[:1]
+            if seen and tag != b"R":
+                seen = tag != b"C"
                 continue
-            message = wire.parse_message(data)
-            if isinstance(message, wire.Begin) and (message.final_lsn, _WHOLE) <= self._delivered:
-                seen, begin = True, None  # returned again: the slot is behind what is in flight
+            # Begin and Commit (two of the three messages of a one-row transaction) read without
+            # `wire.parse_message`'s objects
+            if tag == b"B":
+                begin = wire.begin_of(data)
+                if (begin[0], _WHOLE) <= delivered:
+                    seen, begin = True, None  # returned again: the slot is behind what is in flight
+                else:
+                    pending = []
                 continue
-            if isinstance(message, wire.Relation):
-                self._relations[message.oid] = message  # also from transactions skipped below
-            elif isinstance(message, wire.Begin):
-                begin, pending = message, []
-            elif isinstance(message, wire.Change) and begin is not None:
-                change = self._row_change(message, wire.lsn_of(lsn), begin, len(pending))
-                if change is not None:
-                    pending.append(change)
-            elif isinstance(message, wire.Commit) and begin is not None:
+            if tag == b"C":
+                if begin is None:
+                    continue
                 if self._progress.generation != generation:
                     return
-                fresh = [change for change in pending if change.place > self._delivered]
-                self._delivered = (begin.final_lsn, _WHOLE)
+                end_lsn = wire.commit_of(data)[1]
+                fresh = [change for change in pending if change.place > delivered]
+                delivered = self._delivered = (begin[0], _WHOLE)
+                begin = None
                 if not fresh:
-                    self._settle_at(self._progress.settle(self._progress.add(message.end_lsn)))
+                    self._settle_at(self._progress.settle(self._progress.add(end_lsn)))
+                last = len(fresh) - 1
                 for index, change in enumerate(fresh):
-                    change.mark = self._progress.add(message.end_lsn if index == len(fresh) - 1 else None)
+                    change.mark = self._progress.add(end_lsn if index == last else None)
                 for change in fresh:
                     if self._progress.generation != generation:
                         return
                     yield change
+                    delivered = self._delivered  # a give-back rewinds it (the generation then says so)
+                continue
+            message = wire.parse_message(data)
+            if isinstance(message, wire.Relation):
+                self._relations[message.oid] = message  # also from transactions skipped below
+            elif isinstance(message, wire.Change) and begin is not None:
+                row = self._row_change(message, wire.lsn_of(lsn), begin, len(pending))
+                if row is not None:
+                    pending.append(row)
 
-    def _row_change(self, message: wire.Change, lsn: int, begin: wire.Begin, index: int) -> RowChange | None:
+    def _row_change(self, message: wire.Change, lsn: int, begin: tuple[int, int, int], index: int) -> RowChange | None:
         relation = self._relations.get(message.relation_oid)
         if relation is None:
             raise wire.WireError(f"a change of relation {message.relation_oid} before its Relation message")
@@ -320,9 +347,9 @@ class CdcSession:
             "new": new,
             "old": old,
             "lsn": wire.lsn_text(lsn),
-            "xid": begin.xid,
+            "xid": begin[2],
         }
-        return RowChange(self, body, (begin.final_lsn, index), begin.commit_time_us)
+        return RowChange(self, body, (begin[0], index), begin[1])
 
     def _settle_at(self, target: int | None) -> None:
         """Every change up to `target` settled (and recorded): the slot may move there."""

@@ -150,16 +150,31 @@ class _Reader:
         return tuple(columns)
 
 
+def begin_of(data: bytes) -> tuple[int, int, int]:
+    """A Begin message's (final LSN, commit time in µs since the Unix epoch, xid), without the
+    `Begin` (the trigger's path per transaction: `postgres_cdc._changes`)."""
+    if len(data) < 1 + _BEGIN.size:
+        raise WireError(f"message cut short at byte 1 (wanted {_BEGIN.size} more of {len(data)})")
+    final_lsn, time_us, xid = _BEGIN.unpack_from(data, 1)
+    return final_lsn, time_us + PG_EPOCH_US, xid
+
+
+def commit_of(data: bytes) -> tuple[int, int, int]:
+    """A Commit message's (commit LSN, end LSN, commit time in µs since the Unix epoch)."""
+    if len(data) < 1 + _COMMIT.size:
+        raise WireError(f"message cut short at byte 1 (wanted {_COMMIT.size} more of {len(data)})")
+    _flags, commit_lsn, end_lsn, time_us = _COMMIT.unpack_from(data, 1)
+    return commit_lsn, end_lsn, time_us + PG_EPOCH_US
+
+
 def parse_message(data: bytes) -> Message:
     """One pgoutput message; WireError when the bytes do not parse."""
     reader = _Reader(bytes(data))
     tag = reader.take(1).decode("ascii", "replace")
     if tag == "B":
-        final_lsn, time_us, xid = reader.unpack(_BEGIN)
-        return Begin(final_lsn, time_us + PG_EPOCH_US, xid)
+        return Begin(*begin_of(reader.data))
     if tag == "C":
-        _flags, commit_lsn, end_lsn, time_us = reader.unpack(_COMMIT)
-        return Commit(commit_lsn, end_lsn, time_us + PG_EPOCH_US)
+        return Commit(*commit_of(reader.data))
     if tag == "R":
         oid = reader.unpack(_U32)
         schema, table = reader.string(), reader.string()
