@@ -33,10 +33,8 @@ from nubis.processor.frames import (
     DURATION,
     END,
     ERROR,
-    EVENTS,
     HEADERS,
     MESSAGE,
-    RESULTS,
     SEQ,
     STATUS,
     STREAM,
@@ -84,7 +82,8 @@ class Dispatch(abc.ABC):
         self._seq = 0
         self._avg_duration = 1.0
         self._samples = 0
-        self._closing = False
+        #: the pool is stopping: it takes no new event (`acquire` answers False)
+        self.closing = False
         #: idle workers promised to `acquire` callers, for their next `submit(..., reserved=True)`
         self._reserved = 0
         self._capacity_waiters: deque[asyncio.Future[None]] = deque()
@@ -106,11 +105,6 @@ class Dispatch(abc.ABC):
     def submitted(self) -> int:
         """Events submitted so far (the autoscaler's rate)."""
         return self._seq
-
-    @property
-    def closing(self) -> bool:
-        """The pool is stopping: it takes no new event (`acquire` answers False)."""
-        return self._closing
 
     @property
     def queued(self) -> int:
@@ -165,7 +159,7 @@ class Dispatch(abc.ABC):
         slow function slows its consumption instead of filling a queue. A caller that then has
         nothing to submit gives the worker back with `release()`. Cancelling the wait is safe.
         """
-        while not self._closing:
+        while not self.closing:
             if len(self._idle) > self._reserved or self._pipeline_room():
                 self._reserved += 1
                 return True
@@ -217,7 +211,7 @@ class Dispatch(abc.ABC):
         holds a worker from `acquire` (if that worker has died since, the event waits as any)."""
         if reserved:
             self._reserved -= 1
-        if self._closing:
+        if self.closing:
             self.answer(sub, refusal_response(Refusal.SHUTTING_DOWN))
             return
         self._seq += 1
@@ -453,12 +447,10 @@ class Dispatch(abc.ABC):
         sub = self._head(worker, message, "batch response")
         if sub is None:
             return
-        results = message[RESULTS]
-        events: Any = sub.frame.get(EVENTS)  # a batch's frame (frames.BatchFrame)
-        if not isinstance(results, list) or events is None or len(results) != len(events):
+        response = BatchResponse.of(message, sub.frame)
+        if response is None:
             self.confused(worker, f"sent a batch response for event {sub.seq} that does not match its batch")
             return
-        response = BatchResponse(results, message.get(DURATION, 0.0))
         worker.inflight.popleft()
         self._finish(worker, sub, response, response.duration)
 

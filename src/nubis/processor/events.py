@@ -47,6 +47,17 @@ class BatchResponse(Response):
         super().__init__(200, "", {}, b"", duration=duration)
         self.results = results
 
+    @classmethod
+    def of(cls, message: dict[str, Any], frame: Any) -> BatchResponse | None:
+        """The answer a worker's batch response `message` gives the batch `frame`, or None when
+        its results do not match the batch's events (one per event, in order)."""
+        from nubis.processor.frames import DURATION, EVENTS, RESULTS
+
+        results, events = message[RESULTS], frame.get(EVENTS)
+        if not isinstance(results, list) or events is None or len(results) != len(events):
+            return None
+        return cls(results, message.get(DURATION, 0.0))
+
 
 class Reply(Protocol):
     """Where a submission's answer goes. `chunk`/`end` follow `respond` only for streamed bodies."""

@@ -113,7 +113,7 @@ class WorkerPool(Dispatch):
 
     async def stop(self, drain_timeout: float) -> None:
         """Finish accepted events (up to `drain_timeout` s), run drain/termination callbacks, stop."""
-        self._closing = True
+        self.closing = True
         self.wake_all_acquirers()
         if drain_timeout > 0 and not self._is_idle():
             self._idle_event.clear()
@@ -186,7 +186,7 @@ class WorkerPool(Dispatch):
         return not self._waiting or not self.workers
 
     def check_idle(self) -> None:
-        if self._closing and self._is_idle():
+        if self.closing and self._is_idle():
             self._idle_event.set()
 
     # -- failures ------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class WorkerPool(Dispatch):
         if pending:
             self.fail(pending.pop(0), reason)
             self.requeue(pending)
-        if self._closing:
+        if self.closing:
             self.check_idle()
             return
         if not was_serving:
@@ -231,7 +231,7 @@ class WorkerPool(Dispatch):
             await self._start_worker(wid)
         except (WorkerError, OSError) as exc:
             log.error("%s", exc)
-            if self._closing:
+            if self.closing:
                 return
             if not self.workers and self._failures.get(wid, 0) >= GIVE_UP_AFTER_FAILURES and self.on_fatal:
                 # Nothing serves and workers keep failing to start: end the replica, so its supervisor
