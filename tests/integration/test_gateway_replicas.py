@@ -173,8 +173,8 @@ def test_sigkill_of_one_of_three_replicas_under_load_fails_no_idempotent_request
     with Load(f"{trio}/slow/0.02", "GET", 6) as gets, Load(f"{trio}/slow/0.02", "POST", 2) as posts:
         gets.wait_for(60)
         posts.wait_for(10)
+        killed = time.monotonic()  # before the kill: a client thread may see its 502 first
         os.kill(victim, signal.SIGKILL)
-        killed = time.monotonic()
         wait_until(lambda: not alive(victim), 10, "the killed replica to be gone")
         gets.wait_for(150)
         posts.wait_for(20)
