@@ -43,6 +43,8 @@ def handler(context, event):
         open(os.environ["OUT"] + ".flaky", "w").close()
         raise RuntimeError("fails once")
     if os.environ.get("PAUSE"):
+        with open(os.environ["OUT"] + ".started", "ab") as started:
+            started.write(body + b"\\n")
         time.sleep(float(os.environ["PAUSE"]))
     line = "%s %d %s %s %s %s %s\\n" % (body.decode(), os.getpid(), event.trigger.kind, event.path,
                                        event.headers.get("k", "-"), event.id, event.offset)
@@ -195,6 +197,8 @@ def test_a_draining_replica_gives_back_what_it_holds_at_once_not_after_ack_wait(
         return info is not None and info.num_ack_pending == 4
 
     wait_until(four_held, 10, "four messages held by the replica")
+    # and the first with its handler (under load the four may be held before a worker took one)
+    wait_until(lambda: (tmp_path / "out.txt.started").exists(), 10, "the first message's handler")
     function.stop()
     assert 1 <= len(lines(out)) < 6
     # the next replica gets what the first held (nak'ed as it drained) long before AckWait (60 s)
