@@ -20,7 +20,6 @@ Shorthand: `kafka://host:port[,host:port]/<topic>`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult
@@ -38,14 +37,13 @@ from nubis.processor.outputs.base import (
     url_query,
 )
 from nubis.processor.outputs.connected import PUBLISH_TIMEOUT, ConnectedPublisher
+from nubis.processor.triggers.kafka_config import BROKER_ADDRESS, TOPIC_NAME
 from nubis.spec.outputs import ANNOTATION_FIELD, Output
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 KIND = "kafka"
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_BROKER = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 _SHORTHAND = "kafka://host:port[,host:port]/<topic>"
 
 
@@ -72,10 +70,10 @@ class KafkaKind:
             )
         brokers = tuple(str(item).strip() for item in items)
         for broker in brokers:
-            if not _BROKER.match(broker):
+            if not BROKER_ADDRESS.match(broker):
                 raise SpecError("not a broker address", field=at(field, key), expected="host:port", found=broker)
         topic = required(output.topic, field, "topic", "a topic name")
-        if not _TOPIC.match(topic):
+        if not TOPIC_NAME.match(topic):
             raise SpecError(
                 "not a Kafka topic name",
                 field=at(field, "topic"),

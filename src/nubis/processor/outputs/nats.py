@@ -29,7 +29,6 @@ Shorthand: `nats://[user:pass@]host:port/<subject>` (core) and
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult
@@ -49,6 +48,7 @@ from nubis.processor.outputs.base import (
     url_query,
 )
 from nubis.processor.outputs.connected import CONNECT_TIMEOUT, PUBLISH_TIMEOUT, ConnectedPublisher
+from nubis.processor.triggers.nats_config import SCHEMES, STREAM_NAME, SUBJECT_TOKEN
 from nubis.redact import masked_url
 from nubis.spec.outputs import ANNOTATION_FIELD, Output
 
@@ -57,9 +57,6 @@ if TYPE_CHECKING:
 
 KIND = "nats"
 DEFAULT_URL = "nats://127.0.0.1:4222"
-SCHEMES = ("nats", "tls", "ws", "wss")
-_TOKEN = re.compile(r"^[^\s.*>]+$")
-_NAME = re.compile(r"^[^\s.*>/\\]{1,255}$")
 _SHORTHAND = "nats://[user:pass@]host:port/<subject> or nats+jetstream://host:port/<subject>[?stream=NAME]"
 
 
@@ -82,7 +79,7 @@ class NatsKind:
         for server in servers:
             broker_url(server, field, what="NATS", schemes=SCHEMES, expected=expected)
         subject = required(output.subject, field, "subject", "a subject, e.g. orders.created")
-        if not all(token and _TOKEN.match(token) for token in subject.split(".")):
+        if not all(token and SUBJECT_TOKEN.match(token) for token in subject.split(".")):
             raise SpecError(
                 "not a NATS subject",
                 field=at(field, "subject"),
@@ -90,7 +87,7 @@ class NatsKind:
                 found=subject,
             )
         stream = output.stream or None
-        if stream is not None and not _NAME.match(stream):
+        if stream is not None and not STREAM_NAME.match(stream):
             raise SpecError("not a JetStream name", field=at(field, "stream"), expected="a stream name", found=stream)
         settings = attributes(output, field, {"jetstream": stream is not None})
         jetstream = flag(settings, "jetstream", field) or stream is not None

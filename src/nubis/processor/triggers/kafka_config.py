@@ -46,8 +46,9 @@ from nubis.processor.triggers.kafka_security import Security, parse_security
 from nubis.spec import Trigger as TriggerSpec
 from nubis.spec.durations import parse_duration
 
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_BROKER = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+#: what Kafka takes as a topic name, and a bootstrap address (the kafka output checks them too)
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+BROKER_ADDRESS = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 EXPLICIT_ACK_MODES = ("disable", "enable", "explicitOnly")
 ALLOCATION_MODES = ("pool", "static")
 BALANCE_STRATEGIES = ("range", "roundrobin", "sticky")
@@ -175,7 +176,7 @@ def _brokers(trigger: TriggerSpec, sourced: Sourced) -> tuple[str, ...]:
             found=repr(brokers),
         )
     cleaned = [str(b).strip().removeprefix("kafka://").removeprefix("tcp://") for b in brokers]
-    bad = [b for b in cleaned if not _BROKER.match(b)]
+    bad = [b for b in cleaned if not BROKER_ADDRESS.match(b)]
     if bad:
         raise SpecError("not a broker address", field=sourced.field("brokers"), expected="host:port", found=bad[0])
     return tuple(cleaned)
@@ -185,7 +186,11 @@ def _topics(sourced: Sourced) -> tuple[str, ...]:
     topics = sourced.get("topics")
     if isinstance(topics, str):
         topics = [topics]
-    if not isinstance(topics, list) or not topics or not all(isinstance(t, str) and _TOPIC.match(t) for t in topics):
+    if (
+        not isinstance(topics, list)
+        or not topics
+        or not all(isinstance(t, str) and TOPIC_NAME.match(t) for t in topics)
+    ):
         raise SpecError(
             "the trigger names no topic",
             field=sourced.field("topics"),
@@ -209,7 +214,7 @@ def _group(sourced: Sourced) -> str:
 
 def _dead_letter(sourced: Sourced) -> str | None:
     dead_letter = sourced.get("deadLetter")
-    if dead_letter is not None and (not isinstance(dead_letter, str) or not _TOPIC.match(dead_letter)):
+    if dead_letter is not None and (not isinstance(dead_letter, str) or not TOPIC_NAME.match(dead_letter)):
         raise SpecError("deadLetter must be a topic", field=sourced.field("deadLetter"), found=repr(dead_letter))
     return dead_letter
 

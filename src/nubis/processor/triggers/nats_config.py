@@ -49,9 +49,10 @@ ACK_WAIT_MARGIN = 5.0
 SCHEMES = ("nats", "tls", "ws", "wss")
 #: attributes that only a JetStream consumer uses
 JETSTREAM_ONLY = ("createStream", "initialOffset", "ackWaitSeconds", "maxAckPending")
-_TOKEN = re.compile(r"^[^\s.*>]+$")
+#: one token of a subject (the nats output checks them too)
+SUBJECT_TOKEN = re.compile(r"^[^\s.*>]+$")
 #: stream and consumer names: no whitespace, dots, wildcards or path separators
-_NAME = re.compile(r"^[^\s.*>/\\]{1,255}$")
+STREAM_NAME = re.compile(r"^[^\s.*>/\\]{1,255}$")
 _TEMPLATE = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
 
 
@@ -121,9 +122,11 @@ def _subject(value: Any, at: str, *, wildcards: bool) -> str:
     tokens = value.split(".") if isinstance(value, str) and value else []
     ok = bool(tokens) and all(token and not any(c.isspace() for c in token) for token in tokens)
     if ok and wildcards:
-        ok = all(t == "*" or (t == ">" and i == len(tokens) - 1) or _TOKEN.match(t) for i, t in enumerate(tokens))
+        ok = all(
+            t == "*" or (t == ">" and i == len(tokens) - 1) or SUBJECT_TOKEN.match(t) for i, t in enumerate(tokens)
+        )
     elif ok:
-        ok = all(_TOKEN.match(token) for token in tokens)
+        ok = all(SUBJECT_TOKEN.match(token) for token in tokens)
     if not ok:
         kind = "a subject: tokens separated by dots" + (", * for one token, > last" if wildcards else ", no wildcard")
         raise _error("not a NATS subject", at, kind, value)
@@ -134,7 +137,7 @@ def _name(attributes: dict[str, Any], key: str, field: str) -> str | None:
     value = attributes.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not STREAM_NAME.match(value):
         raise _error(
             f"{key} must be a JetStream name",
             f"{field}.attributes.{key}",
