@@ -16,6 +16,7 @@ import typer
 
 from nubis.auth.cert_rules import DEFAULT_DAYS, MAX_DAYS, NAME_PATTERN, write_file
 from nubis.cli.client import Api
+from nubis.cli.options import check_text_or_json
 from nubis.cli.resources import _print_table as print_table
 
 app = typer.Typer(help="Client certificates for the mTLS tunnel.", no_args_is_help=True)
@@ -65,8 +66,7 @@ def list_command(
     output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
 ) -> None:
     """The certificates the platform CA issued (never their keys)."""
-    if output not in ("text", "json"):
-        raise typer.BadParameter("expected text or json", param_hint="-o")
+    check_text_or_json(output)
     with Api() as api:
         certificates = api.json("GET", "/api/certs") or {}
     if output == "json":

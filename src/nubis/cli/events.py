@@ -17,14 +17,10 @@ from urllib.parse import quote
 import typer
 
 from nubis.cli.client import Api
+from nubis.cli.options import check_text_or_json
 from nubis.cli.resources import _print_table as print_table
 
 app = typer.Typer(help="Events that failed for good, their replay, and event traces.", no_args_is_help=True)
-
-
-def _check_output(output: str) -> None:
-    if output not in ("text", "json"):
-        raise typer.BadParameter("expected text or json", param_hint="-o")
 
 
 @app.command("failed")
@@ -33,7 +29,7 @@ def failed_command(
     output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
 ) -> None:
     """List the function's failed events, oldest first."""
-    _check_output(output)
+    check_text_or_json(output)
     with Api() as api:
         answer = api.json("GET", f"/api/functions/{quote(function, safe='')}/failed_events") or {}
     records = answer.get("failedEvents", [])
@@ -83,7 +79,7 @@ def trace_command(
     output: Annotated[str, typer.Option("-o", "--output", help="text or json.")] = "text",
 ) -> None:
     """Show the path of an event through the functions its outputs chain: one line per hop."""
-    _check_output(output)
+    check_text_or_json(output)
     with Api() as api:
         answer = api.json("GET", f"/api/events/{quote(event_id, safe='')}/trace") or {}
     if output == "json":

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import typer
 
 from nubis.cli.client import Api, ClientError
+from nubis.cli.options import check_text_or_json
 from nubis.cli.resources import _print_table as print_table
 from nubis.invocations import InvocationStore, valid_id
 from nubis.settings import default_data_dir
@@ -47,8 +48,7 @@ def get_command(
     local: Annotated[bool, typer.Option("--local", help=_LOCAL_HELP)] = False,
 ) -> None:
     """Print an async invocation's state and, once it has one, its result."""
-    if output not in ("text", "json"):
-        raise typer.BadParameter("expected text or json", param_hint="-o")
+    check_text_or_json(output)
     deadline, pause = time.monotonic() + timeout, _POLL_FIRST
     with _reader(invocation_id, function, local) as read:
         record = read()
@@ -75,8 +75,7 @@ def list_command(
     local: Annotated[bool, typer.Option("--local", help=_LOCAL_HELP)] = False,
 ) -> None:
     """List a function's async invocations, newest first."""
-    if output not in ("text", "json"):
-        raise typer.BadParameter("expected text or json", param_hint="-o")
+    check_text_or_json(output)
     if local:
         records = [record.view() for record in InvocationStore(_local_store(function)).records(limit)]
     else:

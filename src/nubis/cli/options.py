@@ -11,6 +11,12 @@ from nubis import logs
 from nubis.control.settings import ServerSettings, SettingsError, env_name, load_settings, option_name
 
 
+def check_text_or_json(output: str) -> None:
+    """`-o` of the commands that print text or JSON (the resource commands have more forms)."""
+    if output not in ("text", "json"):
+        raise typer.BadParameter("expected text or json", param_hint="-o")
+
+
 def setup_logging(log_level: str, log_format: str) -> int:
     """Check `--log-level`/`--log-format` and configure console logging; returns the level."""
     if log_format not in ("text", "json"):
