@@ -29,6 +29,11 @@ from nubis.spec import Trigger as TriggerSpec
 log = logging.getLogger("nubis.processor")
 
 
+def default_invocations_dir(function: str) -> Path:
+    """Where a replica not told otherwise (`nubis run`) keeps its async invocations."""
+    return default_data_dir() / "invocations" / (function or "function")
+
+
 @dataclass(frozen=True)
 class HttpOptions:
     """What the processor's command line overrides of an HTTP trigger."""
@@ -87,7 +92,7 @@ class HttpTrigger(Trigger):
         self.invocations = AsyncInvocations(
             function=function,
             trigger=name,
-            store=invocations or InvocationStore(default_data_dir() / "invocations" / (function or "function")),
+            store=invocations or InvocationStore(default_invocations_dir(function)),
             policy=config.invocations.policy,
             retention=config.invocations.retention,
             window=max(16, 4 * workers),
@@ -285,7 +290,7 @@ class HttpTriggerFactory:
             replica_socket=overrides.replica_socket,
             invocations_dir=Path(overrides.invocations_dir)
             if overrides.invocations_dir
-            else default_data_dir() / "invocations" / (overrides.function_name or "function"),
+            else default_invocations_dir(overrides.function_name),
             function_name=overrides.function_name,
         )
 
