@@ -147,7 +147,10 @@ def test_an_idle_function_goes_to_zero_and_its_next_request_wakes_it(server: Run
     assert out.read_text().split() == ["first"]
     with server.client() as api:
         wait_state(api, "sleepy", {"ready"}, timeout=10)  # the autoscaler saw it woken
-    said = load(server, "sleepy")
+    # the replica reports every 0.5 s: its report may still be the one from before the wake
+    said = wait_until(
+        lambda: (found := load(server, "sleepy")).get("state") == "awake" and found, 10, "the replica's awake report"
+    )
     assert said["cold_starts"] == 1 and said["state"] == "awake"
     assert said["last_wake"]["handler_import_ms"] > 0 and said["last_wake"]["workers_ms"] > 0
     with server.client() as api:
