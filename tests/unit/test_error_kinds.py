@@ -103,15 +103,26 @@ def test_a_bug_answers_its_type_only() -> None:
 def api_with(endpoint_error: Exception) -> Starlette:
     """A one-route app built through the real gate (anonymous allowed), whose route raises."""
 
-    async def lookup(_: str) -> str | None:
-        return None
-
     async def failing(_: Request) -> Response:
         raise endpoint_error
 
     app = Starlette(routes=[route("/boom", failing, ["GET"], "read")])
-    app.state.control = SimpleNamespace(gate=Gate(lookup, allow_anonymous=True))
+    app.state.control = control_with(Gate([], allow_anonymous=True))
     return app
+
+
+class AuditTrail:
+    """What the gate writes to the store's audit log, kept in a list."""
+
+    def __init__(self) -> None:
+        self.records: list[object] = []
+
+    async def add_audit(self, record: object) -> None:
+        self.records.append(record)
+
+
+def control_with(gate: Gate) -> SimpleNamespace:
+    return SimpleNamespace(gate=gate, settings=SimpleNamespace(namespace="nuclio"), store=AuditTrail())
 
 
 def get(app: Starlette, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -143,14 +154,14 @@ def test_a_client_error_is_not_logged_and_a_server_side_one_is_one_line(caplog: 
 
 
 def test_bad_credentials_answer_401_with_a_challenge() -> None:
-    async def lookup(_: str) -> str | None:
-        return None
-
     async def ok(_: Request) -> Response:
         return Response("ok")
 
     app = Starlette(routes=[route("/x", ok, ["GET"], "read")])
-    app.state.control = SimpleNamespace(gate=Gate(lookup))
+    app.state.control = control_with(Gate([]))
     response = get(app, "/x", {"Authorization": "Bearer wrong"})
     assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
     assert response.json()["error"] == "the API token is not valid"
+    # a refused call is audited, without the credential
+    (record,) = app.state.control.store.records
+    assert record.outcome == "denied" and record.status == 401 and "wrong" not in repr(record)

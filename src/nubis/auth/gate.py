@@ -1,31 +1,24 @@
-"""The one authorisation gate every API route goes through: (principal, project, action).
+"""The one authorisation gate every API call goes through: (principal, tenant, project, action).
 
-Today there is one role: the local admin, authenticated by an API token (Bearer, or basic auth
-with the token as password), or anyone when the server runs with `--insecure-local` on loopback.
-The tenant model of a later issue replaces `authorize` without touching a route.
+Authentication tries, in order: the `Authorization` header (an API token, as Bearer or as basic
+auth's password; or a bearer JWT from the configured OIDC issuer), then the browser session cookie
+(with its CSRF check on state-changing methods), then anonymous access where the server runs with
+`--insecure-local` on loopback. Each credential kind is one `Authenticator`; the gate knows none of
+their details, so a new kind (a workload identity, a client certificate) is one more authenticator.
+
+Authorisation is `Principal.may(action, tenant, project)` (principals.py); a refusal names the
+principal, the action and where, never a credential.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
-from nubis.auth.tokens import hash_token
+from nubis.auth.principals import ANONYMOUS, Action, Principal
 from nubis.errors import ApiError
-
-Action = Literal["read", "write", "invoke", "admin"]
-
-
-@dataclass(frozen=True)
-class Principal:
-    name: str
-    role: Literal["admin", "anonymous"]
-
-
-ANONYMOUS = Principal("anonymous", "anonymous")
 
 
 class AuthenticationError(ApiError):
@@ -40,19 +33,41 @@ class AuthorizationError(ApiError):
     status_code = 403
 
 
-TokenLookup = Callable[[str], Awaitable[str | None]]
+class Authenticator(Protocol):
+    """One kind of bearer credential. `principal` answers None when the credential is not of its
+    kind (so the next authenticator is asked), and raises `AuthenticationError` when it is of its
+    kind but not valid (expired, revoked, wrong issuer, bad signature)."""
+
+    async def principal(self, credential: str) -> Principal | None: ...
+
+
+class SessionAuthenticator(Protocol):
+    """The browser login's session cookie (auth code + PKCE flow). `principal` gets the cookie's
+    value, the request method and the request's headers (for the CSRF check of state-changing
+    methods); None when the cookie names no live session."""
+
+    cookie_name: str
+
+    async def principal(self, cookie: str, method: str, headers: Mapping[str, str]) -> Principal | None: ...
 
 
 class Gate:
     """Authenticates a request's credentials and authorises the action it asks for."""
 
-    def __init__(self, lookup_principal: TokenLookup, *, allow_anonymous: bool = False) -> None:
-        self._lookup = lookup_principal
+    def __init__(
+        self,
+        authenticators: Sequence[Authenticator],
+        *,
+        sessions: SessionAuthenticator | None = None,
+        allow_anonymous: bool = False,
+    ) -> None:
+        self.authenticators = list(authenticators)
+        self.sessions = sessions
         self.allow_anonymous = allow_anonymous
 
     @staticmethod
     def credentials(authorization: str | None) -> str | None:
-        """The token carried by an Authorization header (Bearer, or basic auth's password)."""
+        """The credential carried by an Authorization header (Bearer, or basic auth's password)."""
         if not authorization:
             return None
         scheme, _, value = authorization.strip().partition(" ")
@@ -68,13 +83,27 @@ class Gate:
             return password or None
         return None
 
-    async def authenticate(self, authorization: str | None) -> Principal:
-        token = self.credentials(authorization)
-        if token is not None:
-            name = await self._lookup(hash_token(token))
-            if name is not None:
-                return Principal(name, "admin")
+    async def authenticate(
+        self,
+        authorization: str | None,
+        *,
+        cookies: Mapping[str, str] | None = None,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+    ) -> Principal:
+        credential = self.credentials(authorization)
+        if credential is not None:
+            for authenticator in self.authenticators:
+                principal = await authenticator.principal(credential)
+                if principal is not None:
+                    return principal
             raise AuthenticationError("the API token is not valid")
+        if self.sessions is not None and cookies:
+            cookie = cookies.get(self.sessions.cookie_name)
+            if cookie:
+                principal = await self.sessions.principal(cookie, method, headers or {})
+                if principal is not None:
+                    return principal
         if self.allow_anonymous:
             return ANONYMOUS
         raise AuthenticationError(
@@ -82,8 +111,8 @@ class Gate:
             "(see `nubis login`), or start the server with --insecure-local for anonymous local use"
         )
 
-    def authorize(self, principal: Principal, action: Action, project: str | None) -> None:
-        # One role today: the admin, or anonymous on an --insecure-local server, may do everything.
-        if principal.role in ("admin", "anonymous"):
+    def authorize(self, principal: Principal, action: Action, tenant: str, project: str | None) -> None:
+        if principal.may(action, tenant, project):
             return
-        raise AuthorizationError(f"{principal.name} may not {action} in project {project or '*'}")
+        where = f"tenant {tenant}" + (f", project {project}" if project else "")
+        raise AuthorizationError(f"{principal.name} may not {action} in {where}")

@@ -23,12 +23,14 @@ import uvicorn
 
 from nubis.auth.gate import Gate
 from nubis.auth.issuers import oidc_settings_problem
+from nubis.auth.principals import ANY_TENANT
 from nubis.auth.tokens import ADMIN_TOKEN_FILE, hash_token, new_token, write_secret_file
 from nubis.control.api.app import create_app
 from nubis.control.api.http_limits import api_protocol_options
 from nubis.control.gateway_process import GatewayOptions, GatewayProcess
 from nubis.control.plane import ControlPlane, StorePorts
 from nubis.control.settings import ServerSettings, is_loopback
+from nubis.control.token_principals import TokenAuthenticator
 from nubis.errors import NubisError
 from nubis.platforms import registry as platforms
 from nubis.platforms.base import Platform, PlatformContext
@@ -118,7 +120,7 @@ async def ensure_admin_token(store: Store, data_dir: Path) -> str | None:
     if await store.has_tokens():
         return None
     token = new_token()
-    await store.add_token("admin", hash_token(token))
+    await store.add_token("admin", hash_token(token), name="first-start", tenant=ANY_TENANT, role="admin")
     write_secret_file(data_dir / ADMIN_TOKEN_FILE, token)
     return token
 
@@ -178,10 +180,7 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
     try:
         await store.ensure_default_project(settings.namespace)
         token = await ensure_admin_token(store, settings.data_dir)
-
-        async def principal_for(token_hash: str) -> str | None:
-            record = await store.find_token(token_hash)
-            return record.principal if record else None
+        await store.ensure_tenant(settings.namespace)
 
         await platform.start()
         # After the agent: a gateway started again by a later server must find the replicas serving.
@@ -189,7 +188,8 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
             log.warning("%s", gateway_note)
         await gateway.ensure()
         keeping_gateway = asyncio.create_task(gateway.supervise(), name="gateway supervisor")
-        control = ControlPlane(settings, store, platform, Gate(principal_for, allow_anonymous=settings.insecure_local))
+        gate = Gate([TokenAuthenticator(store)], allow_anonymous=settings.insecure_local)
+        control = ControlPlane(settings, store, platform, gate)
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(control),

@@ -162,6 +162,9 @@ class Authenticator:
             return Refusal(503, f"API gateway {guard.realm}: cannot check the access key now: {exc}")
         if found is None:
             return Refusal(401, f"API gateway {guard.realm}: the access key is not a valid API token")
+        refusal = found.refusal() if hasattr(found, "refusal") else None
+        if refusal:
+            return Refusal(401, f"API gateway {guard.realm}: {refusal}")
         return self.ttl
 
     def _basic(self, guard: Guard, headers: list[tuple[bytes, bytes]]) -> Refusal | Check | None:

@@ -11,7 +11,7 @@ from nubis.store.api_gateways import ApiGatewayRecord, GatewayRoute, Upstream, h
 from nubis.store.engine import default_state_url, display_url, parse_url
 from nubis.store.errors import StoreError
 from nubis.store.migrate import head_revision, upgrade
-from nubis.store.records import FunctionRecord, LogRecord, ProjectRecord, TokenRecord
+from nubis.store.records import AuditRecord, FunctionRecord, LogRecord, ProjectRecord, TenantRecord, TokenRecord
 from nubis.store.store import (
     DEFAULT_NAMESPACE,
     DEFAULT_PROJECT,
@@ -26,12 +26,14 @@ __all__ = [
     "LOG_CAP_PER_FUNCTION",
     "RECONCILE_STATES",
     "ApiGatewayRecord",
+    "AuditRecord",
     "FunctionRecord",
     "GatewayRoute",
     "LogRecord",
     "ProjectRecord",
     "Store",
     "StoreError",
+    "TenantRecord",
     "TokenRecord",
     "Upstream",
     "default_state_url",

@@ -57,12 +57,21 @@ class FunctionsMixin(StoreBase):
         """(name, updated_at) of every function (of a project), by name: `updated_at` changes with
         every write to a function, so a reader can cache what it built per function and re-read
         only the functions that changed (see `functions_named`)."""
+        return [(name, stamp) for name, stamp, _, _ in await self.function_places(project)]
+
+    async def function_places(
+        self, project: str | None = None, namespace: str | None = None
+    ) -> list[tuple[str, Any, str, str]]:
+        """(name, updated_at, namespace, project) of every function (of a project, of a namespace),
+        by name: what a list needs to show each caller only the functions it may see."""
         table = FunctionRow.__table__
-        statement = select(table.c.name, table.c.updated_at).order_by(table.c.name)
+        statement = select(table.c.name, table.c.updated_at, table.c.namespace, table.c.project).order_by(table.c.name)
         if project is not None:
             statement = statement.where(table.c.project == project)
+        if namespace is not None:
+            statement = statement.where(table.c.namespace == namespace)
         async with self._session("list function versions") as session:
-            return [(row[0], row[1]) for row in await session.execute(statement)]
+            return [(row[0], row[1], row[2], row[3]) for row in await session.execute(statement)]
 
     async def functions_named(self, names: list[str]) -> list[FunctionRecord]:
         """The named functions (missing names are skipped), read in chunks of 500."""

@@ -113,6 +113,44 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
+    #: what `nubis tokens list` shows; the scope: a role on a tenant ("*": every tenant), or on one project of it
+    name: Mapped[str] = mapped_column(String(255), server_default="")
+    tenant: Mapped[str] = mapped_column(String(255), server_default="*")
+    project: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(32), server_default="admin")
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class TenantRow(Base):
+    """A tenant: what Nuclio's API calls a namespace."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    labels: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class AuditRow(Base):
+    """One mutating or denied API call. `detail` is the refusal's or error's message, never a body."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_time", "time"), Index("ix_audit_log_tenant_time", "tenant", "time"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime]
+    principal: Mapped[str] = mapped_column(String(255))
+    tenant: Mapped[str] = mapped_column(String(255))
+    project: Mapped[str | None] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[int] = mapped_column(Integer)
+    #: allowed | denied | failed
+    outcome: Mapped[str] = mapped_column(String(16))
+    remote: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[str] = mapped_column(Text)
 
 
 class ApiGatewayRow(Base):

@@ -79,3 +79,62 @@ class TokenRecord:
     token_hash: str
     created_at: datetime
     last_used_at: datetime | None
+    name: str = ""
+    #: the scope: `role` on `tenant` ("*": every tenant), or on `project` of it
+    tenant: str = "*"
+    project: str | None = None
+    role: str = "admin"
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def refusal(self, now: datetime | None = None) -> str | None:
+        """Why this token no longer works (revoked, expired), or None while it does."""
+        now = now or utc_now()
+        if self.revoked_at is not None:
+            return f"the API token {self.name or self.id} was revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return f"the API token {self.name or self.id} has expired"
+        return None
+
+
+@dataclass
+class TenantRecord:
+    """A tenant (a Nuclio namespace)."""
+
+    name: str
+    labels: dict[str, str]
+    created_at: datetime
+
+
+@dataclass
+class AuditRecord:
+    """One mutating or denied API call (see store/audit.py)."""
+
+    time: datetime
+    principal: str
+    tenant: str
+    project: str | None
+    action: str
+    method: str
+    path: str
+    status: int
+    outcome: str
+    remote: str
+    detail: str = ""
+    id: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "time": self.time.isoformat(),
+            "principal": self.principal,
+            "tenant": self.tenant,
+            "project": self.project,
+            "action": self.action,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "outcome": self.outcome,
+            "remote": self.remote,
+            "detail": self.detail,
+        }

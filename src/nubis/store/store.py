@@ -13,7 +13,8 @@ savepoint rollback.
 This module holds the store's lifecycle (open, migrate or check the schema, close); the methods
 live with their tables, one mixin each, and `Store` inherits them all: `projects.ProjectsMixin`,
 `functions.FunctionsMixin` (with HTTP ports), `logs.LogsMixin`, `tokens.TokensMixin` and
-`api_gateways.ApiGatewaysMixin` (with the gateway's routing data), over the shared transaction
+`api_gateways.ApiGatewaysMixin` (with the gateway's routing data), `tenants.TenantsMixin` (tenants and
+the audit log), over the shared transaction
 plumbing in `base.StoreBase`.
 """
 
@@ -32,6 +33,7 @@ from nubis.store.functions import PORT_LOCK_KEY, RECONCILE_STATES, FunctionsMixi
 from nubis.store.logs import LOG_CAP_PER_FUNCTION, LogsMixin
 from nubis.store.migrate import current_revision, head_revision, upgrade
 from nubis.store.projects import DEFAULT_NAMESPACE, DEFAULT_PROJECT, ProjectsMixin
+from nubis.store.tenants import TenantsMixin
 from nubis.store.tokens import TOKEN_TOUCH_INTERVAL, TokensMixin
 
 __all__ = [
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 
-class Store(ProjectsMixin, FunctionsMixin, LogsMixin, TokensMixin, ApiGatewaysMixin):
+class Store(ProjectsMixin, FunctionsMixin, LogsMixin, TokensMixin, ApiGatewaysMixin, TenantsMixin):
     """Async repository over the state database. Create with `await Store.open(url)`."""
 
     @classmethod

@@ -1,12 +1,14 @@
-"""`TokensMixin`: the API token methods of `Store` (add, find, list, delete).
+"""`TokensMixin`: the API token methods of `Store` (add, find, list, revoke, delete).
 
 Only sha256 digests of tokens are stored (nubis.auth.tokens hashes them); `find_token` is on
-every authenticated request's path, so it writes `last_used_at` at most once a minute.
+every authenticated request's path, so it writes `last_used_at` at most once a minute. A token
+carries its scope (a role on a tenant, or on one project of it) and may expire; revoking keeps the
+row (so `nubis tokens list` and the audit log still name it) and the token stops working at once.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -21,12 +23,31 @@ TOKEN_TOUCH_INTERVAL = timedelta(seconds=60)
 
 
 class TokensMixin(StoreBase):
-    async def add_token(self, principal: str, token_hash: str) -> TokenRecord:
+    async def add_token(
+        self,
+        principal: str,
+        token_hash: str,
+        *,
+        name: str = "",
+        tenant: str = "*",
+        project: str | None = None,
+        role: str = "admin",
+        expires_at: datetime | None = None,
+    ) -> TokenRecord:
         """Store a token's sha256 hex digest for `principal`; `Conflict` if that hash exists."""
         async with self._session(f"add a token for {principal}", write=True) as session:
             if await session.scalar(select(ApiTokenRow.id).where(ApiTokenRow.token_hash == token_hash)):
                 raise Conflict("Token already exists")
-            row = ApiTokenRow(principal=principal, token_hash=token_hash, created_at=utc_now())
+            row = ApiTokenRow(
+                principal=principal,
+                token_hash=token_hash,
+                created_at=utc_now(),
+                name=name,
+                tenant=tenant,
+                project=project,
+                role=role,
+                expires_at=expires_at,
+            )
             try:
                 async with session.begin_nested():
                     session.add(row)
@@ -51,9 +72,28 @@ class TokensMixin(StoreBase):
         async with self._session("count tokens") as session:
             return await session.scalar(select(ApiTokenRow.id).limit(1)) is not None
 
-    async def list_tokens(self) -> list[TokenRecord]:
+    async def list_tokens(self, tenant: str | None = None) -> list[TokenRecord]:
+        """Every token, or those scoped to `tenant`."""
+        query = select(ApiTokenRow).order_by(ApiTokenRow.id)
+        if tenant is not None:
+            query = query.where(ApiTokenRow.tenant == tenant)
         async with self._session("list tokens") as session:
-            return [_token(row) for row in await session.scalars(select(ApiTokenRow).order_by(ApiTokenRow.id))]
+            return [_token(row) for row in await session.scalars(query)]
+
+    async def get_token(self, token_id: int) -> TokenRecord | None:
+        async with self._session(f"read token {token_id}") as session:
+            row = await session.get(ApiTokenRow, token_id)
+            return _token(row) if row else None
+
+    async def revoke_token(self, token_id: int) -> TokenRecord | None:
+        """Mark the token revoked (it stops working at once); None if there is no such token."""
+        async with self._session(f"revoke token {token_id}", write=True) as session:
+            row = await session.get(ApiTokenRow, token_id, with_for_update=True)
+            if row is None:
+                return None
+            if row.revoked_at is None:
+                row.revoked_at = utc_now()
+            return _token(row)
 
     async def delete_token(self, token_id: int) -> bool:
         async with self._session(f"delete token {token_id}", write=True) as session:
@@ -68,4 +108,10 @@ def _token(row: ApiTokenRow) -> TokenRecord:
         token_hash=row.token_hash,
         created_at=row.created_at,
         last_used_at=row.last_used_at,
+        name=row.name,
+        tenant=row.tenant,
+        project=row.project,
+        role=row.role,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
     )

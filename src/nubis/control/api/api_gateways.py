@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from nubis.auth.gate import AuthorizationError
 from nubis.control.api.bodies import header_flag, json_body, project_header, section, text
 from nubis.control.api.responses import empty, json_response
 from nubis.control.gateway_rules import (
@@ -26,6 +27,7 @@ from nubis.control.gateway_rules import (
 from nubis.errors import BadRequest, PreconditionFailed
 from nubis.store import ApiGatewayRecord, hash_password
 from nubis.store.api_gateways import api_gateway_not_found
+from nubis.store.projects import project_does_not_exist
 
 VALIDATE_FUNCTIONS = "x-nuclio-agw-validate-functions-existence"
 
@@ -47,7 +49,12 @@ def gateway_object(record: ApiGatewayRecord, *, export: bool = False) -> dict[st
 
 async def list_api_gateways(request: Request) -> Response:
     store = request.app.state.control.store
-    records = await store.list_api_gateways(project_header(request))
+    principal, tenant = request.state.principal, request.state.tenant
+    records = [
+        r
+        for r in await store.list_api_gateways(project_header(request))
+        if r.namespace == tenant and principal.may("read", tenant, r.project)
+    ]
     function = request.headers.get("x-nuclio-function-name")
     if function:
         records = [r for r in records if function in r.functions]
@@ -73,8 +80,7 @@ async def create_api_gateway(request: Request) -> Response:
         oidc_issuer=control.settings.oidc_issuer,
     )
     await _check_functions(request, checked)
-    namespace = request.headers.get("x-nuclio-api-gateway-namespace") or control.settings.namespace
-    record = await store_new_gateway(control, checked, namespace)
+    record = await store_new_gateway(control, checked, request.state.tenant)
     return json_response(gateway_object(record), 201)
 
 
@@ -126,10 +132,22 @@ async def delete_api_gateway(request: Request) -> Response:
 
 
 async def _check_functions(request: Request, checked: CheckedGateway) -> None:
-    """`X-Nuclio-Agw-Validate-Functions-Existence: true`: a missing upstream function is a 412."""
+    """The gateway's project and upstream functions must be the request's tenant's (a gateway
+    must not route to another tenant's function), and the caller may write in that project.
+    `X-Nuclio-Agw-Validate-Functions-Existence: true`: a missing upstream function is a 412."""
+    store = request.app.state.control.store
+    principal, tenant = request.state.principal, request.state.tenant
+    project = await store.get_project(checked.project)
+    if project is None or project.namespace != tenant:
+        raise project_does_not_exist(checked.project)
+    if not principal.may("write", tenant, checked.project):
+        raise AuthorizationError(f"{principal.name} may not write in project {checked.project}")
+    names = [u["nucliofunction"]["name"] for u in checked.config["spec"]["upstreams"]]
+    for record in await store.functions_named(names):
+        if record.namespace != tenant or not principal.may("read", tenant, record.project):
+            raise PreconditionFailed(f"Function {record.name} does not exist")
     if not header_flag(request, VALIDATE_FUNCTIONS):
         return
-    names = [u["nucliofunction"]["name"] for u in checked.config["spec"]["upstreams"]]
-    missing = await missing_functions(request.app.state.control.store, names)
+    missing = await missing_functions(store, names)
     if missing:
         raise PreconditionFailed(f"Function {missing[0]} does not exist")

@@ -10,6 +10,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from nubis.auth.gate import AuthorizationError
 from nubis.control.api.bodies import PROJECT_LABEL, header_flag, json_body, project_header, section, text
 from nubis.control.api.function_objects import (
     TERMINAL_STATES,
@@ -44,7 +45,7 @@ async def list_functions(request: Request) -> Response:
     project = project_header(request)
     wanted = request.headers.get("x-nuclio-function-name")
     export = request.query_params.get("export", "").lower() == "true"
-    versions = await control.store.function_versions(project)
+    versions = await visible_function_versions(request, project)
     if wanted:
         versions = [(name, stamp) for name, stamp in versions if name == wanted]
     cache: dict[str, tuple[object, bytes]] = control.object_cache.setdefault(export, {})
@@ -61,6 +62,14 @@ async def list_functions(request: Request) -> Response:
     if not export and header_flag(request, ENRICH_GATEWAYS):
         parts = await _with_gateways(control, [name for name, _ in versions if name in cache], parts)
     return cached_json(b"{" + b",".join(parts) + b"}\n")
+
+
+async def visible_function_versions(request: Request, project: str | None) -> list[tuple[str, Any]]:
+    """(name, updated_at) of the functions of the request's tenant (of `project`) that the
+    caller may see."""
+    principal, tenant = request.state.principal, request.state.tenant
+    places = await request.app.state.control.store.function_places(project, tenant)
+    return [(name, stamp) for name, stamp, _, owner in places if principal.may("read", tenant, owner)]
 
 
 async def _with_gateways(control: Any, names: list[str], parts: list[bytes]) -> list[bytes]:
@@ -120,8 +129,11 @@ async def function_deploy_logs(request: Request) -> Response:
 async def _project_for(request: Request, body: dict[str, object], current: str | None = None) -> str:
     labels = section(section(body, "metadata"), "labels")
     project = project_header(request) or labels.get(PROJECT_LABEL) or current or DEFAULT_PROJECT
-    if await request.app.state.control.store.get_project(str(project)) is None:
+    record = await request.app.state.control.store.get_project(str(project))
+    if record is None or record.namespace != request.state.tenant:
         raise project_does_not_exist(str(project))
+    if not request.state.principal.may("write", record.namespace, record.name):
+        raise AuthorizationError(f"{request.state.principal.name} may not write in project {record.name}")
     return str(project)
 
 
@@ -134,8 +146,11 @@ async def create_function(request: Request) -> Response:
     name = config["metadata"]["name"]
     existing = await control.store.get_function(name)
     if existing is not None:
-        raise Conflict(f"Function {name} already exists (in project {existing.project})")
-    namespace = request.headers.get("x-nuclio-function-namespace") or control.settings.namespace
+        if request.state.principal.may("read", existing.namespace, existing.project):
+            raise Conflict(f"Function {name} already exists (in project {existing.project})")
+        # names are platform-wide (docs/tenancy.md): say it is taken, not where
+        raise Conflict(f"Function {name} already exists: function names are unique on this platform")
+    namespace = request.state.tenant
     if is_import(config):
         # nuctl/dashboard import: stored, neither built nor deployed, until a redeploy (PATCH).
         await control.store.create_function(name, project, namespace, config, imported=True)
@@ -183,7 +198,7 @@ async def create_function_named(request: Request, body: dict[str, object], name:
     control = request.app.state.control
     project = await _project_for(request, body)
     config = validated_config(body, name=name, project=project, code_roots=control.settings.code_roots)
-    namespace = request.headers.get("x-nuclio-function-namespace") or control.settings.namespace
+    namespace = request.state.tenant
     record = await control.store.create_function(name, project, namespace, config)
     control.reconciler.wake()
     await _maybe_wait(request, name, record.generation)

@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from nubis.control.api.bodies import project_header
 from nubis.control.api.responses import json_response
+from nubis.control.api.trigger_metrics import visible_functions
 from nubis.errors import BadRequest, NotFound
 from nubis.invocations import Invocation, valid_id
 from nubis.platforms.base import Platform
@@ -40,13 +41,14 @@ async def get_invocation(request: Request) -> Response:
             f"{invocation_id[:100]!r} is not an async invocation id: it is the UUID the 202 answered "
             "(its `id`, and the end of its `Location`), such as 0b6a4a6e-6f1e-4c55-9a4e-0f5d8b1f2a9c"
         )
+    visible = await visible_functions(request, "invoke")
     if function:
-        if await control.store.get_function(function) is None:
+        if function not in visible:
             raise function_not_found(function)
         names = [function]
     else:
         # the search covers the functions the caller names a project for, as a function list does
-        names = [name for name, _ in await control.store.function_versions(project_header(request))]
+        names = [name for name, _ in await control.store.function_versions(project_header(request)) if name in visible]
     found = await asyncio.to_thread(_find, control.platform, names, invocation_id)
     if found is None:
         raise NotFound(
@@ -65,7 +67,7 @@ async def list_invocations(request: Request) -> Response:
     limit_text = request.query_params.get("limit") or str(LIST_LIMIT)
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_LIMIT:
         raise BadRequest(f"limit must be a whole number from 1 to {LIST_LIMIT}, found {limit_text!r}")
-    if await control.store.get_function(function) is None:
+    if function not in await visible_functions(request, "invoke"):
         raise function_not_found(function)
     records = await asyncio.to_thread(control.platform.invocations(function).records, int(limit_text))
     return json_response({"invocations": [record.view() for record in records]})

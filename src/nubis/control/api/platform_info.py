@@ -32,7 +32,14 @@ async def external_ip_addresses(request: Request) -> Response:
 
 
 async def namespaces(request: Request) -> Response:
-    return json_response({"namespaces": {"names": [request.app.state.control.settings.namespace]}})
+    """The tenants the caller has grants in (every tenant for the platform admin)."""
+    control = request.app.state.control
+    tenants = request.state.principal.tenants()
+    if tenants is None:
+        names = [control.settings.namespace, *(t.name for t in await control.store.list_tenants())]
+    else:
+        names = list(tenants)
+    return json_response({"namespaces": {"names": list(dict.fromkeys(names))}})
 
 
 async def frontend_spec(request: Request) -> Response:

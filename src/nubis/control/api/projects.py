@@ -15,7 +15,7 @@ from nubis.control.gateway_rules import checked_gateway
 from nubis.errors import BadRequest, Conflict, NubisError, PreconditionFailed
 from nubis.spec import validate_project_name
 from nubis.store import ProjectRecord
-from nubis.store.projects import project_not_found
+from nubis.store.projects import project_already_exists, project_not_found
 
 DEFAULT_PROJECT = "default"
 DELETE_STRATEGIES = ("restricted", "cascading", "check")
@@ -43,10 +43,10 @@ def _record_from_body(body: dict[str, Any], request: Request, name: str | None =
     spec = section(body, "spec")
     for key in ("description", "owner"):
         text(spec, key, field=f"spec.{key}")  # strings in Nuclio's ProjectSpec
-    control = request.app.state.control
+    text(metadata, "namespace", field="metadata.namespace")  # a string; the gate took the tenant from it
     return ProjectRecord(
         name=str(name),
-        namespace=text(metadata, "namespace", field="metadata.namespace") or control.settings.namespace,
+        namespace=request.state.tenant,
         labels=text_map(metadata, "labels", field="metadata.labels"),
         annotations=text_map(metadata, "annotations", field="metadata.annotations"),
         spec=spec,
@@ -56,7 +56,12 @@ def _record_from_body(body: dict[str, Any], request: Request, name: str | None =
 async def list_projects(request: Request) -> Response:
     store = request.app.state.control.store
     wanted = project_header(request)
-    records = [r for r in await store.list_projects() if wanted in (None, r.name)]
+    principal, tenant = request.state.principal, request.state.tenant
+    records = [
+        r
+        for r in await store.list_projects()
+        if wanted in (None, r.name) and r.namespace == tenant and principal.sees_project(tenant, r.name)
+    ]
     if request.query_params.get("export", "").lower() != "true":
         return json_response({r.name: project_object(r) for r in records})
     exported = {}
@@ -85,6 +90,7 @@ async def create_project(request: Request) -> Response:
     if request.query_params.get("import", "").lower() == "true":
         return await _import_project(request, body)
     record = _record_from_body(body, request)
+    await request.app.state.control.store.ensure_tenant(record.namespace)
     created = await request.app.state.control.store.create_project(record)
     return json_response(project_object(created), 201)
 
@@ -96,6 +102,10 @@ async def update_project(request: Request) -> Response:
     record = _record_from_body(body, request, name)
     if name and section(body, "metadata").get("name") not in (None, name):
         raise BadRequest("project name in the path and in metadata.name differ")
+    existing = await request.app.state.control.store.get_project(record.name)
+    if existing is not None and existing.namespace != record.namespace:
+        raise project_already_exists(record.name)  # another tenant's: names are platform-wide
+    await request.app.state.control.store.ensure_tenant(record.namespace)
     await request.app.state.control.store.upsert_project(record)
     headers = {} if name else {"Deprecation": "true"}
     return empty(204, headers)
@@ -142,7 +152,11 @@ async def _import_project(request: Request, body: dict[str, Any]) -> Response:
     the project is created if missing and each function stored as `imported` (not built)."""
     control = request.app.state.control
     record = _record_from_body(section(body, "project"), request)
-    if await control.store.get_project(record.name) is None:
+    existing = await control.store.get_project(record.name)
+    if existing is not None and existing.namespace != record.namespace:
+        raise project_already_exists(record.name)  # another tenant's: names are platform-wide
+    if existing is None:
+        await control.store.ensure_tenant(record.namespace)
         await control.store.create_project(record)
     created: list[str] = []
     failed: list[dict[str, str]] = []
@@ -151,24 +165,25 @@ async def _import_project(request: Request, body: dict[str, Any]) -> Response:
             config = validated_config(function, name=None, project=record.name)
             config["metadata"].setdefault("annotations", {}).update({SKIP_BUILD: "true", SKIP_DEPLOY: "true"})
             fn = await control.store.create_function(
-                config["metadata"]["name"], record.name, control.settings.namespace, config, imported=True
+                config["metadata"]["name"], record.name, record.namespace, config, imported=True
             )
             created.append(fn.name)
         except NubisError as exc:
             failed.append({"function": str(name), "error": exc.message})
     result = {"createdAmount": len(created), "failedAmount": len(failed), "failedFunctions": failed}
     skipped = {"createdAmount": 0, "failedAmount": 0}
-    gateways = await _import_gateways(control, section(body, "apiGateways"), record.name)
+    gateways = await _import_gateways(control, section(body, "apiGateways"), record)
     return json_response(
         {"functionImportResult": result, "functionEventImportResult": skipped, "apiGatewayImportResult": gateways},
         201,
     )
 
 
-async def _import_gateways(control: Any, gateways: dict[str, Any], project: str) -> dict[str, Any]:
+async def _import_gateways(control: Any, gateways: dict[str, Any], project_record: ProjectRecord) -> dict[str, Any]:
     """A project's exported API gateways, created as a POST would (provisioned once their
     functions are; one whose basicAuth password was masked by the export ends in `error`)."""
     created, failed = 0, []
+    project = project_record.name
     for name, body in gateways.items():
         try:
             if not isinstance(body, dict):
@@ -178,7 +193,7 @@ async def _import_gateways(control: Any, gateways: dict[str, Any], project: str)
             )
             if await control.store.get_api_gateway(checked.name) is not None:
                 raise Conflict(f"API gateway {checked.name} already exists")
-            await store_new_gateway(control, checked, control.settings.namespace)
+            await store_new_gateway(control, checked, project_record.namespace)
             created += 1
         except NubisError as exc:
             failed.append({"apiGateway": str(name), "error": exc.message})

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from nubis.control.api.responses import json_response
+from nubis.control.api.trigger_metrics import visible_functions
 from nubis.errors import NotFound
 from nubis.redact import redacted
 from nubis.traces import MAX_TRACE_HOPS, RETENTION_SECONDS, TraceStore, depths
@@ -27,6 +28,9 @@ async def event_trace(request: Request) -> Response:
     event_id = request.path_params["event"]
     store: TraceStore = request.app.state.control.platform.traces()
     hops = await asyncio.to_thread(store.trace, event_id, MAX_TRACE_HOPS + 1)
+    # a trace may cross tenants (an output to a shared broker): show only the caller's functions' hops
+    visible = await visible_functions(request, "read")
+    hops = [hop for hop in hops if hop.function in visible]
     truncated = len(hops) > MAX_TRACE_HOPS
     hops = hops[:MAX_TRACE_HOPS]
     if not hops:

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from nubis.auth.principals import Action
 from nubis.control.api.replica_metrics import ReplicaCollector
 from nubis.platforms.status import FunctionStatus
 
@@ -74,9 +75,18 @@ class ReportCollector(Collector):
         yield from (events, reconnects, up, *gauges.values())
 
 
+async def visible_functions(request: Request, action: Action) -> set[str]:
+    """The names of the request's tenant's functions whose project the caller may `action` in."""
+    principal, tenant = request.state.principal, request.state.tenant
+    places = await request.app.state.control.store.function_places(None, tenant)
+    return {name for name, _, _, project in places if principal.may(action, tenant, project)}
+
+
 async def trigger_metrics(request: Request) -> Response:
     control = request.app.state.control
     statuses = await control.platform.statuses()
+    visible = await visible_functions(request, "read")
+    statuses = {name: status for name, status in statuses.items() if name in visible}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReportCollector(statuses))
     registry.register(ReplicaCollector(statuses, dict(control.autoscaler.decisions)))
