@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from nubis.auth.gate import AuthenticationError
+from nubis.auth.tokens import hash_token
 from nubis.cli.db import app as db_app
+from nubis.control.token_principals import TokenAuthenticator
 from nubis.errors import Conflict, NotFound, PreconditionFailed
 from nubis.store import (
     FunctionRecord,
@@ -37,6 +40,7 @@ from nubis.store import (
 from nubis.store.engine import create_migration_engine
 from nubis.store.migrate import alembic_config
 from nubis.store.models import Base
+from nubis.store.records import AuditRecord, utc_now
 
 T = TypeVar("T")
 
@@ -519,6 +523,76 @@ class StoreBehaviours:
             assert await store.delete_token(other.id) is True
             assert await store.delete_token(other.id) is False
             assert await store.find_token("b" * 64) is None
+
+        with_store(store_url, body)
+
+    def test_scoped_tokens_expire_and_revoke_and_the_authenticator_refuses_them(self, store_url: str) -> None:
+        async def body(store: Store) -> None:
+            authenticator = TokenAuthenticator(store)
+            live = await store.add_token(
+                "alice",
+                hash_token("nubis_live"),
+                name="ci",
+                tenant="team-a",
+                project="p",
+                role="developer",
+                expires_at=utc_now() + timedelta(hours=1),
+            )
+            await store.add_token("alice", hash_token("nubis_old"), name="old", expires_at=utc_now())
+            principal = await authenticator.principal("nubis_live")
+            assert principal is not None and principal.name == f"ci@token-{live.id}"
+            assert principal.may("write", "team-a", "p") and not principal.may("write", "team-a", "q")
+            assert not principal.may("read", "team-b", "p") and not principal.may("manage", "team-a", "p")
+            with pytest.raises(AuthenticationError, match="has expired"):
+                await authenticator.principal("nubis_old")
+            with pytest.raises(AuthenticationError, match="not valid"):
+                await authenticator.principal("nubis_unknown")
+            assert await authenticator.principal("a.b.c") is None  # a JWT: another authenticator's
+            revoked = await store.revoke_token(live.id)
+            assert revoked is not None and revoked.revoked_at is not None
+            with pytest.raises(AuthenticationError, match="revoked"):
+                await authenticator.principal("nubis_live")
+            assert [t.name for t in await store.list_tokens("team-a")] == ["ci"]
+            assert await store.revoke_token(9999) is None
+
+        with_store(store_url, body)
+
+    def test_tenants_and_the_audit_log(self, store_url: str) -> None:
+        async def body(store: Store) -> None:
+            await store.ensure_tenant("team-a")
+            await store.ensure_tenant("team-a")
+            with pytest.raises(Conflict):
+                await store.create_tenant("team-a")
+            await store.create_tenant("team-b", {"owner": "b"})
+            assert [t.name for t in await store.list_tenants()] == ["team-a", "team-b"]
+            await store.upsert_project(ProjectRecord(name="pa", namespace="team-a"))
+            with pytest.raises(PreconditionFailed):
+                await store.delete_tenant("team-a")
+            assert await store.delete_tenant("team-b") is True
+            assert await store.delete_tenant("team-b") is False
+            start = utc_now()
+            for i, tenant in enumerate(("team-a", "team-b", "team-a")):
+                await store.add_audit(
+                    AuditRecord(
+                        time=start + timedelta(seconds=i),
+                        principal="p",
+                        tenant=tenant,
+                        project=None,
+                        action="write",
+                        method="POST",
+                        path=f"/api/x/{i}",
+                        status=201,
+                        outcome="allowed",
+                        remote="::1",
+                    )
+                )
+            newest_first = await store.list_audit(tenant="team-a")
+            assert [r.path for r in newest_first] == ["/api/x/2", "/api/x/0"]
+            assert [r.path for r in await store.list_audit(since=start + timedelta(seconds=1))] == [
+                "/api/x/2",
+                "/api/x/1",
+            ]
+            assert len(await store.list_audit(limit=1)) == 1
 
         with_store(store_url, body)
 

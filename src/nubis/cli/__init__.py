@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from nubis import __version__
-from nubis.cli import certs, db, events, invocations, resources
+from nubis.cli import access, certs, db, events, invocations, resources
 from nubis.cli.agent import agent_command
 from nubis.cli.deploy import deploy_command
 from nubis.cli.gateway import gateway_command
@@ -39,6 +39,9 @@ app.add_typer(resources.delete_app, name="delete")
 app.add_typer(resources.create_app, name="create")
 app.add_typer(db.app, name="db", help="State database: migrations.")
 app.add_typer(certs.app, name="certs")
+app.add_typer(access.tokens_app, name="tokens")
+app.add_typer(access.tenants_app, name="tenants")
+app.command("audit")(access.audit_command)
 app.add_typer(events.app, name="events")
 app.add_typer(invocations.app, name="invocations")
 

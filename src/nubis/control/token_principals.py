@@ -2,7 +2,7 @@
 
 A token's scope becomes the principal's one grant; a revoked or expired token is refused at once
 (the lookup reads the row on every call, so revocation needs no cache to expire). The principal's
-name is the token's owner and name (`alice/ci`), never the token.
+name is the token's id and name (`ci@token-7`), never the token.
 """
 
 from __future__ import annotations
@@ -36,5 +36,6 @@ def token_principal(record: TokenRecord) -> Principal:
     for known in ROLES:
         if record.role == known:
             role = known
-    name = f"{record.principal}/{record.name}" if record.name else record.principal
+    # who acts is the token (its maker is in `nubis tokens list`): the id tells same-named ones apart
+    name = f"{record.name}@token-{record.id}" if record.name else f"token-{record.id}"
     return Principal(name, "token", (Grant(role, record.tenant, record.project),))

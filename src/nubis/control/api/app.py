@@ -11,6 +11,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nubis.control.api import (
+    access,
     api_gateways,
     archives,
     certs,
@@ -108,6 +109,13 @@ def api_routes() -> list[Route]:
         route("/api/certs", certs.list_certificates, ["GET"], "admin", scopes.platform_wide),
         route("/api/certs", certs.issue_certificate, ["POST"], "admin", scopes.platform_wide),
         route("/api/certs/{serial}/revoke", certs.revoke_certificate, ["POST"], "admin", scopes.platform_wide),
+        route("/api/tokens", access.list_tokens, ["GET"], "manage"),
+        route("/api/tokens", access.create_token, ["POST"], "manage", access.token_scope),
+        route("/api/tokens/{id}", access.revoke_token, ["DELETE"], "manage", access.token_by_path),
+        route("/api/audit", access.audit_log, ["GET"], "manage", access.audit_scope),
+        route("/api/tenants", access.list_tenants, ["GET"], "read", scopes.own_tenant),
+        route("/api/tenants", access.create_tenant, ["POST"], "admin", scopes.platform_wide),
+        route("/api/tenants/{name}", access.delete_tenant, ["DELETE"], "admin", scopes.platform_wide),
         route("/api/openapi.json", _openapi, ["GET"], "read", scopes.platform_wide),
     ]
 

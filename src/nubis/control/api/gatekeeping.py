@@ -23,7 +23,7 @@ from nubis.auth.gate import AuthenticationError, AuthorizationError
 from nubis.auth.principals import Action, Principal
 from nubis.control.api import scopes
 from nubis.control.api.responses import from_exception
-from nubis.errors import NubisError
+from nubis.errors import NotFound, NubisError
 from nubis.store.records import AuditRecord, utc_now
 
 log = logging.getLogger("nubis.api")
@@ -71,9 +71,16 @@ def guarded(action: Action, endpoint: Endpoint, scope: scopes.Resolver = scopes.
             response.headers["WWW-Authenticate"] = 'Bearer realm="nubis"'
             await audit(request, principal, action, tenant, project, response, exc.message)
             return response
+        except scopes.AnsweredAsMissing as exc:
+            response = Response(status_code=204)
+            await audit(request, principal, action, tenant, project, response, exc.message, outcome="denied")
+            return response
         except NubisError as exc:  # AuthorizationError (403), a hidden resource (404), the store failing
             response = failed(request, exc)
-            await audit(request, principal, action, tenant, project, response, exc.message)
+            hidden = isinstance(exc, NotFound)
+            await audit(
+                request, principal, action, tenant, project, response, exc.message, outcome="denied" if hidden else None
+            )
             return response
         request.state.principal = principal
         request.state.tenant = tenant
@@ -122,11 +129,14 @@ async def audit(
     project: str | None,
     response: Response,
     detail: str,
+    *,
+    outcome: str | None = None,
 ) -> None:
     """Record a call (never its body, nor a credential). The call has been answered by then, so an
     audit log that cannot be written is logged as a warning rather than failing the call."""
     status = response.status_code
-    outcome = "denied" if status in (401, 403) else ("failed" if status >= 400 else "allowed")
+    if outcome is None:
+        outcome = "denied" if status in (401, 403) else ("failed" if status >= 400 else "allowed")
     if request.method in READ_METHODS and outcome != "denied":
         return
     record = AuditRecord(

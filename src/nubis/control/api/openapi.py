@@ -17,9 +17,14 @@ from pydantic.json_schema import models_json_schema
 from starlette.routing import Route
 
 from nubis import __version__
-from nubis.control.api.operations import OPERATIONS, Answer, Body, Operation, Param
+from nubis.control.api import operations
+from nubis.control.api.operations import Answer, Body, Operation, Param
+from nubis.control.api.operations_access import ACCESS_OPERATIONS
 from nubis.control.api.responses import API_ERROR_HEADER
 from nubis.control.api.schemas import COMPONENT_MODELS
+
+#: every operation of the API: the Nuclio-shaped ones and the access ones
+OPERATIONS: dict[tuple[str, str], Operation] = {**operations.OPERATIONS, **ACCESS_OPERATIONS}
 
 _REF = "#/components/schemas/{model}"
 _PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")

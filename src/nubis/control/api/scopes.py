@@ -33,6 +33,13 @@ NAMESPACE_HEADERS = (
 )
 
 
+class AnsweredAsMissing(NotFound):
+    """A hidden resource whose route answers a missing one with success, as Nuclio's idempotent
+    `DELETE /api/functions` does (204): the gate answers that, and nothing is deleted."""
+
+    status_code = 204
+
+
 @dataclass(frozen=True)
 class Target:
     tenant: str
@@ -108,6 +115,8 @@ async def _function_target(request: Request, principal: Principal, name: str | N
     named = named_tenant(request)
     if record is None or (named is not None and named != record.namespace):
         return Target(await default_tenant(request, principal), await _body_project(request))
+    if request.method == "DELETE":
+        return Target(record.namespace, record.project, AnsweredAsMissing(f"function {name} deleted"))
     return Target(record.namespace, record.project, function_not_found(name))
 
 
