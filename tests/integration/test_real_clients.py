@@ -27,6 +27,7 @@ CLIENT_SCRIPT = textwrap.dedent(
     from nuclio.auth import AuthInfo
 
     url, token, workdir = sys.argv[1], sys.argv[2], sys.argv[3]
+    prefix, project = (sys.argv[4], sys.argv[5]) if len(sys.argv) > 5 else ("jupyter", "jupyter")
     auth = AuthInfo(username="admin", password=token)
     code = '''
     import os
@@ -38,7 +39,7 @@ CLIENT_SCRIPT = textwrap.dedent(
         return {"greeting": context.user_data.greeting, "body": event.body.decode()}
     '''
     result = {}
-    address = nuclio.deploy_code(code, dashboard_url=url, name="jupyter-code", project="jupyter",
+    address = nuclio.deploy_code(code, dashboard_url=url, name=prefix + "-code", project=project,
                                  auth_info=auth)
     address = address[0] if isinstance(address, tuple) else address
     result["code_address"] = address
@@ -47,12 +48,12 @@ CLIENT_SCRIPT = textwrap.dedent(
     source = workdir + "/echo_fn.py"
     with open(source, "w") as f:
         f.write("def handler(context, event):\\n    return 'file says ' + event.body.decode()\\n")
-    address = nuclio.deploy_file(source, dashboard_url=url, name="jupyter-file", project="jupyter",
+    address = nuclio.deploy_file(source, dashboard_url=url, name=prefix + "-file", project=project,
                                  auth_info=auth)
     address = address[0] if isinstance(address, tuple) else address
     result["file_address"] = address
     result["file_answer"] = requests.post("http://" + address, data=b"pong", timeout=30).text
-    nuclio.delete_func("jupyter-code", dashboard_url=url, auth_info=auth)
+    nuclio.delete_func(prefix + "-code", dashboard_url=url, auth_info=auth)
     print("RESULT " + json.dumps(result))
     """
 )
@@ -81,21 +82,52 @@ def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin" / "python"
 
 
-def test_nuclio_jupyter_deploys_code_and_files_and_invokes_them(
-    server: RunningServer, client_python: Path, tmp_path: Path
-) -> None:
+def run_client(server: RunningServer, client_python: Path, tmp_path: Path, token: str, *names: str) -> dict:  # type: ignore[type-arg]
+    """Run CLIENT_SCRIPT (nuclio-jupyter) against the server; its RESULT line."""
     script = tmp_path / "client.py"
     script.write_text(CLIENT_SCRIPT)
-    assert server.token
     run = subprocess.run(
-        [str(client_python), str(script), server.url, server.token, str(tmp_path)],
+        [str(client_python), str(script), server.url, token, str(tmp_path), *names],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}\nserver:\n{server.stderr_text()}"
     line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
-    result = json.loads(line[len("RESULT ") :])
+    return json.loads(line[len("RESULT ") :])  # type: ignore[no-any-return]
+
+
+def test_nuclio_jupyter_deploys_into_a_tenant_with_a_tenant_token(
+    server: RunningServer, client_python: Path, tmp_path: Path
+) -> None:
+    """A notebook with a token of one tenant: nuclio-jupyter sends no namespace, and its project
+    and functions land in that tenant, invisible to another tenant's token."""
+    with server.client() as admin:
+        for tenant in ("notebook-team", "other-team"):
+            made = admin.post("/api/tenants", json={"name": tenant})
+            assert made.status_code in (201, 409), made.text
+        tokens = {}
+        for tenant in ("notebook-team", "other-team"):
+            made = admin.post("/api/tokens", json={"name": "nb", "tenant": tenant, "role": "developer"})
+            assert made.status_code == 201, made.text
+            tokens[tenant] = made.json()["token"]
+    result = run_client(server, client_python, tmp_path, tokens["notebook-team"], "nb", "nb-project")
+    assert result["code_answer"] == {"greeting": "hi", "body": "ping"}
+    assert result["file_answer"] == "file says pong"
+    with server.client(token=tokens["notebook-team"]) as notebook, server.client(token=tokens["other-team"]) as other:
+        functions = notebook.get("/api/functions").json()
+        assert set(functions) == {"nb-file"}
+        assert functions["nb-file"]["metadata"]["namespace"] == "notebook-team"
+        assert notebook.get("/api/projects").json()["nb-project"]["metadata"]["namespace"] == "notebook-team"
+        assert other.get("/api/functions").json() == {} and other.get("/api/functions/nb-file").status_code == 404
+        assert notebook.delete("/api/functions/nb-file").status_code == 204
+
+
+def test_nuclio_jupyter_deploys_code_and_files_and_invokes_them(
+    server: RunningServer, client_python: Path, tmp_path: Path
+) -> None:
+    assert server.token
+    result = run_client(server, client_python, tmp_path, server.token)
     assert result["code_answer"] == {"greeting": "hi", "body": "ping"}
     assert result["file_answer"] == "file says pong"
     with server.client() as api:
