@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import leaks
+import secret_scan
 import wheels
 from ports import free_port
 
@@ -87,3 +89,32 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         return (yield)
     finally:
         leaks.note_test_processes()
+
+
+#: leaks the xdist workers reported (the controller fails the run with them)
+_WORKER_LEAKS: list[str] = []
+
+
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist's controller: a worker's scan result (a worker's exit status is not the run's)."""
+    _WORKER_LEAKS.extend(getattr(node, "workeroutput", {}).get("secret_leaks", []))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a registered secret is found in a file it wrote (secret_scan.py)."""
+    found = list(_WORKER_LEAKS)
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None and secret_scan.registered():
+        found += secret_scan.leaks(_shared_root(factory))
+    if not found:
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: tell the controller
+        workeroutput["secret_leaks"] = found
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    text = "secrets found on disk:\n  " + "\n  ".join(found[:50])
+    if reporter is not None:
+        reporter.write_line(text, red=True)
+    else:
+        print(text)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -17,6 +17,8 @@ import pytest
 from harness import nubis_executable
 from server_harness import RunningServer, inline_function, started_server
 
+import secret_scan
+
 #: names only tenant A's resources carry: a foreign answer that holds one discloses them
 A_FUNCTION, A_PROJECT, A_GATEWAY = "alpha-secret-fn", "alpha-secret-proj", "alpha-secret-gw"
 B_FUNCTION, B_PROJECT = "beta-fn", "beta-proj"
@@ -73,7 +75,7 @@ class Tenants:
                     body["project"] = project
                 made = admin.post("/api/tokens", json=body)
                 assert made.status_code == 201, made.text
-                self.tokens[key], self.ids[key] = made.json()["token"], made.json()["id"]
+                self.tokens[key], self.ids[key] = secret_scan.register(made.json()["token"]), made.json()["id"]
 
     def client(self, key: str) -> httpx.Client:
         return self.server.client(token=self.tokens[key])
@@ -171,7 +173,7 @@ def test_a_revoked_token_is_refused_at_once(tenants: Tenants) -> None:
     with tenants.client("a-admin") as a_admin:
         made = a_admin.post("/api/tokens", json={"name": "short", "role": "viewer", "expiresIn": "1h"})
         assert made.status_code == 201, made.text
-        secret, token_id = made.json()["token"], made.json()["id"]
+        secret, token_id = secret_scan.register(made.json()["token"]), made.json()["id"]
         with tenants.server.client(token=secret) as viewer:
             assert viewer.get("/api/functions").status_code == 200
             revoked = a_admin.delete(f"/api/tokens/{token_id}")
