@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ def wheel_cache(request: pytest.FixtureRequest) -> Iterator[Path]:
         for name, value in wheels.offline_environment(directory).items():
             patch.setenv(name, value)
         yield directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_isolation_by_default() -> Iterator[None]:
+    """Servers and agents of the suite run replicas unisolated (NUBIS_ISOLATION=none) unless a test
+    asks (`--isolation`, test_isolation*.py): as root, `auto` runs each tenant's replicas as its own
+    user in a mount namespace, where the files many tests share with their functions through
+    tmp_path (markers, call logs; under a 0700 /tmp/pytest-of-root) are out of reach."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NUBIS_ISOLATION", os.environ.get("NUBIS_ISOLATION", "none"))
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

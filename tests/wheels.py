@@ -20,8 +20,9 @@ from pathlib import Path
 from nubis.build import RUNTIME_REQUIREMENTS, SUPPORTED_VERSIONS
 
 #: What the tests install besides the runtime's requirements (test_build_env.py's commands; pip
-#: goes into an environment whose build commands call pip).
-PACKAGES = ("six", "iniconfig", "idna", "pip")
+#: goes into an environment whose build commands call pip; pg8000, pure Python, is the PostgreSQL
+#: client of the function that logs in with Vault's dynamic credentials, test_workload_secrets.py).
+PACKAGES = ("six", "iniconfig", "idna", "pip", "pg8000")
 MARKER = "filled.json"
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from harness import FUNCTIONS, Launcher, RunningFunction
+from openbao_node import OpenBaoNode, openbao_node
 from server_harness import RunningServer, started_server
 
 from nubis.build import build_environment, find_python
@@ -64,3 +65,10 @@ def python_env(nubis_data_dir: Path) -> Path:
         FUNCTIONS / "behaviours", python=find_python(None), build_commands=[], cache_root=nubis_data_dir / "envs"
     )
     return environment.python
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory, free_port: Callable[[], int]) -> Iterator[OpenBaoNode]:
+    """A real OpenBao dev server for the session (`.addr`, `.root_token`, `.client()`); tests use paths of
+    their own (a mount or a tenant name per test), so they share it safely."""
+    yield from openbao_node(tmp_path_factory.mktemp("openbao"), free_port)

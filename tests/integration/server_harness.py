@@ -169,6 +169,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def replica_pid(server: RunningServer, name: str) -> int:
+    """The pid of a replica of function `name` of `server` (its command line names the data dir)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"nubis.processor.replica" in argv and any(
+            str(server.data_dir).encode() in part and f"/{name}/".encode() in part for part in argv
+        ):
+            return int(proc.name)
+    raise AssertionError(f"no replica process of {name}")
+
+
 def wait_state(client: httpx.Client, name: str, states: set[str], timeout: float = 120.0) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
     last: dict = {}  # type: ignore[type-arg]

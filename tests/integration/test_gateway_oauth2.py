@@ -36,7 +36,7 @@ from joserfc.jwk import RSAKey
 from server_harness import RunningServer, gateway_port, inline_function, started_server, wait_state
 from test_gateway_metrics import _start_gateway, _stop
 
-from nubis.gateway.oidc import REFETCH_INTERVAL
+from nubis.auth.jwt_verifier import REFETCH_INTERVAL
 from nubis.store import default_state_url
 
 SERVER_SCRIPT = Path(__file__).resolve().parent / "oidc" / "server.mjs"

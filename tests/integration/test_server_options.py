@@ -114,7 +114,7 @@ def test_what_the_local_platform_cannot_honour_is_reported(server: RunningServer
         "with-refs",
         env=[
             {"name": "PLAIN", "value": "1"},
-            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+            {"name": "CONFIG", "valueFrom": {"configMapKeyRef": {"name": "db", "key": "host"}}},
         ],
         volumes=[
             {
@@ -128,8 +128,14 @@ def test_what_the_local_platform_cannot_honour_is_reported(server: RunningServer
         ready = wait_state(api, "with-refs", {"ready", "error"})
         assert ready["status"]["state"] == "ready"
         messages = " ".join(r["message"] for r in ready["status"]["logs"])
-        assert "SECRET uses valueFrom" in messages
-        assert "spec.volumes" in messages
+        assert "CONFIG uses valueFrom (configMapKeyRef)" in messages
+        assert "spec.volumes other than secret volumes" in messages and "data" in messages
+        # a secret the function references must exist at deploy (docs/secrets.md)
+        missing = inline(
+            "with-missing-secret", env=[{"name": "S", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]
+        )
+        refused = api.post("/api/functions", json=missing)
+        assert refused.status_code == 400 and "nope" in refused.json()["error"], refused.text
         # stored as given
-        assert ready["spec"]["env"][1]["valueFrom"] == {"secretKeyRef": {"name": "db", "key": "password"}}
+        assert ready["spec"]["env"][1]["valueFrom"] == {"configMapKeyRef": {"name": "db", "key": "host"}}
         assert ready["spec"]["volumes"][0]["volumeMount"]["mountPath"] == "/data"

@@ -18,6 +18,7 @@ from harness import nubis_executable
 from server_harness import RunningServer, inline_function, started_server
 
 import secret_scan
+from nubis.traces import Hop, TraceWriter
 
 #: names only tenant A's resources carry: a foreign answer that holds one discloses them
 A_FUNCTION, A_PROJECT, A_GATEWAY = "alpha-secret-fn", "alpha-secret-proj", "alpha-secret-gw"
@@ -303,3 +304,18 @@ def test_every_route_refuses_every_role_of_another_tenant(tenants: Tenants) -> N
         assert "alpha-team" in admin.get("/api/tenants").json()
     with tenants.client("a-dev") as a_dev:
         assert a_dev.get("/api/functions").status_code == 200  # its token was not revoked by B
+
+
+def test_a_trace_shows_each_tenant_only_its_own_functions_hops(tenants: Tenants) -> None:
+    """A trace may cross tenants (an output published to a broker both read)."""
+    writer = TraceWriter(tenants.server.data_dir / "agent" / "traces" / A_FUNCTION)
+    writer.record(Hop("cross-trace", "cross/1", None, A_FUNCTION, "http", "http", "/", "handled", 200, 1, 0.5))
+    writer.close()
+    writer = TraceWriter(tenants.server.data_dir / "agent" / "traces" / B_FUNCTION)
+    writer.record(Hop("cross-trace", "cross/2", "cross/1", B_FUNCTION, "kafka", "in", "t", "handled", 200, 2, 0.5))
+    writer.close()
+    with tenants.client("a-view") as a_view, tenants.client("b-view") as b_view:
+        mine = a_view.get("/api/events/cross-trace/trace")
+        assert mine.status_code == 200 and [h["function"] for h in mine.json()["hops"]] == [A_FUNCTION]
+        theirs = b_view.get("/api/events/cross-trace/trace")
+        assert theirs.status_code == 200 and [h["function"] for h in theirs.json()["hops"]] == [B_FUNCTION]

@@ -1,4 +1,4 @@
-"""The claim and key checks of the gateway's oauth2 mode (`gateway/oidc.py`, `guards.py`), with keys
+"""The claim and key checks of the gateway's oauth2 mode (`auth/jwt_verifier.py`, `guards.py`), with keys
 made here: every claim rule with its leeway, refused algs, key rotation and its rate limit, the
 JWKS's cache lifetime, a provider out of reach.
 
@@ -27,10 +27,10 @@ from joserfc.jwk import ECKey, Key, OctKey, RSAKey
 from test_api_gateway_validation import body
 
 from nubis.auth.issuers import issuer_problem, oidc_settings_problem
+from nubis.auth.jwt_verifier import KEYS_TTL, OidcVerifier, ProviderUnavailable, TokenRefused
 from nubis.control.gateway_rules import checked_gateway
 from nubis.errors import BadRequest
 from nubis.gateway.guards import Authenticator, Check, Guard, Refusal, bearer_challenge
-from nubis.gateway.oidc import KEYS_TTL, OidcVerifier, ProviderUnavailable, TokenRefused
 
 ISSUER = "https://id.example.com/realms/nubis"
 AUDIENCE = "https://api.nubis.test"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from nubis import __version__
-from nubis.cli import access, certs, db, events, invocations, resources
+from nubis.cli import access, certs, db, events, invocations, resources, secrets
 from nubis.cli.agent import agent_command
 from nubis.cli.deploy import deploy_command
 from nubis.cli.gateway import gateway_command
@@ -44,6 +44,7 @@ app.add_typer(access.tenants_app, name="tenants")
 app.command("audit")(access.audit_command)
 app.add_typer(events.app, name="events")
 app.add_typer(invocations.app, name="invocations")
+app.add_typer(secrets.app, name="secrets")
 
 
 @app.command("version")

@@ -18,6 +18,13 @@ def agent_command(
         str,
         typer.Option(help="'auto' (cgroup v2 if writable), 'off' (rlimits only) or a delegated cgroup dir."),
     ] = "auto",
+    isolation: Annotated[
+        str,
+        typer.Option(
+            envvar="NUBIS_ISOLATION",
+            help="auto (users as root, else landlock, else none), users, landlock or none (docs/isolation.md).",
+        ),
+    ] = "auto",
     log_level: Annotated[str, typer.Option(help="debug, info, warn or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
 ) -> None:
@@ -27,7 +34,7 @@ def agent_command(
 
     setup_logging(log_level, log_format)
     try:
-        code = run_agent(data_dir or default_data_dir(), cgroup_root=cgroup_root)
+        code = run_agent(data_dir or default_data_dir(), cgroup_root=cgroup_root, isolation=isolation)
     except NubisError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(exc.exit_code) from None

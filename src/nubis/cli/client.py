@@ -51,6 +51,10 @@ class Api:
         login = load_login()
         self.url = (url or os.environ.get("NUBIS_URL") or login.get("url") or DEFAULT_URL).rstrip("/")
         self.token = token or os.environ.get("NUBIS_TOKEN") or login.get("token")
+        if self.token and self.token == login.get("token") and self.token.count(".") == 2:
+            from nubis.cli.oidc_tokens import fresh_token  # a saved OIDC login's: refreshed when expired
+
+            self.token = fresh_token(self.token)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         import httpx
 

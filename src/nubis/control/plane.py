@@ -10,7 +10,9 @@ from nubis.auth.gate import Gate
 from nubis.control.autoscaler import Autoscaler
 from nubis.control.reconciler import Reconciler, Timing
 from nubis.control.settings import ServerSettings
+from nubis.control.workload import WorkloadService
 from nubis.platforms.base import Platform
+from nubis.secrets.base import SecretBackend
 from nubis.store import Store
 
 
@@ -34,13 +36,24 @@ class StorePorts:
 
 class ControlPlane:
     def __init__(
-        self, settings: ServerSettings, store: Store, platform: Platform, gate: Gate, timing: Timing | None = None
+        self,
+        settings: ServerSettings,
+        store: Store,
+        platform: Platform,
+        gate: Gate,
+        timing: Timing | None = None,
+        workload: WorkloadService | None = None,
+        secrets: SecretBackend | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.platform = platform
         self.gate = gate
-        self.reconciler = Reconciler(store, platform, timing)
+        #: the workload identity issuer (`/.well-known/...`, `/api/workload/...`); None in tests without one
+        self.workload = workload
+        #: where the tenants' secrets live (`nubis.secrets`, --secrets-backend); None in tests without one
+        self.secrets = secrets
+        self.reconciler = Reconciler(store, platform, timing, workload)
         zero_after = settings.scale_to_zero_after or None
         self.autoscaler = Autoscaler(store, platform, zero_after=zero_after)
         #: set once the API serves and the reconciler runs (`/readyz`)

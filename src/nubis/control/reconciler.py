@@ -24,8 +24,9 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from nubis.auth.workload_spec import WorkloadSpec
 from nubis.control.deploy_failure import FailureReport, summarize_failure
 from nubis.control.deploy_log import DeployLog
 from nubis.control.gateway_rules import provision_pending
@@ -74,11 +75,23 @@ def retry_delay(exc: TemporaryError, attempts: int, timing: Timing = Timing()) -
     return float(min(timing.retry_first_seconds * 2 ** (attempts - 1), timing.retry_max_seconds))
 
 
+class WorkloadHook(Protocol):
+    """What a deploy and a deletion ask of the workload issuer (`nubis.control.workload`): the
+    generation's `WorkloadSpec` (its Vault role and policy written first), and their removal."""
+
+    async def prepare(self, record: FunctionRecord) -> WorkloadSpec: ...
+
+    async def forget(self, record: FunctionRecord) -> None: ...
+
+
 class Reconciler:
-    def __init__(self, store: Store, platform: Platform, timing: Timing | None = None) -> None:
+    def __init__(
+        self, store: Store, platform: Platform, timing: Timing | None = None, workload: WorkloadHook | None = None
+    ) -> None:
         self.store = store
         self.platform = platform
         self.timing = timing or Timing()
+        self.workload = workload
         self._wake = asyncio.Event()
         self._deploys: dict[str, asyncio.Task[None]] = {}
         #: newest platform event time (epoch ms) already copied into each function's status.logs
@@ -269,7 +282,10 @@ class Reconciler:
     async def remove(self, name: str) -> None:
         """Stop deploying, stop the replicas, forget the function, then free what its builds left."""
         await self.forget(name)
+        record = await self.store.get_function(name)
         await self.platform.delete(name)
+        if record is not None and self.workload is not None:
+            await self.workload.forget(record)
         await self.store.delete_function(name)
         await self.platform.publish_ports()
         await self.platform.builder.remove(name)
@@ -281,8 +297,14 @@ class Reconciler:
         endpoint = await self.platform.endpoint(record.name, asked_http_port(config))
         port = endpoint.http_port
         deploy_log.add("info", "Starting replicas", httpPort=port)
+        workload = await self.workload.prepare(record) if self.workload is not None else None
         deployment = FunctionDeployment(
-            name=record.name, generation=record.generation, config=record.config, http_port=port
+            name=record.name,
+            generation=record.generation,
+            config=record.config,
+            http_port=port,
+            workload=workload,
+            tenant=record.namespace,
         )
         # Only the platform's events of this deploy belong in its log: the event list also holds
         # earlier generations' (an old failure's traceback must not follow "generation 4 ready").
@@ -300,6 +322,7 @@ class Reconciler:
             "externalInvocationUrls": list(endpoint.external_urls),
             "replicas": len(observed.replicas),
             "limits": dict(observed.limits),
+            "isolation": dict(observed.isolation),
         }
         return status
 

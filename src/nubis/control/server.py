@@ -22,18 +22,21 @@ from pathlib import Path
 import uvicorn
 
 from nubis.auth.gate import Gate
-from nubis.auth.issuers import oidc_settings_problem
 from nubis.auth.principals import ANY_TENANT
 from nubis.auth.tokens import ADMIN_TOKEN_FILE, hash_token, new_token, write_secret_file
 from nubis.control.api.app import create_app
 from nubis.control.api.http_limits import api_protocol_options
 from nubis.control.gateway_process import GatewayOptions, GatewayProcess
+from nubis.control.login import oidc_authenticators, oidc_login_problem
 from nubis.control.plane import ControlPlane, StorePorts
 from nubis.control.settings import ServerSettings, is_loopback
 from nubis.control.token_principals import TokenAuthenticator
+from nubis.control.workload import create_workload
 from nubis.errors import NubisError
 from nubis.platforms import registry as platforms
 from nubis.platforms.base import Platform, PlatformContext
+from nubis.secrets.base import SecretBackend
+from nubis.secrets.registry import open_backend
 from nubis.sockets import listening_socket
 from nubis.store import Store, default_state_url
 
@@ -73,7 +76,7 @@ def check_settings(settings: ServerSettings) -> None:
             ) from None
     if settings.gateway_rate_burst is not None and settings.gateway_rate_limit is None:
         raise ServerError("--gateway-rate-burst sizes the bucket of --gateway-rate-limit: give the rate limit too")
-    if problem := oidc_settings_problem(settings.oidc_issuer, settings.oidc_audience):
+    if problem := oidc_login_problem(settings):
         raise ServerError(problem)
     platforms.get_default_registry().factory(settings.platform)  # an unknown name fails before anything starts
 
@@ -138,7 +141,7 @@ def gateway_options(settings: ServerSettings) -> GatewayOptions:
         max_connections=settings.gateway_max_connections,
         wake_timeout=settings.gateway_wake_timeout,
         oidc_issuer=settings.oidc_issuer,
-        oidc_audience=settings.oidc_audience,
+        oidc_audience=settings.oidc_audience or settings.oidc_client_id,
         oidc_leeway=settings.oidc_leeway,
     )
 
@@ -152,8 +155,28 @@ def create_platform(settings: ServerSettings, store: Store, gateway_port: int | 
         external_address=settings.external_address,
         code_roots=settings.code_roots,
         gateway_address=f"{settings.external_address}:{gateway_port}" if gateway_port else None,
+        isolation=settings.isolation,
     )
     return platforms.create(settings.platform, context)
+
+
+async def isolation_line(platform: Platform) -> str | None:
+    """`isolation: MODE: what it means` of the local platform, as its agent says (None: another
+    platform); logged as a warning when functions are not isolated."""
+    from nubis.platforms.local import LocalPlatform
+
+    if not isinstance(platform, LocalPlatform):
+        return None
+    try:
+        report = await platform.isolation()
+    except NubisError as exc:
+        report = {"mode": "unknown", "isolated": False, "message": f"the agent does not answer ({exc.message})"}
+    line = f"isolation: {report.get('mode')}: {report.get('message')}"
+    if report.get("isolated"):
+        log.info("%s", line)
+    else:
+        log.warning("%s", line)
+    return line
 
 
 async def serve(settings: ServerSettings, *, announce: bool = True) -> int:
@@ -177,22 +200,30 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
         raise
     platform = create_platform(settings, store, gateway.port)
     keeping_gateway: asyncio.Task[None] | None = None
+    secrets: SecretBackend | None = None
     try:
         await store.ensure_default_project(settings.namespace)
         token = await ensure_admin_token(store, settings.data_dir)
         await store.ensure_tenant(settings.namespace)
 
+        secrets = await open_secrets(settings)
+        workload = create_workload(settings, secrets)
+        workload.start()  # the issuer file, before the agent starts a replica that needs its key
         await platform.start()
+        isolation = await isolation_line(platform)
         # After the agent: a gateway started again by a later server must find the replicas serving.
         if gateway_note:
             log.warning("%s", gateway_note)
         await gateway.ensure()
         keeping_gateway = asyncio.create_task(gateway.supervise(), name="gateway supervisor")
-        gate = Gate([TokenAuthenticator(store)], allow_anonymous=settings.insecure_local)
-        control = ControlPlane(settings, store, platform, gate)
+        authenticators, sessions, login_routes = oidc_authenticators(settings)
+        gate = Gate(
+            [TokenAuthenticator(store), *authenticators], sessions=sessions, allow_anonymous=settings.insecure_local
+        )
+        control = ControlPlane(settings, store, platform, gate, workload=workload, secrets=secrets)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(control),
+                create_app(control, login_routes),
                 host=settings.host,
                 port=settings.port,
                 log_level="warning",
@@ -209,6 +240,8 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
             loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
         reconciling = asyncio.create_task(control.reconciler.run(), name="reconciler")
         autoscaling = asyncio.create_task(control.autoscaler.run(), name="autoscaler")
+        # Vault's JWT auth method pointed at this issuer (once the API serves), key rotation
+        issuing = asyncio.create_task(workload.run(), name="workload issuer")
         serving = asyncio.create_task(server.serve(sockets=[listener]), name="api")
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
@@ -232,9 +265,12 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
             print(f"gateway at {gateway_scheme}://{settings.host}:{gateway.port} (functions at /<name>)", flush=True)
             if settings.tunnel_port:
                 print(f"mTLS tunnel at {settings.host}:{settings.tunnel_port} (nubis tunnel FUNCTION)", flush=True)
+            if isolation:
+                print(isolation, flush=True)
             print(f"nubis server ready at {url}", flush=True)
         await serving
         autoscaling.cancel()
+        issuing.cancel()
         reconciling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reconciling
@@ -247,7 +283,22 @@ async def _serve(settings: ServerSettings, listener: socket.socket, *, announce:
     finally:
         await _stop_task(keeping_gateway)
         await platform.aclose()
+        if secrets is not None:
+            await secrets.close()
         await store.close()
+
+
+async def open_secrets(settings: ServerSettings) -> SecretBackend:
+    """The secret store --secrets-backend names (docs/secrets.md); neither key nor token is logged."""
+    return await open_backend(
+        settings.secrets_backend,
+        data_dir=settings.data_dir,
+        secret_key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+        vault_addr=settings.vault_addr,
+        vault_token=settings.vault_token.get_secret_value() if settings.vault_token else None,
+        vault_token_file=settings.vault_token_file,
+        vault_mount=settings.vault_mount,
+    )
 
 
 async def _stop_task(task: asyncio.Task[None] | None) -> None:

@@ -15,9 +15,9 @@ import ipaddress
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from nubis.auth.issuers import issuer_problem
@@ -41,6 +41,7 @@ OPTION_NAMES = {
     "advertised_address": "--advertise",
     "allowed_hosts": "--allowed-host",
     "build_path_roots": "--build-path-root",
+    "vault_database_roles": "--vault-database-role",
 }
 
 
@@ -62,6 +63,13 @@ class ServerSettings(BaseModel):
         min_length=1,
         description="Where functions run: local (processes on this machine), or memory (nothing runs: deployments "
         "are only recorded, for trying the API and for tests).",
+    )
+    isolation: Literal["auto", "users", "landlock", "none"] = Field(
+        default="auto",
+        description="How the local platform keeps functions from the data dir and from each other: users "
+        "(each tenant's replicas as its own Unix user, in a mount namespace; needs root), landlock (a Landlock "
+        "sandbox), none, or auto (users as root, else landlock where the kernel has it, else none; "
+        "docs/isolation.md).",
     )
     host: str = Field(default="127.0.0.1", description="Address of the API.")
     port: int = Field(default=8070, ge=1, le=65535, description="Port of the API.")
@@ -156,14 +164,57 @@ class ServerSettings(BaseModel):
     )
     oidc_issuer: str | None = Field(
         default=None,
-        description="The OIDC issuer whose bearer JWTs API gateways with authenticationMode oauth2 accept, as the "
-        "provider writes it (https; http only on loopback). Needs --oidc-audience.",
+        description="The OIDC issuer users log in with (with --oidc-client-id) and whose bearer JWTs the API and "
+        "API gateways with authenticationMode oauth2 accept, as the provider writes it (https; http only on "
+        "loopback). Needs --oidc-client-id or --oidc-audience.",
     )
     oidc_audience: str | None = Field(
         default=None, min_length=1, description="The audience (aud) the issuer's tokens must name for this platform."
     )
     oidc_leeway: int = Field(
         default=30, ge=0, le=300, description="Seconds of clock skew allowed on a token's exp, nbf and iat."
+    )
+    # OIDC login (auth/oidc_login.py, docs/oidc-login.md)
+    oidc_client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The server's client at --oidc-issuer: users log in to the API and dashboard with it, and the "
+        "API accepts the issuer's bearer JWTs whose aud names it (or --oidc-audience, or --oidc-cli-client-id).",
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None,
+        description="The secret of --oidc-client-id (none: a public client, PKCE only). Prefer the variable: a "
+        "command-line value shows in ps.",
+    )
+    oidc_cli_client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The public client (no secret) `nubis login --oidc` uses: device flow or loopback redirect with "
+        "PKCE (default: --oidc-client-id, which must then allow public use).",
+    )
+    oidc_roles_claim: str = Field(
+        default="groups",
+        min_length=1,
+        description="The claim holding a user's groups or roles (a dotted path is looked into nested claims).",
+    )
+    oidc_role_map: Path | None = Field(
+        default=None,
+        description="YAML or JSON file mapping claim values to tenant and project roles, and naming the platform "
+        "admins (docs/oidc-login.md); without one OIDC users hold no role.",
+    )
+    oidc_scopes: str = Field(
+        default="openid email profile",
+        min_length=1,
+        description="The scopes a login asks for (space-separated; add the one that makes the provider send the "
+        "roles claim, e.g. groups).",
+    )
+    oidc_redirect_url: str | None = Field(
+        default=None,
+        description="The browser login's callback as the provider knows it (default: <--external-url, else the "
+        "API's URL>/auth/callback).",
+    )
+    oidc_session_ttl: int = Field(
+        default=8 * 3600, ge=60, le=30 * 86_400, description="Seconds a browser login's session lasts."
     )
     idle_timeout: int = Field(
         default=int(DEFAULT_IDLE_TIMEOUT), ge=1, description="Seconds an idle keep-alive API connection stays open."
@@ -174,6 +225,54 @@ class ServerSettings(BaseModel):
         description="Seconds without an event after which a function with minReplicas: 0 scales to zero, unless "
         "its spec.scaleToZero or the annotation nubis.io/scale-to-zero-after says otherwise; 0 disables "
         "scale to zero.",
+    )
+    # Workload identity (auth/workload_identity.py, docs/workload-identity.md)
+    external_url: str | None = Field(
+        default=None,
+        description="The URL replicas and Vault reach this API at: the issuer (iss) of the replicas' identity "
+        "tokens, whose JWKS is <URL>/.well-known/jwks.json (default: http(s)://HOST:PORT, with this machine's "
+        "address for a wildcard --host).",
+    )
+    workload_token_ttl: int = Field(
+        default=600, ge=60, le=86_400, description="Seconds a replica's identity token lives (renewed before)."
+    )
+    vault_jwt_mount: str = Field(
+        default="jwt-nubis",
+        min_length=1,
+        description="Where in Vault the JWT auth method that trusts the replicas' identity tokens is mounted.",
+    )
+    vault_jwt_audience: str = Field(
+        default="vault", min_length=1, description="The audience (aud) of the identity tokens replicas send to Vault."
+    )
+    vault_database_roles: tuple[str, ...] = Field(
+        default=(),
+        description="A Vault database role a tenant's (or one project's) functions may ask for with the annotation "
+        "nubis.io/vault-database-role, as TENANT=ROLE or TENANT/PROJECT=ROLE (repeatable; the variable takes entries "
+        "separated by commas or spaces).",
+    )
+    vault_database_mount: str = Field(
+        default="database", min_length=1, description="Where in Vault the database secrets engine is mounted."
+    )
+    # Secrets (nubis.secrets, docs/secrets.md)
+    secrets_backend: Literal["local", "vault"] = Field(
+        default="local",
+        description="Where secrets live: local (AES-256-GCM encrypted files in the data dir) or vault (Vault's or "
+        "OpenBao's KV version 2 engine, at --vault-addr).",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="The local secret store's key, 32 bytes in base64 (default: the 0600 file secret-store.key in "
+        "the data dir, made at first start). Prefer the variable: a command-line value shows in ps.",
+    )
+    vault_addr: str | None = Field(default=None, description="Vault's (or OpenBao's) URL, e.g. https://vault:8200.")
+    vault_token: SecretStr | None = Field(
+        default=None,
+        description="The control plane's Vault token. Prefer --vault-token-file or the variable: a command-line "
+        "value shows in ps.",
+    )
+    vault_token_file: Path | None = Field(default=None, description="A file holding the control plane's Vault token.")
+    vault_mount: str = Field(
+        default="secret", min_length=1, description="Where in Vault the KV version 2 engine holding secrets is mounted."
     )
 
     @field_validator("function_ports", mode="before")
@@ -194,6 +293,32 @@ class ServerSettings(BaseModel):
         if not isinstance(items, list | tuple):
             return value
         return tuple(name for item in items for name in str(item).replace(",", " ").split())
+
+    @field_validator("vault_database_roles", mode="before")
+    @classmethod
+    def _role_entries(cls, value: object) -> object:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        return tuple(entry for item in items for entry in str(item).replace(",", " ").split())
+
+    @field_validator("vault_database_roles")
+    @classmethod
+    def _role_grants(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            where, sep, role = entry.partition("=")
+            tenant, _, project = where.partition("/")
+            if not sep or not tenant or not role or "/" in project or (where.endswith("/") and not project):
+                raise ValueError(f"expected TENANT[/PROJECT]=ROLE, found {entry!r}")
+        return value
+
+    @field_validator("external_url")
+    @classmethod
+    def _external_url(cls, value: str | None) -> str | None:
+        problem = issuer_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("build_path_roots", mode="before")
     @classmethod
@@ -261,6 +386,15 @@ class ServerSettings(BaseModel):
     def tunnel_address(self) -> str | None:
         """Where workstations reach the tunnel (`nubis tunnel` reads it from `/api/frontend_spec`)."""
         return f"{self.external_address}:{self.tunnel_port}" if self.tunnel_port else None
+
+    @property
+    def workload_issuer(self) -> str:
+        """The issuer (iss) of workload identity tokens: --external-url, else this API's own URL."""
+        if self.external_url:
+            return self.external_url
+        scheme = "https" if self.tls_cert else "http"
+        host = self.external_address if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def external_address(self) -> str:

@@ -11,7 +11,7 @@
   the store's token hashes, a token that passed remembered for `ttl` seconds, so a revoked token
   stops working within `ttl` seconds.
 - `oauth2`: `Authorization: Bearer <JWT>` from the platform's OIDC issuer (`nubis server
-  --oidc-issuer URL --oidc-audience A`), checked by `oidc.OidcVerifier`: signature with the
+  --oidc-issuer URL --oidc-audience A`), checked by `nubis.auth.jwt_verifier.OidcVerifier`: signature with the
   issuer's published keys, `iss`, `aud`, `exp`, `nbf`/`iat`. No token: 401 with
   `WWW-Authenticate: Bearer realm="<gateway>"`; a token that fails a check: 401 with
   `error="invalid_token"` and an `error_description` naming the check (RFC 6750 §3); the
@@ -35,9 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from nubis.auth.jwt_verifier import OidcVerifier, ProviderUnavailable, TokenRefused
 from nubis.auth.tokens import hash_token
 from nubis.errors import NubisError
-from nubis.gateway.oidc import OidcVerifier, ProviderUnavailable, TokenRefused
 from nubis.store import verify_password
 
 #: seconds a credential that passed is believed without a new check

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nubis.auth.jwt_verifier import OidcVerifier
 from nubis.errors import NubisError
 from nubis.gateway.guards import Authenticator
-from nubis.gateway.oidc import OidcVerifier
 from nubis.gateway.replicas import Replicas, Upstream, scan
 from nubis.gateway.routes import RoutingTable
 from nubis.store import Store

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from nubis.auth.workload_spec import WorkloadSpec
 from nubis.errors import NubisError
 from nubis.failed_events import FailedEventStore
 from nubis.invocations import InvocationStore
@@ -75,6 +76,10 @@ class DeployTimeout(PlatformError):
     """
 
 
+#: the tenant of a function that names none (Nuclio's default namespace)
+DEFAULT_TENANT = "nuclio"
+
+
 @dataclass(frozen=True)
 class FunctionDeployment:
     """One generation of a function as the control plane stores it."""
@@ -86,8 +91,13 @@ class FunctionDeployment:
     config: Mapping[str, Any]
     #: the port every replica of the function listens on (allocated once, stable)
     http_port: int
-    #: extra environment for the replicas (resolved secrets, platform variables)
+    #: extra environment for the replicas (platform variables; never secret values: replicas
+    #: resolve those themselves at start, with their workload identity)
     env: Mapping[str, str] = field(default_factory=dict)
+    #: the function's workload identity and secret sources (`nubis.control.workload`); None: none
+    workload: WorkloadSpec | None = None
+    #: the function's tenant (its Nuclio namespace): whose user or sandbox its replicas run in
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,9 @@ class PlatformContext:
     code_roots: tuple[Path, ...] = ()
     #: host:port of the gateway, where each function also answers at /<name> (None: no gateway)
     gateway_address: str | None = None
+    #: how the platform isolates functions from it and from each other (`--isolation`; local: auto,
+    #: users, landlock or none, see docs/isolation.md)
+    isolation: str = "auto"
 
 
 def desired_replicas(spec: Spec) -> int:

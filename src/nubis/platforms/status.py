@@ -102,6 +102,9 @@ class FunctionStatus(msgspec.Struct, frozen=True, kw_only=True):
     #: how resource limits are applied (`mechanism`: cgroup | rlimit | none, ...)
     limits: dict[str, Any] = {}
     port: int | None = None
+    #: how its replicas are kept from the platform and other tenants (`mode`: users | landlock |
+    #: none, `isolated`, `message`; local platform: platforms/local/isolation.py)
+    isolation: dict[str, Any] = {}
 
 
 def trigger_summary(status: FunctionStatus) -> dict[str, dict[str, Any]]:

@@ -43,3 +43,6 @@ class ProcessorOptions:
     #: seconds, the function's eventTimeout (None: none), for kinds that tie a broker's
     #: redelivery timer to it (the nats trigger's JetStream AckWait)
     event_timeout: float | None = None
+    #: the workers' environment from the function's secrets (spec.env valueFrom, secret volumes'
+    #: directories, database credentials), resolved at start (processor/workload/); never shown
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)

@@ -84,11 +84,14 @@ class Processor:
         """Inherited + spec env + Nuclio's NUCLIO_* variables (the runtime adds its own)."""
         spec = self.config.spec
         function_env: dict[str, str] = {}
+        resolved = self.options.secret_env
         for var in spec.env:
             if var.value_from is not None:
-                log.warning("env %s uses valueFrom, which `nubis run` cannot resolve; it is left unset", var.name)
+                if var.name not in resolved:
+                    log.warning("env %s uses valueFrom, which `nubis run` cannot resolve; it is left unset", var.name)
                 continue
             function_env[var.name] = "" if var.value is None else str(var.value)
+        function_env.update(resolved)  # the replica resolved its secrets at start (processor/workload/)
         metadata = {
             "NUCLIO_FUNCTION_NAME": self.name,
             "NUCLIO_FUNCTION_DESCRIPTION": spec.description or "",
@@ -223,6 +226,11 @@ class Processor:
             "events": sum(pool.submitted for pool in self.pools),
             "workers": sum(pool.size for pool in self.pools),
         }
+
+    def fail(self, reason: str) -> None:
+        """Stop this replica for `reason` (what it started with can no longer serve: its database
+        credentials ended); the platform starts a new one."""
+        self._fail(reason)
 
     def _fail(self, reason: str) -> None:
         log.error("%s: %s; stopping this replica", self.name, reason)

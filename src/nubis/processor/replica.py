@@ -18,6 +18,12 @@ and its workers), `--cgroup DIR` moves the replica into a cgroup v2 directory th
 of the agent's instead of stdout (stdout and stderr are then the replica's output spool), and
 `--parent-pid PID` makes the replica receive SIGTERM when that process dies (the local agent does
 not use it: its replicas outlive it, and a restarted agent adopts them).
+
+Workload identity (platforms/local/identity.py, processor/workload/): `--workload JSON` is the
+function's workload spec (names and addresses, no credential), `--identity-fd N` a pipe holding the
+replica's identity tokens (read to EOF and closed before any child exists), `--secrets-dir DIR` the
+replica's own directory for secret volumes. The replica resolves its secrets and database
+credentials before its zygote starts, and revokes them after its drain.
 """
 
 from __future__ import annotations
@@ -35,9 +41,13 @@ import msgspec
 import uvloop
 
 from nubis import logs
+from nubis.auth.workload_spec import WorkloadSpec
+from nubis.auth.workload_spec import decode as decode_workload
 from nubis.errors import NubisError, SpecError
 from nubis.processor.processor import Processor, ProcessorOptions
 from nubis.processor.serve import serve
+from nubis.processor.workload.session import WorkloadSession, workload_session
+from nubis.processor.workload.tokens import read_handoff
 from nubis.runtimes.base import Artifact
 from nubis.runtimes.python.runtime import python_artifact
 from nubis.spec import FunctionConfig, parse_config
@@ -96,7 +106,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ready-fd", type=int, default=None, help="write the ready line on this pipe (not stdout), then close it"
     )
+    # workload identity (platforms/local/identity.py, processor/workload/): no secret on the command line
+    parser.add_argument("--workload", type=parse_workload, default=None, help="the function's workload spec (JSON)")
+    parser.add_argument("--identity-fd", type=int, default=None, help="read the identity tokens from this pipe")
+    parser.add_argument("--secrets-dir", type=Path, default=None, help="this replica's own dir for secret volumes")
     return parser.parse_args(argv)
+
+
+def parse_workload(text: str) -> WorkloadSpec:
+    try:
+        return decode_workload(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_artifact(text: str) -> Artifact:
@@ -159,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid is not None:
         die_with_parent(args.parent_pid)
     try:
+        # first: the hand-over pipe is read and closed before any child process exists
+        tokens = read_handoff(args.identity_fd) if args.identity_fd is not None else None
         apply_limits(args.memory_limit, args.cgroup)
         config = load_config(args.config)
         options = ProcessorOptions(
@@ -175,12 +198,28 @@ def main(argv: list[str] | None = None) -> int:
             trigger_state_dir=args.trigger_state_dir,
             traces_dir=args.traces_dir,
         )
-        processor = Processor(config, args.function_dir.resolve(), args.artifact, options)
-        code: int = uvloop.run(serve(processor, announce_without_url=True, ready_fd=args.ready_fd))
+        session = workload_session(args.workload, tokens, config, args.secrets_dir)
+        code: int = uvloop.run(run(config, args, options, session))
     except NubisError as exc:
         log.error("%s", exc.message)
         return exc.exit_code
     return code
+
+
+async def run(
+    config: FunctionConfig, args: argparse.Namespace, options: ProcessorOptions, session: WorkloadSession | None
+) -> int:
+    """Resolve the function's secrets (with a workload), then serve; release them after the drain."""
+    try:
+        if session is not None:
+            options.secret_env = await session.start()
+        processor = Processor(config, args.function_dir.resolve(), args.artifact, options)
+        if session is not None:
+            session.on_fatal = processor.fail
+        return await serve(processor, announce_without_url=True, ready_fd=args.ready_fd)
+    finally:
+        if session is not None:
+            await session.stop()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from nubis.spec.inline import read_inline_file
 from nubis.spec.overrides import Overrides, apply_overrides
 from nubis.spec.parse import located, normalise_config, validate_config
 from nubis.spec.rules import derive_function_name, parse_runtime, validate_function_name, validate_handler
+from nubis.spec.secret_refs import secret_references
 from nubis.spec.yaml_lines import YamlDocument, parse_yaml
 
 CONFIG_FILE_NAMES = ("function.yaml", "function.yml")
@@ -124,3 +125,4 @@ def _check(config: FunctionConfig) -> None:
     for key, trigger in config.effective_triggers().items():
         trigger.termination_timeout_seconds(field=f"spec.triggers.{key}.workerTerminationTimeout")
     check_batches(config)
+    secret_references(config)  # the shapes of secretKeyRef and secret volumes (docs/secrets.md)

@@ -92,11 +92,22 @@ def located(check: Callable[[], Any], *, file: str | None, lines: LineMap | None
     except SpecError as err:
         if err.file is not None or file is None:
             raise
-        path: FieldPath = tuple(err.field.split(".")) if err.field else ()
+        path = _field_path(err.field) if err.field else ()
         line = line_for(lines, path) if lines else None
         raise SpecError(
             _bare_message(err), file=file, line=line, field=err.field, expected=err.expected, found=err.found
         ) from None
+
+
+def _field_path(field: str) -> FieldPath:
+    """`spec.env[0].valueFrom` as `("spec", "env", 0, "valueFrom")`: list items are looked up by index."""
+    path: list[str | int] = []
+    for part in field.split("."):
+        name, *indexes = part.split("[")
+        if name:
+            path.append(name)
+        path.extend(int(index.rstrip("]")) for index in indexes if index.rstrip("]").isdigit())
+    return tuple(path)
 
 
 def _bare_message(err: SpecError) -> str:

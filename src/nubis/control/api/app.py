@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nubis.control.api import (
     access,
     api_gateways,
     archives,
+    auth_routes,
     certs,
     failed_events,
     functions,
@@ -24,10 +26,12 @@ from nubis.control.api import (
     projects,
     replica_states,
     scopes,
+    secrets,
     templates,
     traces,
     trigger_metrics,
     trigger_states,
+    workload,
 )
 from nubis.control.api.gatekeeping import route
 from nubis.control.api.openapi import openapi_document
@@ -96,6 +100,15 @@ def api_routes() -> list[Route]:
         route("/api/projects", projects.delete_project, ["DELETE"], "write", scopes.project_by_body),
         route("/api/projects/{name}", projects.get_project, ["GET"], "read", scopes.project_by_path),
         route("/api/projects/{name}", projects.update_project, ["PUT"], "write", scopes.project_by_path),
+        route("/api/projects/{project}/secrets", secrets.list_secrets, ["GET"], "read", scopes.project_by_path),
+        route("/api/projects/{project}/secrets/{name}", secrets.get_secret, ["GET"], "read", scopes.project_by_path),
+        route("/api/projects/{project}/secrets/{name}", secrets.put_secret, ["PUT"], "write", scopes.project_by_path),
+        route(
+            "/api/projects/{project}/secrets/{name}", secrets.patch_secret, ["PATCH"], "write", scopes.project_by_path
+        ),
+        route(
+            "/api/projects/{project}/secrets/{name}", secrets.delete_secret, ["DELETE"], "write", scopes.project_by_path
+        ),
         route("/api/api_gateways", api_gateways.list_api_gateways, ["GET"], "read"),
         route("/api/api_gateways", api_gateways.create_api_gateway, ["POST"], "write"),
         route("/api/api_gateways", api_gateways.update_api_gateway, ["PUT"], "write", scopes.gateway_by_body),
@@ -142,12 +155,15 @@ class StripTrailingSlash:
         await self.app(scope, receive, send)
 
 
-def create_app(control: Any) -> Starlette:
-    """`control` is the running ControlPlane (store, gate, reconciler, settings)."""
+def create_app(control: Any, login_routes: Sequence[BaseRoute] | None = None) -> Starlette:
+    """`control` is the running ControlPlane (store, gate, reconciler, settings); `login_routes` the
+    OIDC login's `/auth/*` routes (`nubis.control.login`; default: only `/auth/config`, saying there is none)."""
     routes = [
         *api_routes(),
         Route("/healthz", platform_info.healthz, methods=["GET"]),
         Route("/readyz", platform_info.readyz, methods=["GET"]),
+        *(auth_routes.routes(None) if login_routes is None else login_routes),
+        *workload.routes(),  # the workload issuer's documents, and its replicas' own routes
     ]
     app = Starlette(routes=routes)
     app.state.control = control

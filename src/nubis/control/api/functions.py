@@ -22,6 +22,7 @@ from nubis.control.api.function_objects import (
     without_import_annotations,
 )
 from nubis.control.api.responses import cached_json, empty, json_response
+from nubis.control.api.secrets import check_secret_references
 from nubis.control.api.trigger_secrets import unmask, unmask_metadata
 from nubis.control.api.unchanged import is_unchanged
 from nubis.errors import BadRequest, Conflict, PreconditionFailed
@@ -137,12 +138,20 @@ async def _project_for(request: Request, body: dict[str, object], current: str |
     return str(project)
 
 
+async def _check_secrets(request: Request, project: str, config: dict[str, Any]) -> None:
+    """A deploy needs the secrets its function references, in its own tenant and project (an
+    import is stored, not deployed: its secrets may come later)."""
+    if not is_import(config):
+        await check_secret_references(request.app.state.control, request.state.tenant, project, config)
+
+
 async def create_function(request: Request) -> Response:
     control = request.app.state.control
     body = await json_body(request)
     _wait_timeout(request)
     project = await _project_for(request, body)
     config = validated_config(body, name=None, project=project, code_roots=control.settings.code_roots)
+    await _check_secrets(request, project, config)
     name = config["metadata"]["name"]
     existing = await control.store.get_function(name)
     if existing is not None:
@@ -182,6 +191,7 @@ async def update_function(request: Request) -> Response:
     if isinstance(body.get("metadata"), dict):
         body = dict(body, metadata=unmask_metadata(body["metadata"], current.config.get("metadata") or {}))
     config = validated_config(body, name=name, project=project, code_roots=control.settings.code_roots)
+    await _check_secrets(request, project, config)
     expected = section(body, "metadata").get("resourceVersion") or None
     fresh = expected is None or expected == current.resource_version
     if fresh and await is_unchanged(control, current, config):
@@ -198,6 +208,7 @@ async def create_function_named(request: Request, body: dict[str, object], name:
     control = request.app.state.control
     project = await _project_for(request, body)
     config = validated_config(body, name=name, project=project, code_roots=control.settings.code_roots)
+    await _check_secrets(request, project, config)
     namespace = request.state.tenant
     record = await control.store.create_function(name, project, namespace, config)
     control.reconciler.wake()

@@ -37,6 +37,15 @@ ROUTES_WITHOUT_AUTH = frozenset(
     {
         "/healthz",
         "/readyz",
+        # the browser login's start and the provider's redirect back, and what the SPA and CLI read
+        # to begin; the session's own routes check its cookie and CSRF token themselves (auth_routes.py)
+        "/auth/config",
+        "/auth/login",
+        "/auth/callback",
+        "/auth/logout",
+        "/auth/session",
+        # the workload issuer's public documents, and the routes a replica calls with its identity
+        # token, which they check themselves (workload.py)
         "/.well-known/openid-configuration",
         "/.well-known/jwks.json",
         "/openid/v1/jwks",
@@ -137,8 +146,8 @@ async def audit(
     status = response.status_code
     if outcome is None:
         outcome = "denied" if status in (401, 403) else ("failed" if status >= 400 else "allowed")
-    if request.method in READ_METHODS and outcome != "denied":
-        return
+        if request.method in READ_METHODS and outcome != "denied":
+            return  # a read that was let through: not audited (a caller naming `outcome` records it anyway)
     record = AuditRecord(
         time=utc_now(),
         principal=principal.name if principal else "unauthenticated",

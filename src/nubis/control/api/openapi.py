@@ -20,11 +20,12 @@ from nubis import __version__
 from nubis.control.api import operations
 from nubis.control.api.operations import Answer, Body, Operation, Param
 from nubis.control.api.operations_access import ACCESS_OPERATIONS
+from nubis.control.api.operations_secrets import SECRET_OPERATIONS
 from nubis.control.api.responses import API_ERROR_HEADER
 from nubis.control.api.schemas import COMPONENT_MODELS
 
-#: every operation of the API: the Nuclio-shaped ones and the access ones
-OPERATIONS: dict[tuple[str, str], Operation] = {**operations.OPERATIONS, **ACCESS_OPERATIONS}
+#: every operation of the API: the Nuclio-shaped ones, the access ones and the secrets ones
+OPERATIONS: dict[tuple[str, str], Operation] = {**operations.OPERATIONS, **ACCESS_OPERATIONS, **SECRET_OPERATIONS}
 
 _REF = "#/components/schemas/{model}"
 _PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
@@ -59,6 +60,7 @@ RESPONSE_HEADERS: dict[str, tuple[str, bool]] = {
 }
 _PATH_PARAM_TEXT = {
     "name": "the {kind}'s name",
+    "project": "the project's name (in the request's tenant)",
     "replica": "one of the names GET /api/functions/{name}/replicas answers",
     "path": "the path to invoke the function at (X-Nuclio-Path wins when both are given)",
     "id": "an async invocation's id, as its 202 answered it",
@@ -112,6 +114,7 @@ def component_schemas() -> dict[str, Any]:
 def _operation(method: str, path: str, path_params: list[str], operation: Operation) -> dict[str, Any]:
     kind = "project" if path.startswith("/api/projects") else "function"
     kind = "API gateway" if path.startswith("/api/api_gateways") else kind
+    kind = "secret" if "/secrets" in path else kind
     parameters = [
         {
             "name": name,

@@ -146,7 +146,8 @@ async def _project_target(request: Request, principal: Principal, name: str | No
 
 
 async def project_by_path(request: Request, principal: Principal) -> Target:
-    name = request.path_params.get("name") or request.path_params.get("project")
+    # `project` first: under /api/projects/{project}/secrets/{name}, `name` is the secret's
+    name = request.path_params.get("project") or request.path_params.get("name")
     return await _project_target(request, principal, name)
 
 

@@ -36,10 +36,12 @@ from nubis import logs
 from nubis.errors import NubisError
 from nubis.platforms.local.agent_token import ensure_token
 from nubis.platforms.local.environment import ReplicaEnvironment
+from nubis.platforms.local.isolation import ISOLATION_MODES, Isolation, NoIsolation, select_isolation
 from nubis.platforms.local.limits import Cgroups, ResourceLimits
 from nubis.platforms.local.logstore import FunctionLogs
 from nubis.platforms.local.models import BadDeployment, Deployment, FunctionState, PortConflict
 from nubis.platforms.local.paths import agent_dir, socket_path
+from nubis.platforms.local.replica_paths import home_dir
 from nubis.platforms.local.state import DesiredStore, FunctionRecord
 from nubis.platforms.local.supervisor import FunctionSupervisor
 from nubis.settings import default_data_dir
@@ -58,7 +60,7 @@ class AgentError(NubisError):
 class Agent:
     """All functions of one data dir: their supervisors, desired state and logs."""
 
-    def __init__(self, data_dir: Path, *, cgroup_root: str = "auto") -> None:
+    def __init__(self, data_dir: Path, *, cgroup_root: str = "auto", isolation: Isolation | None = None) -> None:
         self.data_dir = data_dir
         self.dir = agent_dir(data_dir)
         self.socket_path = socket_path(data_dir)
@@ -67,6 +69,7 @@ class Agent:
         self.cgroup_root = cgroup_root
         self.functions: dict[str, FunctionSupervisor] = {}
         self.environment: ReplicaEnvironment | None = None
+        self.isolation: Isolation = isolation or NoIsolation()
         self._saved: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -83,7 +86,8 @@ class Agent:
             log.info("limits: cgroup v2 under %s", cgroups.root)
         else:
             log.info("limits: no usable cgroup v2 (%s); memory limits use RLIMIT_AS", cgroups)
-        self.environment = ReplicaEnvironment(self.dir, cgroups)
+        log.info("isolation: %s", self.isolation.describe())
+        self.environment = ReplicaEnvironment(self.dir, cgroups, self.isolation)
         records = self.store.load()
         self._collect_garbage(records)
         for name, record in records.items():
@@ -94,11 +98,13 @@ class Agent:
     def _collect_garbage(self, records: dict[str, FunctionRecord]) -> None:
         """Logs and configuration files of functions no longer desired (deleted while we were down),
         and output spools no running replica writes to any more."""
-        for parent in (self.logs_dir, self.dir / "functions", self.dir / "spool"):
+        for parent in (self.logs_dir, self.dir / "functions", self.dir / "spool", home_dir(self.dir, "")):
             if parent.is_dir():
                 for entry in parent.iterdir():
                     if entry.name not in records:
                         shutil.rmtree(entry, ignore_errors=True)
+        assert self.environment is not None  # secret volumes no running replica reads (identity.py)
+        self.environment.identity.collect({name: {r.slot for r in rec.replicas} for name, rec in records.items()})
         adoptable = {r.spool for record in records.values() for r in record.replicas}
         spools = self.dir / "spool"
         for path in spools.glob("*/*") if spools.is_dir() else []:
@@ -183,8 +189,10 @@ class Agent:
             environment.trigger_state_dir(name),
             environment.failed_events_dir(name),
             environment.invocations_dir(name),
+            home_dir(self.dir, name),
         ):
             shutil.rmtree(directory, ignore_errors=True)
+        environment.identity.forget(name)
         self._remove_socket_dir(name)
         log.info("function %s deleted", name)
         return True
@@ -242,7 +250,7 @@ def prepare(data_dir: Path) -> Path:
     return sock
 
 
-def run_agent(data_dir: Path, *, cgroup_root: str = "auto") -> int:
+def run_agent(data_dir: Path, *, cgroup_root: str = "auto", isolation: str = "auto") -> int:
     """Serve the agent until SIGTERM/SIGINT; returns the exit code."""
     from nubis.platforms.local.api import create_app
 
@@ -251,7 +259,7 @@ def run_agent(data_dir: Path, *, cgroup_root: str = "auto") -> int:
     lock = AgentLock(agent_dir(data_dir) / "agent.lock")
     lock.acquire()
     try:
-        agent = Agent(data_dir, cgroup_root=cgroup_root)
+        agent = Agent(data_dir, cgroup_root=cgroup_root, isolation=select_isolation(isolation, data_dir))
         config = uvicorn.Config(
             create_app(agent, ensure_token(agent_dir(data_dir))),
             uds=str(sock),
@@ -296,6 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="'auto' (<cgroup2 mount>/nubis when writable), 'off' (rlimits only), or a delegated cgroup",
     )
+    parser.add_argument(
+        "--isolation",
+        choices=ISOLATION_MODES,
+        default=os.environ.get("NUBIS_ISOLATION", "auto"),
+        help="how replicas are kept from the data dir and each other: 'auto' (users as root, else landlock "
+        "where the kernel has it, else none), 'users', 'landlock' or 'none' (default: NUBIS_ISOLATION, else auto; "
+        "docs/isolation.md)",
+    )
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
@@ -306,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(level, "json" if args.log_format == "json" else "text")
     try:
-        return run_agent(args.data_dir or default_data_dir(), cgroup_root=args.cgroup_root)
+        return run_agent(args.data_dir or default_data_dir(), cgroup_root=args.cgroup_root, isolation=args.isolation)
     except NubisError as exc:
         log.error("%s", exc.message)
         return exc.exit_code

@@ -38,8 +38,10 @@ class AgentStartError(NubisError):
 class AgentProcess:
     """The local agent of a data dir: adopted when one already answers on its socket, else started."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, isolation: str = "auto") -> None:
         self.data_dir = data_dir
+        #: `--isolation` of the agent it starts (an adopted agent keeps its own)
+        self.isolation = isolation
         self.process: subprocess.Popen[bytes] | None = None
         #: the agent's pid as it said itself (adopted) or as we started it
         self.agent_pid: int | None = None
@@ -67,7 +69,10 @@ class AgentProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "nubis.platforms.local.agent", "--data-dir", str(self.data_dir)],
+                [
+                    *(sys.executable, "-m", "nubis.platforms.local.agent", "--data-dir", str(self.data_dir)),
+                    *("--isolation", self.isolation),
+                ],
                 stdout=output,
                 stderr=output,
                 stdin=subprocess.DEVNULL,

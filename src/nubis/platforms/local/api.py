@@ -56,7 +56,13 @@ def create_app(agent: Agent, token: str) -> Starlette:
 
     async def healthz(request: Request) -> Response:
         return JSONResponse(
-            {"status": "ok", "pid": os.getpid(), "functions": len(agent.functions), "protocol": AGENT_PROTOCOL}
+            {
+                "status": "ok",
+                "pid": os.getpid(),
+                "functions": len(agent.functions),
+                "protocol": AGENT_PROTOCOL,
+                "isolation": agent.isolation.report(None),
+            }
         )
 
     async def list_functions(request: Request) -> Response:

@@ -49,13 +49,20 @@ class LocalBuilder:
         for warning in built.warnings:
             log.add("warn", warning)
         for var in spec.env:
-            if var.value_from is not None:
+            # secretKeyRef is resolved at replica start (processor/workload/); the other kinds are not
+            if var.value_from is not None and "secretKeyRef" not in var.value_from:
                 log.add(
                     "warn",
-                    f"env {var.name} uses valueFrom, which the local platform cannot resolve yet; it is left unset",
+                    f"env {var.name} uses valueFrom ({', '.join(var.value_from) or 'empty'}), which the local "
+                    "platform cannot resolve (only secretKeyRef); it is left unset",
                 )
-        if spec.volumes:
-            log.add("warn", "spec.volumes are stored but not mounted by the local platform yet")
+        unmounted = [v for v in spec.volumes if "secret" not in (v.get("volume") or {})]
+        if unmounted:
+            log.add(
+                "warn",
+                "spec.volumes other than secret volumes are stored but not mounted by the local platform: "
+                + ", ".join(str((v.get("volume") or {}).get("name", "?")) for v in unmounted),
+            )
         return BuildOutput(function_dir=code_dir, artifact=built.artifact)
 
     async def prune(self, name: str, serving: int) -> None:

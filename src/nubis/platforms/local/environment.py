@@ -17,18 +17,25 @@ from pathlib import Path
 
 import msgspec
 
+from nubis.platforms.local.identity import ReplicaIdentity
+from nubis.platforms.local.isolation import Isolation, NoIsolation
 from nubis.platforms.local.limits import Cgroups, LimitsPlan, ResourceLimits, plan_limits
 from nubis.platforms.local.models import Deployment
+from nubis.platforms.local.replica_paths import replica_paths
 from nubis.sockets import REPLICA_SOCKET_SUFFIX, replica_sockets_dir
 
 
 class ReplicaEnvironment:
     """What every replica of the agent shares: paths and the limits mechanism."""
 
-    def __init__(self, agent_dir: Path, cgroups: Cgroups | str | None) -> None:
+    def __init__(self, agent_dir: Path, cgroups: Cgroups | str | None, isolation: Isolation | None = None) -> None:
         self.agent_dir = agent_dir
         self.cgroups = cgroups
         self.pid = os.getpid()
+        #: replicas' identity tokens and secrets directories (identity.py)
+        self.identity = ReplicaIdentity(agent_dir.parent)
+        #: how replicas are kept from the data dir and from other tenants (isolation.py)
+        self.isolation: Isolation = isolation or NoIsolation()
 
     def config_path(self, deployment: Deployment) -> Path:
         text = json.dumps(deployment.config, sort_keys=True)
@@ -99,7 +106,8 @@ class ReplicaEnvironment:
             argv += ["--cgroup", str(path)]
         elif plan.mechanism == "rlimit" and plan.limits.memory is not None:
             argv += ["--memory-limit", str(plan.limits.memory)]
-        return argv
+        # its own user, mount namespace or Landlock sandbox: the launcher in front (isolation.py)
+        return self.isolation.wrap(argv, deployment, replica_paths(self, deployment, slot_name))
 
     def trigger_state_dir(self, function: str) -> Path:
         """What the function's replicas share for their triggers: the cron tick ledger, and each
@@ -133,7 +141,7 @@ class ReplicaEnvironment:
         env = {key: value for key, value in os.environ.items() if inherited(key)}
         env.update(deployment.env)
         env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return self.isolation.environ(env, deployment, replica_paths(self, deployment, ""))
 
 
 #: variables of the agent's environment a replica inherits: how to find programs, whose home, the

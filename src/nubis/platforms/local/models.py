@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal, TypedDict
 
 import msgspec
 
+from nubis.auth.workload_spec import WorkloadSpec
 from nubis.errors import PermanentError, SpecError
+from nubis.platforms.base import DEFAULT_TENANT
 from nubis.platforms.status import FunctionStatus
 from nubis.runtimes.base import Artifact
 from nubis.runtimes.python.runtime import python_artifact
@@ -20,8 +22,9 @@ from nubis.spec import parse_config, validate_function_name
 DEFAULT_READINESS_TIMEOUT = 60.0
 #: The version of the agent's HTTP bodies; `/healthz` says it. A server that finds an agent of
 #: another version running (left by the previous release) replaces it (agent_process.py). 2: the
-#: deployment carries a runtime `artifact` instead of a `python` path.
-AGENT_PROTOCOL = 2
+#: deployment carries a runtime `artifact` instead of a `python` path. 3: it carries its `tenant`,
+#: whose user or sandbox the agent runs it in (isolation.py); an agent of 2 would ignore it.
+AGENT_PROTOCOL = 3
 #: the most replicas one function may ask the local agent for
 MAX_REPLICAS = 64
 
@@ -52,6 +55,12 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     resources: dict[str, Any] = {}
     readiness_timeout: Annotated[float, msgspec.Meta(gt=0)] = DEFAULT_READINESS_TIMEOUT
     host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    #: the function's tenant (Nuclio namespace): with `users` isolation its replicas run as that
+    #: tenant's Unix user (tenant_users.py)
+    tenant: Annotated[str, msgspec.Meta(min_length=1, max_length=253)] = DEFAULT_TENANT
+    #: the function's workload identity and secret sources (platforms/local/identity.py); None:
+    #: its replicas get no identity token (an agent driven without a control plane)
+    workload: WorkloadSpec | None = None
     #: the function's name: the path of the PUT, not part of its body
     name: str = ""
 

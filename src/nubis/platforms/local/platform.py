@@ -15,6 +15,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -38,6 +39,7 @@ from nubis.platforms.local.builder import LocalBuilder
 from nubis.platforms.local.client import AgentClient
 from nubis.platforms.local.models import DEFAULT_READINESS_TIMEOUT, Deployment
 from nubis.platforms.local.paths import socket_path
+from nubis.platforms.local.replica_paths import shared_dir
 from nubis.spec import parse_config
 from nubis.traces import TraceStore
 
@@ -77,6 +79,7 @@ class LocalPlatform:
         code_roots: tuple[Path, ...] = (),
         client: AgentClient | None = None,
         gateway_address: str | None = None,
+        isolation: str = "auto",
     ) -> None:
         self.data_dir = data_dir
         self.ports = ports
@@ -84,7 +87,7 @@ class LocalPlatform:
         self.external_address = external_address
         self.gateway_address = gateway_address
         self.client = client or AgentClient(socket_path(data_dir))
-        self.agent = AgentProcess(data_dir)
+        self.agent = AgentProcess(data_dir, isolation=isolation)
         self.builder: Builder = LocalBuilder(data_dir, code_roots)
         self._supervising: asyncio.Task[None] | None = None
 
@@ -117,6 +120,11 @@ class LocalPlatform:
         """name -> port of every function, for `context.platform.call_function` in replicas."""
         return self.data_dir / "functions" / "ports.json"
 
+    @property
+    def shared_ports_file(self) -> Path:
+        """The same map where every function may read it, isolated or not (`replica_paths.shared_dir`)."""
+        return shared_dir(self.data_dir) / "ports.json"
+
     def _port_book(self) -> PortBook:
         if self.ports is None:
             raise PlatformError("this LocalPlatform was made without the control plane's port book")
@@ -140,7 +148,9 @@ class LocalPlatform:
 
     async def publish_ports(self) -> None:
         ports = await self._port_book().assigned()
-        await asyncio.to_thread(_write_atomically, self.ports_file, json.dumps(ports, sort_keys=True))
+        text = json.dumps(ports, sort_keys=True)
+        await asyncio.to_thread(_write_atomically, self.ports_file, text)  # replicas of earlier releases
+        await asyncio.to_thread(_write_atomically, self.shared_ports_file, text, shared=True)
 
     # -- deployments --------------------------------------------------------------------------------
     def deployment(self, function: FunctionDeployment, build: BuildOutput) -> Deployment:
@@ -154,9 +164,11 @@ class LocalPlatform:
             artifact=build.artifact,
             port=function.http_port,
             replicas=desired_replicas(spec),
-            env=dict(function.env, NUBIS_FUNCTION_PORTS_FILE=str(self.ports_file)),
+            env=dict(function.env, NUBIS_FUNCTION_PORTS_FILE=str(self.shared_ports_file)),
             resources=dict(spec.resources),
             readiness_timeout=float(spec.readiness_timeout_seconds or DEFAULT_READINESS_TIMEOUT),
+            workload=function.workload,
+            tenant=function.tenant,
         )
 
     async def deploy(
@@ -196,6 +208,15 @@ class LocalPlatform:
         `STATUS_TIMEOUT` s, as one that is gone does."""
         return dict(await self.client.list(timeout=STATUS_TIMEOUT))
 
+    async def isolation(self) -> dict[str, Any]:
+        """How the running agent isolates replicas (`{mode, isolated, message}`, isolation.py): the
+        agent's own word, since an adopted agent keeps the mode it was started with."""
+        health = await self.client.health()
+        report = health.get("isolation")
+        if not isinstance(report, dict):
+            return {"mode": "unknown", "isolated": False, "message": "the agent does not say how it isolates functions"}
+        return report
+
     def failed_events(self, name: str) -> FailedEventStore:
         """The store the replicas write (`--failed-events-dir`, `ReplicaEnvironment.failed_events_dir`)."""
         return FailedEventStore(self.data_dir / "agent" / "failed" / name)
@@ -213,10 +234,14 @@ class LocalPlatform:
             yield line
 
 
-def _write_atomically(target: Path, text: str) -> None:
+def _write_atomically(target: Path, text: str, *, shared: bool = False) -> None:
+    """`text` in place at once; `shared`: readable by every tenant's user (0644 in a 0755 directory)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_suffix(".tmp")
     staging.write_text(text)
+    if shared:
+        target.parent.chmod(0o755)
+        staging.chmod(0o644)
     staging.replace(target)
 
 
@@ -229,5 +254,6 @@ def create(context: PlatformContext) -> Platform:
         external_address=context.external_address,
         code_roots=context.code_roots,
         gateway_address=context.gateway_address,
+        isolation=context.isolation,
     )
     return platform

@@ -93,9 +93,12 @@ class ReplicaProcess:
         spool: Path,
         on_output: Callable[[str], None],
         on_progress: Callable[[], None] = lambda: None,
+        inherit_fds: tuple[int, ...] = (),
     ) -> None:
         self.name = name
         self.argv = argv
+        #: more fds the replica inherits (its identity hand-over, identity.py), closed by their owner
+        self.inherit_fds = inherit_fds
         self.env = env
         self.cwd = cwd
         self.spool = Spool(spool)
@@ -131,7 +134,7 @@ class ReplicaProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                pass_fds=(write_end,),
+                pass_fds=(write_end, *self.inherit_fds),
             )
         except BaseException:
             os.close(read_end)

@@ -70,16 +70,23 @@ class ReplicaSet:
         deployment = slot.deployment
         plan = self.environment.plan(deployment)
         self.plan = plan
+        # the replica's identity tokens, on a pipe it inherits (identity.py)
+        handoff = self.environment.identity.handoff(deployment, slot.name)
         process = ReplicaProcess(
             slot.name,
-            self.environment.argv(deployment, slot.name, plan),
+            self.environment.argv(deployment, slot.name, plan) + (handoff.argv if handoff else []),
             env=self.environment.env(deployment),
             cwd=deployment.function_dir,
             spool=self.environment.spool_path(deployment, slot.name),
             on_output=lambda text: self.logs.append(slot.name, text),
             on_progress=self.on_change,
+            inherit_fds=handoff.fds if handoff else (),
         )
-        process.start()
+        try:
+            process.start()
+        finally:
+            if handoff is not None:
+                handoff.close()
         slot.process = process
         slot.state = "starting"
         self.on_change()
@@ -198,6 +205,7 @@ class ReplicaSet:
         """A replica that exited without removing its socket (SIGKILL, a crash) leaves a file that
         refuses connections: remove it, so the gateway stops trying it; and its trigger report."""
         remove_dead(self.environment.replica_socket(self.name, slot.name))
+        self.environment.identity.forget(self.name, slot.name)  # its secret volumes' files
         if slot.process is not None and slot.process.pid:
             with contextlib.suppress(OSError):
                 report_path(self.environment.trigger_state_dir(self.name), slot.process.pid).unlink()

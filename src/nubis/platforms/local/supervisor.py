@@ -111,6 +111,7 @@ class FunctionSupervisor(Rollouts):
             replicas=replicas,
             draining=draining,
             limits=dict(plan.report()),
+            isolation=self.environment.isolation.report(desired),
             events=list(self.events),
             deployment=desired,
         )
