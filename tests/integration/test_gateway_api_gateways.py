@@ -158,6 +158,20 @@ def test_access_key_is_a_nubis_api_token(server: RunningServer, api: httpx.Clien
     # a Nubis API token never reaches user code
     seen = call(edge, host, "/headers", Authorization=f"Bearer {server.token}", **{"X-V3io-Session-Key": "x"}).json()
     assert "authorization" not in seen and "x-v3io-session-key" not in seen, seen
+    # an API token of another tenant, or a viewer's, may not invoke through it (the gateway is the
+    # server's default tenant's); a developer token of its tenant may
+    tokens = {}
+    for name, tenant, role in (
+        ("other", "agw-other-team", "developer"),
+        ("viewer", "nuclio", "viewer"),
+        ("dev", "nuclio", "developer"),
+    ):
+        made = api.post("/api/tokens", json={"name": f"agw-{name}", "tenant": tenant, "role": role})
+        assert made.status_code == 201, made.text
+        tokens[name] = made.json()["token"]
+    assert call(edge, host, "/", Authorization=f"Bearer {tokens['other']}").status_code == 403
+    assert call(edge, host, "/", Authorization=f"Bearer {tokens['viewer']}").status_code == 403
+    assert call(edge, host, "/", Authorization=f"Bearer {tokens['dev']}").status_code == 200
 
 
 def test_an_updated_or_deleted_gateway_stops_routing(api: httpx.Client, edge: httpx.Client) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nubis.auth.jwt_verifier import OidcVerifier, ProviderUnavailable, TokenRefused
+from nubis.auth.principals import ROLES, Grant, Principal
 from nubis.auth.tokens import hash_token
 from nubis.errors import NubisError
 from nubis.store import verify_password
@@ -67,6 +68,9 @@ class Guard:
     realm: str
     username: str = ""
     password_hash: str | None = None
+    #: where the gateway's functions are: an access key (an API token) must be allowed to invoke there
+    tenant: str = ""
+    project: str = ""
 
     @property
     def consumed_headers(self) -> frozenset[bytes]:
@@ -126,7 +130,8 @@ class Authenticator:
             token = bearer_token(headers)
             if not token:
                 return Refusal(401, f"API gateway {guard.realm} needs an access key: Authorization: Bearer <token>")
-            return self._cached(Check(guard, token, "token:" + hash_token(token)))
+            # the gateway is part of the key: a token let through one gateway is checked again at another
+            return self._cached(Check(guard, token, f"token:{hash_token(token)}@{guard.realm}"))
         if guard.mode == OAUTH2:
             return self._bearer_jwt(guard, headers)
         return Refusal(500, f"API gateway {guard.realm} has an unknown authenticationMode {guard.mode!r}")
@@ -157,7 +162,7 @@ class Authenticator:
                 return Refusal(503, f"API gateway {guard.realm}: cannot check the bearer token now: {exc.message}")
             return min(self.ttl, verified.expires - self.oidc.clock())
         try:
-            found = await self.store.find_token(check.key.removeprefix("token:"))
+            found = await self.store.find_token(check.key.removeprefix("token:").partition("@")[0])
         except (NubisError, OSError) as exc:
             return Refusal(503, f"API gateway {guard.realm}: cannot check the access key now: {exc}")
         if found is None:
@@ -165,6 +170,10 @@ class Authenticator:
         refusal = found.refusal() if hasattr(found, "refusal") else None
         if refusal:
             return Refusal(401, f"API gateway {guard.realm}: {refusal}")
+        if guard.tenant and not may_invoke(found, guard.tenant, guard.project or None):
+            return Refusal(
+                403, f"API gateway {guard.realm}: the access key may not invoke functions of tenant {guard.tenant}"
+            )
         return self.ttl
 
     def _basic(self, guard: Guard, headers: list[tuple[bytes, bytes]]) -> Refusal | Check | None:
@@ -243,3 +252,12 @@ def authorization_bearer(headers: list[tuple[bytes, bytes]]) -> str:
     """The token of `Authorization: Bearer`, "" when there is none."""
     scheme, _, value = _header(headers, b"authorization").partition(b" ")
     return value.strip().decode("latin-1") if scheme.lower() == b"bearer" else ""
+
+
+def may_invoke(token: Any, tenant: str, project: str | None) -> bool:
+    """Whether an API token's scope (a role on a tenant, or a project of it) allows invoking there."""
+    role = getattr(token, "role", "")
+    if role not in ROLES:
+        return False
+    grant = Grant(role, str(getattr(token, "tenant", "")), getattr(token, "project", None))
+    return Principal("access key", "token", (grant,)).may("invoke", tenant, project)

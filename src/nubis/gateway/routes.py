@@ -238,5 +238,12 @@ def _rule(gateway: GatewayRoute, routes: dict[str, Route], host: str) -> Gateway
         rewrite = ("/" + upstream.rewrite_target.lstrip("/")).encode("latin-1") if upstream.rewrite_target else None
         route = Route(upstream.function, address, gateway.name, known.replicas if known is not None else None)
         shares.append(Share(route, upstream.percentage, rewrite, known is not None))
-    guard = Guard(gateway.authentication_mode, gateway.name, gateway.username, gateway.password_hash)
+    guard = Guard(
+        gateway.authentication_mode,
+        gateway.name,
+        gateway.username,
+        gateway.password_hash,
+        gateway.namespace,
+        gateway.project,
+    )
     return GatewayRule(gateway.name, path_prefix(gateway.path), tuple(shares), guard)

@@ -116,6 +116,8 @@ class GatewayRoute:
     upstreams: tuple[Upstream, ...]
     username: str = ""
     password_hash: str | None = None
+    #: the gateway's tenant: an access key must be allowed to invoke in it (and in `project`)
+    namespace: str = ""
 
 
 class ApiGatewaysMixin(StoreBase):
@@ -262,6 +264,7 @@ def gateway_route(record: ApiGatewayRecord) -> GatewayRoute:
         upstreams=upstreams,
         username=str(basic.get("username") or ""),
         password_hash=record.password_hash,
+        namespace=record.namespace,
     )
 
 
