@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 
@@ -108,26 +109,36 @@ async def platform_wide(request: Request, principal: Principal) -> Target:
     return Target(await default_tenant(request, principal), None)
 
 
-async def _function_target(request: Request, principal: Principal, name: str | None) -> Target:
-    if not name:
-        return await in_tenant(request, principal)
-    record = await request.app.state.control.store.get_function(name)
+async def _resource_target(request: Request, principal: Principal, record: Any, hidden: NotFound) -> Target:
+    """Where a call naming a function or API gateway (`record`, None when missing or unnamed) acts:
+    the record's tenant and project, unless the request names another tenant (where it is missing)."""
     named = named_tenant(request)
     if record is None or (named is not None and named != record.namespace):
         return Target(await default_tenant(request, principal), await _body_project(request))
-    if request.method == "DELETE":
-        return Target(record.namespace, record.project, AnsweredAsMissing(f"function {name} deleted"))
-    return Target(record.namespace, record.project, function_not_found(name))
+    return Target(record.namespace, record.project, hidden)
+
+
+async def _function_target(request: Request, principal: Principal, name: str | None) -> Target:
+    record = await request.app.state.control.store.get_function(name) if name else None
+    # Nuclio's delete answers a missing function with 204: a hidden one is answered the same
+    hidden = (
+        AnsweredAsMissing(f"function {name} deleted") if request.method == "DELETE" else function_not_found(name or "")
+    )
+    return await _resource_target(request, principal, record, hidden)
 
 
 async def function_by_path(request: Request, principal: Principal) -> Target:
     return await _function_target(request, principal, request.path_params.get("name"))
 
 
+async def _body_name(request: Request) -> str | None:
+    name = (await body_metadata(request)).get("name")
+    return name if isinstance(name, str) else None
+
+
 async def function_by_body(request: Request, principal: Principal) -> Target:
     """`DELETE /api/functions` names the function in its body's metadata."""
-    name = (await body_metadata(request)).get("name")
-    return await _function_target(request, principal, name if isinstance(name, str) else None)
+    return await _function_target(request, principal, await _body_name(request))
 
 
 async def function_by_header(request: Request, principal: Principal) -> Target:
@@ -158,13 +169,8 @@ async def project_by_body(request: Request, principal: Principal) -> Target:
 
 
 async def _gateway_target(request: Request, principal: Principal, name: str | None) -> Target:
-    if not name:
-        return await in_tenant(request, principal)
-    record = await request.app.state.control.store.get_api_gateway(name)
-    named = named_tenant(request)
-    if record is None or (named is not None and named != record.namespace):
-        return Target(await default_tenant(request, principal), await _body_project(request))
-    return Target(record.namespace, record.project, api_gateway_not_found(name))
+    record = await request.app.state.control.store.get_api_gateway(name) if name else None
+    return await _resource_target(request, principal, record, api_gateway_not_found(name or ""))
 
 
 async def gateway_by_path(request: Request, principal: Principal) -> Target:
@@ -172,8 +178,7 @@ async def gateway_by_path(request: Request, principal: Principal) -> Target:
 
 
 async def gateway_by_body(request: Request, principal: Principal) -> Target:
-    name = (await body_metadata(request)).get("name")
-    return await _gateway_target(request, principal, name if isinstance(name, str) else None)
+    return await _gateway_target(request, principal, await _body_name(request))
 
 
 async def function_by_query(request: Request, principal: Principal) -> Target:
